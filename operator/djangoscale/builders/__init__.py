@@ -1,0 +1,36 @@
+"""Pure builders: each turns the typed spec into one child object, with no I/O.
+
+`build_children` is the list the operator applies and `djangoscale render` prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from djangoscale.builders.deployment import build_deployment
+from djangoscale.builders.hpa import build_hpa
+from djangoscale.builders.pdb import build_pdb
+from djangoscale.builders.pgbouncer import DatabaseCredentials, build_database_secret
+from djangoscale.builders.service import build_service
+from djangoscale.spec import DjangoService
+
+
+def build_children(
+    ds: DjangoService, credentials: DatabaseCredentials | None = None
+) -> list[dict[str, Any]]:
+    """Every child of a DjangoService, in the order they should be applied.
+
+    `credentials` are the contents of the user's database Secret; without them (rendering
+    offline) the database Secret is built from placeholders that name the keys to fill in.
+    """
+    children: list[dict[str, Any]] = []
+    secret = None
+    if ds.database is not None and ds.database.secret_name is not None:
+        secret = build_database_secret(ds, credentials or DatabaseCredentials.placeholder())
+        children.append(secret)
+    children.append(build_deployment(ds, secret))
+    children.append(build_service(ds))
+    children.append(build_pdb(ds))
+    if ds.autoscaling.enabled:
+        children.append(build_hpa(ds))
+    return children

@@ -1,0 +1,193 @@
+"""The Deployment: the app container under `djangoscale serve`, and the pgbouncer sidecar.
+
+The pod passes the Kubernetes "restricted" Pod Security Standard. pgbouncer is a native sidecar
+(an init container with restartPolicy Always, Kubernetes >= 1.29): it starts before the app and
+stops after it, so a draining app never loses its database mid-request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from djangoscale.builders import pgbouncer
+from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
+from djangoscale.spec import ROLLOUT_SURGE, DjangoService
+
+CHECKSUM_ANNOTATION = "djangoscale.io/config-checksum"
+# Seconds between the pod leaving the endpoints and SIGTERM: load balancers stop sending first.
+PRE_STOP_SLEEP = 5
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def serve_env(ds: DjangoService) -> list[dict[str, Any]]:
+    """The launcher reads its flags from these (see `djangoscale serve --help`)."""
+    server = ds.server
+    values = {
+        "DJANGOSCALE_SERVER": server.type,
+        "DJANGOSCALE_WORKERS": server.workers,
+        "DJANGOSCALE_THREADS": server.threads,
+        "DJANGOSCALE_MAX_THREADS": server.max_threads,
+        "DJANGOSCALE_QUEUE_SIZE": server.queue_size,
+        "DJANGOSCALE_TIMEOUT": server.timeout_seconds,
+        "DJANGOSCALE_BIND": f"0.0.0.0:{ds.port}",
+        "DJANGOSCALE_METRICS_BIND": f"0.0.0.0:{ds.metrics_port}",
+        "PROMETHEUS_MULTIPROC_DIR": "/tmp/djangoscale-metrics",
+    }
+    return [{"name": name, "value": str(value)} for name, value in values.items()]
+
+
+def database_env(ds: DjangoService, secret: dict[str, Any]) -> list[dict[str, Any]]:
+    """Django settings read these; the password only ever comes from a Secret reference."""
+    assert ds.database is not None and ds.database.secret_name is not None
+    user_secret = ds.database.secret_name
+
+    def from_secret(name: str, secret_name: str, key: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+
+    env = []
+    if ds.uses_pgbouncer:
+        env += [
+            {"name": "DATABASE_HOST", "value": pgbouncer.LISTEN_HOST},
+            {"name": "DATABASE_PORT", "value": str(pgbouncer.LISTEN_PORT)},
+        ]
+    else:
+        env += [
+            from_secret("DATABASE_HOST", user_secret, "host"),
+            from_secret("DATABASE_PORT", user_secret, "port"),
+        ]
+    env += [
+        from_secret("DATABASE_NAME", user_secret, "dbname"),
+        from_secret("DATABASE_USER", user_secret, "user"),
+        from_secret("DATABASE_PASSWORD", user_secret, "password"),
+        from_secret("DATABASE_URL", secret["metadata"]["name"], pgbouncer.DATABASE_URL_KEY),
+    ]
+    return env
+
+
+def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dict[str, Any]:
+    env = serve_env(ds)
+    if secret is not None:
+        env += database_env(ds, secret)
+    env += [dict(item) for item in ds.env]
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": ds.image,
+        "imagePullPolicy": ds.image_pull_policy,
+        "args": ["djangoscale", "serve", ds.wsgi_app],
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": ds.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ds.metrics_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if ds.resources:
+        container["resources"] = ds.resources
+    return container
+
+
+def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "pgbouncer",
+        "image": ds.pgbouncer.image,
+        "restartPolicy": "Always",
+        "command": ["pgbouncer"],
+        "args": [f"{pgbouncer.CONFIG_DIR}/{pgbouncer.INI_KEY}"],
+        "ports": [{"name": "pgbouncer", "containerPort": pgbouncer.LISTEN_PORT}],
+        "startupProbe": {
+            "tcpSocket": {"port": pgbouncer.LISTEN_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [
+            {"name": "pgbouncer-config", "mountPath": pgbouncer.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+    }
+
+
+def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The web Deployment. `secret` is the built database Secret when there is a database."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    init_containers = []
+    annotations = {}
+    if secret is not None:
+        annotations[CHECKSUM_ANNOTATION] = pgbouncer.config_checksum(secret)
+        if ds.uses_pgbouncer:
+            init_containers.append(build_pgbouncer_container(ds, secret))
+            volumes.append(
+                {
+                    "name": "pgbouncer-config",
+                    "secret": {
+                        "secretName": secret["metadata"]["name"],
+                        "items": [
+                            {"key": pgbouncer.INI_KEY, "path": pgbouncer.INI_KEY},
+                            {"key": pgbouncer.USERLIST_KEY, "path": pgbouncer.USERLIST_KEY},
+                        ],
+                        "defaultMode": 0o440,
+                    },
+                }
+            )
+    pod_spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": ds.server.timeout_seconds + PRE_STOP_SLEEP + 10,
+        "enableServiceLinks": False,
+        "containers": [build_app_container(ds, secret)],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if ds.service_account_name:
+        pod_spec["serviceAccountName"] = ds.service_account_name
+    if ds.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
+
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(ds)},
+        "strategy": {
+            "type": "RollingUpdate",
+            # The pool sizing counts exactly this one surge pod against the budget.
+            "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
+        },
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {"labels": common_labels(ds), "annotations": annotations},
+            "spec": pod_spec,
+        },
+    }
+    # With an HPA the replicas belong to it: leaving the field out is what keeps the operator
+    # and GitOps re-applies from fighting it.
+    if not ds.autoscaling.enabled:
+        spec["replicas"] = ds.min_replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(ds, ds.name),
+        "spec": spec,
+    }

@@ -1,0 +1,81 @@
+"""kopf handlers: glue only. Each one hands the object to `reconcile` and writes the result."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from djangoscale.builders.labels import MANAGED_BY, MANAGED_BY_LABEL
+from djangoscale.controller import kube, metrics
+from djangoscale.controller.reconcile import (
+    Outcome,
+    reconcile,
+    refresh_status,
+    status_changed,
+)
+from djangoscale.spec import GROUP, KIND, PLURAL, VERSION
+
+# How often every object is reconciled again: repairs drift and picks up a rotated database
+# Secret (the operator may not watch Secrets: RBAC gives it `get` on them, never `list`).
+RESYNC_SECONDS = float(os.environ.get("DJANGOSCALE_RESYNC_SECONDS", "30"))
+RESOURCE = (GROUP, VERSION, PLURAL)
+MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def _write(body: kopf.Body, outcome: Outcome, logger: logging.Logger) -> None:
+    if outcome.warning:
+        reason, message = outcome.warning
+        kopf.warn(body, reason=reason, message=message)
+        logger.warning("%s: %s", reason, message)
+    if status_changed(body, outcome.status):
+        kube.patch_status(body.metadata.namespace, body.metadata.name, outcome.status)
+
+
+def _reconcile(body: kopf.Body, logger: logging.Logger) -> None:
+    with metrics.reconcile_timer():
+        try:
+            outcome = reconcile(dict(body))
+        except ApiException as error:
+            metrics.RECONCILE_ERRORS.inc()
+            raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10)
+        _write(body, outcome, logger)
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+def on_change(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    _reconcile(body, logger)
+
+
+@kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=5)
+def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    _reconcile(body, logger)
+
+
+def _owner_name(owners: list[dict[str, Any]]) -> str | None:
+    for owner in owners or []:
+        if owner.get("kind") == KIND and owner.get("apiVersion") == f"{GROUP}/{VERSION}":
+            return str(owner["name"])
+    return None
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
+def on_child_event(
+    body: kopf.Body, namespace: str, logger: logging.Logger, **_: Any
+) -> None:
+    """A child changed (rollout progress, HPA decision): the owner's status follows at once."""
+    name = _owner_name(body.metadata.get("ownerReferences", []))
+    if name is None:
+        return
+    owner = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    status = refresh_status(owner)
+    if status is not None and status_changed(owner, status):
+        kube.patch_status(namespace, name, status)

@@ -1,0 +1,135 @@
+"""The one place that talks to the Kubernetes API (sync client; kopf runs sync handlers in threads).
+
+Children are written with server-side apply under one field manager, so a re-apply of the same
+object is a no-op (no new resourceVersion) and fields owned by others (the HPA's replicas) are
+left alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from djangoscale.spec import GROUP, PLURAL, VERSION
+
+FIELD_MANAGER = "djangoscale"
+logger = logging.getLogger(__name__)
+
+# apiVersion, kind -> URL path segment (the plural) of the kinds the operator manages.
+PLURALS = {
+    ("v1", "Secret"): "secrets",
+    ("v1", "Service"): "services",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    (f"{GROUP}/{VERSION}", "DjangoService"): PLURAL,
+}
+
+
+@functools.cache
+def api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}/{name}"
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    return api_client().call_api(
+        path,
+        method,
+        response_type="object",
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+        _preload_content=True,
+        **kwargs,
+    )
+
+
+def apply(obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `obj` as the operator's field manager; returns the live object."""
+    metadata = obj["metadata"]
+    path = object_path(obj["apiVersion"], obj["kind"], metadata["namespace"], metadata["name"])
+    result: dict[str, Any] = _call(
+        "PATCH",
+        path,
+        body=obj,
+        query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        header_params={
+            "Content-Type": "application/apply-patch+yaml",
+            "Accept": "application/json",
+        },
+    )
+    return result
+
+
+def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The live object, or None when it does not exist."""
+    try:
+        result: dict[str, Any] = _call(
+            "GET",
+            object_path(api_version, kind, namespace, name),
+            header_params={"Accept": "application/json"},
+        )
+        return result
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def delete_owned(api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+    """Delete a child only if this DjangoService controls it: never someone else's object."""
+    live = get(api_version, kind, namespace, name)
+    if live is None:
+        return False
+    owners = live.get("metadata", {}).get("ownerReferences", [])
+    if not any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners):
+        return False
+    try:
+        _call(
+            "DELETE",
+            object_path(api_version, kind, namespace, name),
+            header_params={"Accept": "application/json"},
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    return True
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    path = object_path(f"{GROUP}/{VERSION}", "DjangoService", namespace, name) + "/status"
+    _call(
+        "PATCH",
+        path,
+        body={"status": status},
+        header_params={
+            "Content-Type": "application/merge-patch+json",
+            "Accept": "application/json",
+        },
+    )
+
+
+def scale(namespace: str, name: str, replicas: int) -> None:
+    """Set a Deployment's replicas through its scale subresource (as the HPA does)."""
+    _call(
+        "PATCH",
+        object_path("apps/v1", "Deployment", namespace, name) + "/scale",
+        body={"spec": {"replicas": replicas}},
+        query_params=[("fieldManager", f"{FIELD_MANAGER}-initial-scale")],
+        header_params={
+            "Content-Type": "application/merge-patch+json",
+            "Accept": "application/json",
+        },
+    )

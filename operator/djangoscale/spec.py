@@ -1,0 +1,343 @@
+"""The typed model of a DjangoService, parsed and validated once.
+
+Validation runs the CRD's own OpenAPI schema (the file in `crds/`, shipped as package data) and
+then the cross-field rules the CRD states in CEL, with the same messages. So `djangoscale
+render`, the operator and the API server's admission all refuse the same objects, and the
+defaults live in one place: the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+GROUP = "djangoscale.io"
+VERSION = "v1alpha1"
+KIND = "DjangoService"
+PLURAL = "djangoservices"
+
+# Threads per process when the user gives none: what each server handles well.
+DEFAULT_THREADS = {
+    "cherrypy": 100,
+    "gunicorn-sync": 1,
+    "gunicorn-gthread": 32,
+    "gunicorn-gevent": 500,
+    "bjoern": 1,
+    "waitress": 32,
+    "granian": 32,
+}
+# Only cheroot's pool grows (our launcher grows it); the PRODUCT story ran 100 growing to 150.
+CHERRYPY_GROWTH = 1.5
+# The Deployment rolls out with maxSurge 1, so one pod more than replicas.max may hold a pool.
+ROLLOUT_SURGE = 1
+
+
+class SpecError(ValueError):
+    """A DjangoService that cannot be run, with one line per problem naming the field."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    type: str
+    workers: int
+    threads: int
+    max_threads: int
+    queue_size: int
+    timeout_seconds: int
+
+    @property
+    def concurrency(self) -> int:
+        """Requests one pod may run at once: each may hold a database connection."""
+        return self.workers * self.max_threads
+
+
+@dataclass(frozen=True)
+class ScalePolicy:
+    stabilization_window_seconds: int
+    max_percent_per_period: int
+    max_pods_per_period: int
+    period_seconds: int
+
+
+@dataclass(frozen=True)
+class AutoscalingSpec:
+    enabled: bool
+    target_rps_per_pod: int
+    scale_up: ScalePolicy
+    scale_down: ScalePolicy
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    secret_name: str | None
+    max_connections: int
+    reserved_connections: int
+
+    @property
+    def pool_budget(self) -> int:
+        """Connections the pods may share once the reserve is kept aside."""
+        return self.max_connections - self.reserved_connections
+
+
+@dataclass(frozen=True)
+class PgBouncerSpec:
+    enabled: bool
+    pool_mode: str
+    max_client_conn: int | None
+    pool_size: int | None
+    image: str
+
+
+@dataclass(frozen=True)
+class DjangoService:
+    name: str
+    namespace: str
+    uid: str | None
+    generation: int | None
+    image: str
+    image_pull_policy: str
+    image_pull_secrets: tuple[str, ...]
+    wsgi_app: str
+    port: int
+    metrics_port: int
+    service_account_name: str | None
+    server: ServerSpec
+    min_replicas: int
+    max_replicas: int
+    autoscaling: AutoscalingSpec
+    database: DatabaseSpec | None
+    pgbouncer: PgBouncerSpec
+    resources: dict[str, Any] = field(default_factory=dict)
+    env: tuple[dict[str, Any], ...] = ()
+    max_unavailable: int | str = 1
+
+    @property
+    def uses_pgbouncer(self) -> bool:
+        return self.database is not None and self.pgbouncer.enabled
+
+
+@functools.cache
+def crd() -> dict[str, Any]:
+    text = resources.files("djangoscale").joinpath("data/crd.yaml").read_text()
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
+
+
+def spec_schema() -> dict[str, Any]:
+    version = next(v for v in crd()["spec"]["versions"] if v["name"] == VERSION)
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schema
+
+
+def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
+    """Fill in schema defaults as the API server does (structural defaulting)."""
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        return value
+    result = dict(value)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in result and "default" in sub:
+            result[key] = copy.deepcopy(sub["default"])
+        if key in result:
+            result[key] = apply_defaults(result[key], sub)
+    return result
+
+
+def _field_path(error: Any) -> str:
+    parts = ["spec"]
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).replace(".[", "[")
+
+
+def _schema_message(error: Any) -> str:
+    """Short messages in the API server's words, rather than jsonschema's repr of the value."""
+    validator, bound = error.validator, error.validator_value
+    if validator == "enum":
+        return "must be one of " + ", ".join(str(value) for value in bound)
+    templates = {
+        "minimum": "must be >= {}",
+        "maximum": "must be <= {}",
+        "minLength": "must be at least {} characters",
+        "maxLength": "must be at most {} characters",
+        "maxItems": "must have at most {} items",
+        "maxProperties": "must have at most {} entries",
+        "pattern": "must match {}",
+        "type": "must be of type {}",
+    }
+    if validator in templates:
+        return templates[validator].format(bound)
+    return str(error.message)
+
+
+def schema_problems(spec: dict[str, Any]) -> list[str]:
+    from jsonschema import Draft7Validator
+
+    problems = []
+    validator = Draft7Validator(spec_schema())
+    for error in sorted(validator.iter_errors(spec), key=lambda e: list(e.absolute_path)):
+        path = _field_path(error)
+        message = _schema_message(error)
+        if error.validator == "required":
+            # jsonschema says "'image' is a required property": name the missing field instead.
+            path, message = f"{path}.{error.message.split(chr(39))[1]}", "required"
+        problems.append(f"{path}: {message}")
+    return problems
+
+
+def cross_field_problems(spec: dict[str, Any]) -> list[str]:
+    """The CRD's CEL rules, in Python, with the same messages."""
+    problems = []
+    replicas, server = spec["replicas"], spec["server"]
+    if replicas["min"] > replicas["max"]:
+        problems.append(
+            f"spec.replicas.min: must be <= spec.replicas.max ({replicas['min']} > {replicas['max']})"
+        )
+    threads, max_threads = server.get("threads"), server.get("maxThreads")
+    if threads is not None and max_threads is not None and max_threads < threads:
+        problems.append(
+            f"spec.server.maxThreads: must be >= spec.server.threads ({max_threads} < {threads})"
+        )
+    if server["type"] in ("gunicorn-sync", "bjoern") and threads not in (None, 1):
+        problems.append(
+            f"spec.server.threads: {server['type']} serves one request at a time per worker; "
+            "threads must be 1 (use gunicorn-gthread or cherrypy for threads)"
+        )
+    if (
+        server["type"] != "cherrypy"
+        and threads is not None
+        and max_threads is not None
+        and max_threads != threads
+    ):
+        problems.append(
+            f"spec.server.maxThreads: only cherrypy grows its pool; for {server['type']} set it "
+            "equal to spec.server.threads or leave it out"
+        )
+    if spec["metricsPort"] == spec["port"]:
+        problems.append("spec.metricsPort: must differ from spec.port")
+    database = spec.get("database")
+    if database is not None:
+        budget = database["maxConnections"] - database["reservedConnections"]
+        pods = replicas["max"] + ROLLOUT_SURGE
+        if budget < pods:
+            problems.append(
+                f"spec.database.maxConnections: budget of {database['maxConnections']} minus "
+                f"{database['reservedConnections']} reserved connections cannot give one server "
+                f"connection to each of spec.replicas.max={replicas['max']} pods plus one rollout "
+                f"surge pod; the largest spec.replicas.max this budget supports is "
+                f"{budget - ROLLOUT_SURGE}"
+            )
+        if spec["pgbouncer"]["enabled"] and "secretName" not in database:
+            problems.append(
+                "spec.database.secretName: required when spec.pgbouncer.enabled is true "
+                "(pgbouncer needs the credentials)"
+            )
+        pool_size = spec["pgbouncer"].get("poolSize")
+        if pool_size is not None and pool_size * pods > budget:
+            problems.append(
+                f"spec.pgbouncer.poolSize: {pool_size} per pod x (spec.replicas.max="
+                f"{replicas['max']} + 1 surge pod) exceeds the budget of {budget} connections "
+                "(spec.database.maxConnections minus reservedConnections)"
+            )
+    return problems
+
+
+def _scale_policy(raw: dict[str, Any]) -> ScalePolicy:
+    return ScalePolicy(
+        stabilization_window_seconds=raw["stabilizationWindowSeconds"],
+        max_percent_per_period=raw["maxPercentPerPeriod"],
+        max_pods_per_period=raw["maxPodsPerPeriod"],
+        period_seconds=raw["periodSeconds"],
+    )
+
+
+def _server(raw: dict[str, Any]) -> ServerSpec:
+    threads = raw.get("threads", DEFAULT_THREADS[raw["type"]])
+    if "maxThreads" in raw:
+        max_threads = raw["maxThreads"]
+    elif raw["type"] == "cherrypy":
+        max_threads = math.ceil(threads * CHERRYPY_GROWTH)
+    else:
+        max_threads = threads
+    return ServerSpec(
+        type=raw["type"],
+        workers=raw["workers"],
+        threads=threads,
+        max_threads=max_threads,
+        queue_size=raw["queueSize"],
+        timeout_seconds=raw["timeoutSeconds"],
+    )
+
+
+def parse(body: dict[str, Any]) -> DjangoService:
+    """Parse a DjangoService object (as from the API or a YAML file); raise SpecError."""
+    problems = []
+    if body.get("apiVersion") not in (None, f"{GROUP}/{VERSION}"):
+        problems.append(f"apiVersion: must be {GROUP}/{VERSION}")
+    if body.get("kind") not in (None, KIND):
+        problems.append(f"kind: must be {KIND}")
+    metadata = body.get("metadata") or {}
+    if not metadata.get("name"):
+        problems.append("metadata.name: required")
+    raw_spec = body.get("spec")
+    if not isinstance(raw_spec, dict):
+        raise SpecError(problems + ["spec: required"])
+    spec = apply_defaults(raw_spec, spec_schema())
+    problems += schema_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    problems = cross_field_problems(spec)
+    if problems:
+        raise SpecError(problems)
+
+    autoscaling = spec["autoscaling"]
+    database = spec.get("database")
+    pgbouncer = spec["pgbouncer"]
+    return DjangoService(
+        name=metadata["name"],
+        namespace=metadata.get("namespace") or "default",
+        uid=metadata.get("uid"),
+        generation=metadata.get("generation"),
+        image=spec["image"],
+        image_pull_policy=spec["imagePullPolicy"],
+        image_pull_secrets=tuple(spec.get("imagePullSecrets", ())),
+        wsgi_app=spec["wsgiApp"],
+        port=spec["port"],
+        metrics_port=spec["metricsPort"],
+        service_account_name=spec.get("serviceAccountName"),
+        server=_server(spec["server"]),
+        min_replicas=spec["replicas"]["min"],
+        max_replicas=spec["replicas"]["max"],
+        autoscaling=AutoscalingSpec(
+            enabled=autoscaling["enabled"],
+            target_rps_per_pod=autoscaling["targetRPSPerPod"],
+            scale_up=_scale_policy(autoscaling["behavior"]["scaleUp"]),
+            scale_down=_scale_policy(autoscaling["behavior"]["scaleDown"]),
+        ),
+        database=None
+        if database is None
+        else DatabaseSpec(
+            secret_name=database.get("secretName"),
+            max_connections=database["maxConnections"],
+            reserved_connections=database["reservedConnections"],
+        ),
+        pgbouncer=PgBouncerSpec(
+            enabled=pgbouncer["enabled"],
+            pool_mode=pgbouncer["poolMode"],
+            max_client_conn=pgbouncer.get("maxClientConn"),
+            pool_size=pgbouncer.get("poolSize"),
+            image=pgbouncer["image"],
+        ),
+        resources=copy.deepcopy(spec.get("resources", {})),
+        env=tuple(copy.deepcopy(spec.get("env", []))),
+        max_unavailable=spec["disruption"]["maxUnavailable"],
+    )

@@ -1,0 +1,150 @@
+"""The pure builders: children of a DjangoService, checked field by field."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+
+from djangoscale import spec
+from djangoscale.builders import build_children
+from djangoscale.builders.deployment import CHECKSUM_ANNOTATION
+from djangoscale.builders.pgbouncer import DatabaseCredentials, size_pool
+
+SHOP = {
+    "apiVersion": "djangoscale.io/v1alpha1",
+    "kind": "DjangoService",
+    "metadata": {"name": "shop", "namespace": "web", "uid": "1234", "generation": 3},
+    "spec": {
+        "image": "registry.example.com/shop:1.4.2",
+        "wsgiApp": "shop.wsgi:application",
+        "server": {"type": "cherrypy", "threads": 100, "maxThreads": 150, "queueSize": 1000},
+        "replicas": {"min": 10, "max": 60},
+        "autoscaling": {"targetRPSPerPod": 120},
+        "database": {"secretName": "shop-db", "maxConnections": 400},
+        "pgbouncer": {"enabled": True, "poolMode": "transaction"},
+    },
+}
+CREDENTIALS = DatabaseCredentials("db.internal", 5432, "shop", "shop", "s3cret-pa$$word")
+
+
+def children_by_kind(body=SHOP, credentials=CREDENTIALS):
+    return {child["kind"]: child for child in build_children(spec.parse(body), credentials)}
+
+
+def decoded(secret, key):
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_children_and_their_owner():
+    children = children_by_kind()
+    assert set(children) == {
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    }
+    for child in children.values():
+        assert child["metadata"]["namespace"] == "web"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "djangoscale"
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == "1234" and owner["controller"] is True
+
+
+def test_pool_is_the_budget_over_max_replicas_plus_surge():
+    sizing = size_pool(spec.parse(SHOP))
+    # (400 - 3 reserved) // (60 + 1) = 6 per pod; 6 x 61 = 366 <= 397.
+    assert sizing.pool_size_per_pod == 6
+    assert sizing.connections_at_max == 366 <= 400 - 3
+    assert sizing.max_client_conn_per_pod == 150 + 10
+    ini = decoded(children_by_kind()["Secret"], "pgbouncer.ini")
+    assert "default_pool_size = 6\n" in ini
+    assert "max_db_connections = 6\n" in ini
+    assert "reserve_pool_size = 0\n" in ini
+    assert "pool_mode = transaction\n" in ini
+    assert "listen_addr = 127.0.0.1\n" in ini
+    assert "shop = host=db.internal port=5432 dbname=shop\n" in ini
+
+
+def test_pool_never_exceeds_what_a_pod_can_use():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["server"] = {"type": "gunicorn-sync", "workers": 2}
+    body["spec"]["replicas"] = {"min": 1, "max": 2}
+    assert size_pool(spec.parse(body)).pool_size_per_pod == 2
+
+
+def test_password_only_in_the_secret():
+    children = children_by_kind()
+    for kind, child in children.items():
+        text = json.dumps(child)
+        if kind != "Secret":
+            assert "s3cret" not in text, kind
+    assert decoded(children["Secret"], "userlist.txt") == '"shop" "s3cret-pa$$word"\n'
+    assert decoded(children["Secret"], "DATABASE_URL") == (
+        "postgres://shop:s3cret-pa%24%24word@127.0.0.1:6432/shop"
+    )
+
+
+def test_deployment_runs_the_launcher_with_the_spec():
+    deployment = children_by_kind()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (app,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in app["env"]}
+    assert app["args"] == ["djangoscale", "serve", "shop.wsgi:application"]
+    assert env["DJANGOSCALE_SERVER"] == "cherrypy"
+    assert (env["DJANGOSCALE_THREADS"], env["DJANGOSCALE_MAX_THREADS"]) == ("100", "150")
+    assert env["DJANGOSCALE_QUEUE_SIZE"] == "1000"
+    assert (env["DATABASE_HOST"], env["DATABASE_PORT"]) == ("127.0.0.1", "6432")
+    # The HPA owns replicas: the operator's applied Deployment must not name them.
+    assert "replicas" not in deployment["spec"]
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["name"] == "pgbouncer" and sidecar["restartPolicy"] == "Always"
+
+
+def test_pods_pass_the_restricted_pod_security_standard():
+    pod = children_by_kind()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for container in pod["containers"] + pod["initContainers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert context.get("privileged") is not True
+    for volume in pod["volumes"]:
+        assert set(volume) & {"emptyDir", "secret"}, volume  # no hostPath
+
+
+def test_a_secret_change_rolls_the_pods():
+    before = children_by_kind()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    rotated = DatabaseCredentials("db.internal", 5432, "shop", "shop", "rotated")
+    after = children_by_kind(credentials=rotated)["Deployment"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert before[CHECKSUM_ANNOTATION] != after[CHECKSUM_ANNOTATION]
+
+
+def test_hpa_scales_on_rps_between_min_and_max():
+    hpa = children_by_kind()["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (10, 60)
+    (metric,) = hpa["metrics"]
+    assert metric["pods"]["metric"]["name"] == "djangoscale_requests_per_second"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "120"}
+    assert hpa["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_without_autoscaling_the_deployment_holds_min_replicas():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["autoscaling"] = {"enabled": False}
+    children = children_by_kind(body)
+    assert "HorizontalPodAutoscaler" not in children
+    assert children["Deployment"]["spec"]["replicas"] == 10
+
+
+def test_without_database_there_is_no_secret_and_no_sidecar():
+    body = copy.deepcopy(SHOP)
+    del body["spec"]["database"]
+    children = children_by_kind(body)
+    assert "Secret" not in children
+    assert "initContainers" not in children["Deployment"]["spec"]["template"]["spec"]

@@ -1,0 +1,129 @@
+"""The typed spec: defaults from the CRD schema, and one problem line per bad field."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from djangoscale import spec
+
+MINIMAL = {
+    "apiVersion": "djangoscale.io/v1alpha1",
+    "kind": "DjangoService",
+    "metadata": {"name": "shop", "namespace": "web"},
+    "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application"},
+}
+
+
+def with_spec(**fields):
+    body = copy.deepcopy(MINIMAL)
+    body["spec"].update(fields)
+    return body
+
+
+def problems_of(body) -> list[str]:
+    with pytest.raises(spec.SpecError) as raised:
+        spec.parse(body)
+    return raised.value.problems
+
+
+def test_defaults_come_from_the_schema():
+    ds = spec.parse(MINIMAL)
+    assert ds.port == 8000
+    assert ds.server.type == "cherrypy"
+    assert (ds.server.threads, ds.server.max_threads) == (100, 150)
+    assert ds.server.queue_size == 1000
+    assert ds.server.timeout_seconds == 30
+    assert (ds.min_replicas, ds.max_replicas) == (10, 60)
+    assert ds.autoscaling.target_rps_per_pod == 120
+    assert ds.autoscaling.scale_down.stabilization_window_seconds == 300
+    assert ds.database is None and not ds.uses_pgbouncer
+
+
+@pytest.mark.parametrize(
+    ("server_type", "threads", "max_threads"),
+    [("gunicorn-sync", 1, 1), ("gunicorn-gevent", 500, 500), ("gunicorn-gthread", 32, 32)],
+)
+def test_threads_default_per_server_type(server_type, threads, max_threads):
+    ds = spec.parse(with_spec(server={"type": server_type}))
+    assert (ds.server.threads, ds.server.max_threads) == (threads, max_threads)
+
+
+def test_min_above_max_names_both_fields():
+    assert problems_of(with_spec(replicas={"min": 40, "max": 20})) == [
+        "spec.replicas.min: must be <= spec.replicas.max (40 > 20)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"port": 0}, "spec.port: must be >= 1"),
+        ({"wsgiApp": "not a callable"}, "spec.wsgiApp: must match"),
+        ({"server": {"type": "uwsgi"}}, "spec.server.type: must be one of cherrypy"),
+        ({"server": {"threads": 10, "maxThreads": 5}}, "spec.server.maxThreads: must be >="),
+        ({"server": {"type": "gunicorn-sync", "threads": 4}}, "spec.server.threads: gunicorn-sync"),
+        ({"replicas": {"max": 5000}}, "spec.replicas.max: must be <= 1000"),
+        ({"database": {"secretName": "db"}}, "spec.database.maxConnections: required"),
+        ({"image": ""}, "spec.image: must be at least 1 characters"),
+        ({"metricsPort": 8000}, "spec.metricsPort: must differ from spec.port"),
+    ],
+)
+def test_bad_fields_are_named(fields, expected):
+    problems = problems_of(with_spec(**fields))
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_missing_required_fields_are_named():
+    body = copy.deepcopy(MINIMAL)
+    del body["spec"]["image"]
+    assert problems_of(body) == ["spec.image: required"]
+
+
+def test_budget_too_small_says_the_largest_max_it_supports():
+    body = with_spec(replicas={"min": 2, "max": 60}, database={"secretName": "db", "maxConnections": 40})
+    (problem,) = problems_of(body)
+    assert problem.startswith("spec.database.maxConnections:")
+    # 40 - 3 reserved = 37 connections; one per pod plus one rollout surge pod: max 36.
+    assert problem.endswith("the largest spec.replicas.max this budget supports is 36")
+    assert spec.parse(
+        with_spec(replicas={"min": 2, "max": 36}, database={"secretName": "db", "maxConnections": 40})
+    ).max_replicas == 36
+
+
+def test_pool_size_override_must_fit_the_budget():
+    body = with_spec(
+        replicas={"min": 1, "max": 9},
+        database={"secretName": "db", "maxConnections": 53},
+        pgbouncer={"poolSize": 6},
+    )
+    assert problems_of(body)[0].startswith("spec.pgbouncer.poolSize: 6 per pod")
+    body["spec"]["pgbouncer"]["poolSize"] = 5
+    assert spec.parse(body).pgbouncer.pool_size == 5
+
+
+def test_pgbouncer_needs_the_secret():
+    body = with_spec(database={"maxConnections": 400})
+    assert problems_of(body)[0].startswith("spec.database.secretName: required")
+    body["spec"]["pgbouncer"] = {"enabled": False}
+    assert spec.parse(body).database.secret_name is None
+
+
+def test_every_cel_rule_of_the_crd_has_a_python_twin():
+    """The Python checks mirror the CRD's CEL rules: same field, same words."""
+    rules = []
+
+    def walk(schema):
+        rules.extend(schema.get("x-kubernetes-validations", []))
+        for sub in schema.get("properties", {}).values():
+            walk(sub)
+
+    walk(spec.spec_schema())
+    source = open(spec.__file__).read()
+    assert len(rules) >= 7
+    for rule in rules:
+        text = rule.get("message") or rule["messageExpression"]
+        field_name = text.strip("'").split(":")[0]
+        assert field_name.startswith("spec."), text
+        assert f'"{field_name}:' in source or f"f\"{field_name}:" in source, field_name
