@@ -1,0 +1,54 @@
+"""`djangoscale cluster up|down|status`: the local control plane from a shell.
+
+Only argparse at import time: the dispatcher imports this module to build the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_DIR = Path(".djangoscale/cluster")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    up = sub.add_parser("up", help="build (if needed) and start the cluster, print the kubeconfig")
+    down = sub.add_parser("down", help="stop every process the cluster started")
+    status = sub.add_parser("status", help="print the kubeconfig if the cluster is running")
+    for command in (up, down, status):
+        command.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                             help="cluster directory: PKI, kubeconfig, data, logs, pids "
+                                  "(default: %(default)s)")
+    up.add_argument("--nodes", type=int, default=1, help="fake (KWOK) nodes (default: 1)")
+    up.add_argument("--hpa-sync-period", default="5s",
+                    help="kube-controller-manager --horizontal-pod-autoscaler-sync-period "
+                         "(default: %(default)s; upstream: 15s)")
+    up.add_argument("--hpa-downscale-stabilization", default="30s",
+                    help="--horizontal-pod-autoscaler-downscale-stabilization "
+                         "(default: %(default)s; upstream: 5m0s)")
+    up.add_argument("--timeout", type=float, default=180.0,
+                    help="seconds to wait for the cluster once built (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from djangoscale.cluster.local import LocalCluster
+
+    cluster = LocalCluster(
+        args.dir,
+        hpa_sync_period=getattr(args, "hpa_sync_period", "5s"),
+        hpa_downscale_stabilization=getattr(args, "hpa_downscale_stabilization", "30s"),
+    )
+    if args.action == "up":
+        kubeconfig = cluster.up(nodes=args.nodes, timeout=args.timeout)
+        print(kubeconfig)
+        return 0
+    if args.action == "down":
+        cluster.down()
+        return 0
+    state = cluster.running()
+    if state is None:
+        print(f"no cluster running in {cluster.dir}")
+        return 1
+    print(state.kubeconfig)
+    return 0

@@ -1,0 +1,162 @@
+"""Command lines of the control-plane processes, as pure functions of a `ClusterConfig`.
+
+Kept apart from the code that starts processes so every flag is unit-tested, and so the one
+place that says how this cluster differs from a kubeadm one is easy to read:
+- everything listens on 127.0.0.1 and free ports;
+- no leader election (one replica of each), short HPA sync period for fast tests;
+- aggregated APIs work: the front-proxy flags are set as kubeadm sets them;
+- the kubernetes.default Endpoints are not reconciled, since their only possible address here
+  would be 127.0.0.1, which Endpoints validation rejects (loopback range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from djangoscale.cluster.pki import FRONT_PROXY_CLIENT_CN, PkiPaths
+
+LOOPBACK = "127.0.0.1"
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # only stored in Service objects; never routed here
+# Pod IPs are handed out from here, one /24 per node, so a test can bind a real process to a
+# pod's IP on this machine.
+POD_CIDR_PREFIX = "127.1"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Everything that decides the processes' flags."""
+
+    dir: Path
+    ports: Ports
+    hpa_sync_period: str = "5s"
+    hpa_downscale_stabilization: str = "30s"
+    extra_controller_manager_flags: tuple[str, ...] = field(default=())
+
+    @property
+    def pki(self) -> PkiPaths:
+        return PkiPaths(self.dir / "pki")
+
+    def kubeconfig(self, identity: str) -> Path:
+        return self.dir / f"{identity}.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+
+
+def node_pod_cidr(index: int) -> str:
+    """The pod CIDR of the index-th fake node (0-based): 127.1.<index+1>.0/24."""
+    if not 0 <= index < 254:
+        raise ValueError(f"node index {index} out of range: at most 254 fake nodes")
+    return f"{POD_CIDR_PREFIX}.{index + 1}.0/24"
+
+
+def etcd_args(config: ClusterConfig) -> list[str]:
+    return [
+        "etcd",
+        f"--data-dir={config.dir / 'etcd'}",
+        f"--listen-client-url=http://{LOOPBACK}:{config.ports.etcd_client}",
+        f"--listen-peer-url=http://{LOOPBACK}:{config.ports.etcd_peer}",
+    ]
+
+
+def apiserver_args(config: ClusterConfig) -> list[str]:
+    pki = config.pki
+    return [
+        "apiserver",
+        f"--etcd-servers=http://{LOOPBACK}:{config.ports.etcd_client}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--secure-port={config.ports.apiserver}",
+        f"--cert-dir={config.dir / 'apiserver-certs'}",
+        f"--tls-cert-file={pki.cert('apiserver')}",
+        f"--tls-private-key-file={pki.key('apiserver')}",
+        f"--client-ca-file={pki.ca}",
+        "--authorization-mode=RBAC",
+        "--allow-privileged=true",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--endpoint-reconciler-type=none",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        # Aggregation layer (custom.metrics.k8s.io and friends), as kubeadm configures it.
+        f"--requestheader-client-ca-file={pki.cert('front-proxy-ca')}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_CN}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
+        f"--proxy-client-key-file={pki.key('front-proxy-client')}",
+        "--enable-aggregator-routing=false",
+        "--profiling=false",
+    ]
+
+
+def controller_manager_args(config: ClusterConfig) -> list[str]:
+    pki = config.pki
+    kubeconfig = config.kubeconfig("controller-manager")
+    return [
+        "controller-manager",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={config.ports.controller_manager}",
+        f"--cert-dir={config.dir / 'controller-manager-certs'}",
+        "--leader-elect=false",
+        # Every controller that is on by default: deployment, replicaset, garbage collector,
+        # HPA, namespace, serviceaccount + token, endpointslice, disruption (PDB), ...
+        "--controllers=*",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki.sa_key}",
+        f"--root-ca-file={pki.ca}",
+        f"--cluster-signing-cert-file={pki.ca}",
+        f"--cluster-signing-key-file={pki.key('ca')}",
+        f"--requestheader-client-ca-file={pki.cert('front-proxy-ca')}",
+        f"--horizontal-pod-autoscaler-sync-period={config.hpa_sync_period}",
+        f"--horizontal-pod-autoscaler-downscale-stabilization={config.hpa_downscale_stabilization}",
+        "--kube-api-qps=100",
+        "--kube-api-burst=200",
+        "--profiling=false",
+        *config.extra_controller_manager_flags,
+    ]
+
+
+def scheduler_args(config: ClusterConfig) -> list[str]:
+    kubeconfig = config.kubeconfig("scheduler")
+    return [
+        "scheduler",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={config.ports.scheduler}",
+        f"--cert-dir={config.dir / 'scheduler-certs'}",
+        "--leader-elect=false",
+        "--profiling=false",
+    ]
+
+
+def kwok_args(config: ClusterConfig, kwok_config: Path) -> list[str]:
+    return [
+        f"--kubeconfig={config.kubeconfig('kwok')}",
+        f"--config={kwok_config}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+        f"--node-ip={LOOPBACK}",
+        f"--cidr={POD_CIDR_PREFIX}.0.0/24",
+        f"--server-address={LOOPBACK}:{config.ports.kwok}",
+        "--node-lease-duration-seconds=40",
+    ]
