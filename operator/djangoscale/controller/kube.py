@@ -27,11 +27,15 @@ PLURALS = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     (f"{GROUP}/{VERSION}", "DjangoService"): PLURAL,
+    ("v1", "Namespace"): "namespaces",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
 }
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition"}
 
 
 @functools.cache
 def api_client() -> client.ApiClient:
+    """In-cluster credentials in a pod, else $KUBECONFIG (or ~/.kube/config)."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -39,8 +43,10 @@ def api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
-def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+def object_path(api_version: str, kind: str, namespace: str | None, name: str) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if kind in CLUSTER_SCOPED:
+        return f"{prefix}/{PLURALS[(api_version, kind)]}/{name}"
     return f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}/{name}"
 
 
@@ -59,7 +65,7 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
 def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `obj` as the operator's field manager; returns the live object."""
     metadata = obj["metadata"]
-    path = object_path(obj["apiVersion"], obj["kind"], metadata["namespace"], metadata["name"])
+    path = object_path(obj["apiVersion"], obj["kind"], metadata.get("namespace"), metadata["name"])
     result: dict[str, Any] = _call(
         "PATCH",
         path,

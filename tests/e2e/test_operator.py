@@ -1,0 +1,303 @@
+"""The operator on the real local control plane: children, status, admission, GC, no drift."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from djangoscale.spec import GROUP, VERSION, crd
+
+pytestmark = pytest.mark.e2e
+API = f"{GROUP}/{VERSION}"
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """Poll until `probe` returns something truthy; the timeout only bounds a broken run."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def kube(cluster) -> Iterator[Any]:
+    """The operator's own API module, pointed at the local cluster, with the CRD installed."""
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    from djangoscale.controller import kube as kube_module
+
+    kube_module.api_client.cache_clear()
+    kube_module.apply(crd())
+
+    def established() -> bool:
+        live = kube_module.get(
+            "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, crd()["metadata"]["name"]
+        )
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (live or {}).get("status", {}).get("conditions", [])
+        )
+
+    wait_for("the CRD to be established", established)
+    yield kube_module
+
+
+@pytest.fixture(scope="module")
+def operator(kube, cluster, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
+             "--metrics-port", "0", "--bind", "127.0.0.1"],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+                 "DJANGOSCALE_RESYNC_SECONDS": "3"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    text = log.read_text(errors="replace")
+    # The operator never logs a password, whatever happened in the tests.
+    assert "e2e-secret-password" not in text
+    assert "Traceback" not in text or process.returncode in (0, -15), text[-4000:]
+
+
+@pytest.fixture
+def namespace(kube) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    kube._call("DELETE", f"/api/v1/namespaces/{name}", header_params={"Accept": "application/json"})
+
+
+def secret(namespace: str, password: str = "e2e-secret-password") -> dict[str, Any]:
+    values = {"host": "127.0.0.1", "port": "5432", "dbname": "shop", "user": "shop",
+              "password": password}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "shop-db", "namespace": namespace},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
+
+
+def djangoservice(namespace: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": API,
+        "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": namespace},
+        "spec": {
+            "image": "registry.example.com/shop:1.4.2",
+            "wsgiApp": "shop.wsgi:application",
+            "server": {"type": "cherrypy", "threads": 20, "maxThreads": 30},
+            "replicas": {"min": 2, "max": 5},
+            "autoscaling": {"targetRPSPerPod": 20},
+            "database": {"secretName": "shop-db", "maxConnections": 40},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def condition(kube, namespace: str, type_: str = "Ready") -> dict[str, Any]:
+    live = kube.get(API, "DjangoService", namespace, "shop") or {}
+    status = live.get("status", {})
+    found = next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+    return {**found, "generation": live.get("metadata", {}).get("generation"),
+            "observedGeneration": status.get("observedGeneration")}
+
+
+def ready(kube, namespace: str) -> bool:
+    found = condition(kube, namespace)
+    return found.get("status") == "True" and found["observedGeneration"] == found["generation"]
+
+
+def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace))
+    wait_for("Ready=True", lambda: ready(kube, namespace))
+
+    live = kube.get(API, "DjangoService", namespace, "shop")
+    for api_version, kind, name in [
+        ("apps/v1", "Deployment", "shop"),
+        ("v1", "Service", "shop"),
+        ("policy/v1", "PodDisruptionBudget", "shop"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", "shop"),
+        ("v1", "Secret", "shop-database"),
+    ]:
+        child = kube.get(api_version, kind, namespace, name)
+        assert child is not None, kind
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == live["metadata"]["uid"]
+    deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
+    # Started at replicas.min, not at the API's default of 1; KWOK runs the pods.
+    assert deployment["status"]["readyReplicas"] >= 2
+    assert live["status"]["database"] == {
+        "poolSizePerPod": 6,  # (40 - 3) // (5 + 1)
+        "maxClientConnPerPod": 40,
+        "connectionsAtMaxReplicas": 36,
+        "maxConnections": 40,
+    }
+    for type_ in ("Progressing", "Degraded"):
+        assert condition(kube, namespace, type_)["status"] == "False"
+    # Status and children never carry the password.
+    text = str(live) + str(deployment)
+    assert "e2e-secret-password" not in text
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"replicas": {"min": 40, "max": 20}},
+         "spec.replicas.min: must be <= spec.replicas.max (40 > 20)"),
+        ({"replicas": {"min": 2, "max": 60}},
+         "the largest spec.replicas.max this budget supports is 36"),
+        ({"server": {"type": "gunicorn-sync", "threads": 8}},
+         "spec.server.threads: gunicorn-sync serves one request at a time"),
+        ({"port": 70000}, "spec.port"),
+    ],
+)
+def test_admission_refuses_bad_specs_naming_the_field(kube, namespace, spec, message):
+    with pytest.raises(ApiException) as raised:
+        kube.apply(djangoservice(namespace, **spec))
+    assert raised.value.status == 422
+    assert message in raised.value.body
+    # The Python validator refuses the same object with the same words.
+    from djangoscale import spec as spec_module
+
+    with pytest.raises(spec_module.SpecError) as parsed:
+        spec_module.parse(djangoservice(namespace, **spec))
+    if "port" not in spec:
+        assert any(message in problem for problem in parsed.value.problems)
+
+
+def test_missing_secret_is_a_condition_and_an_event_then_recovers(kube, operator, namespace):
+    kube.apply(djangoservice(namespace))
+    found = wait_for(
+        "Ready=False DatabaseSecretNotFound",
+        lambda: (c := condition(kube, namespace)).get("reason") == "DatabaseSecretNotFound" and c,
+    )
+    assert found["status"] == "False" and "spec.database.secretName" in found["message"]
+    assert condition(kube, namespace, "Degraded")["status"] == "True"
+    events = wait_for(
+        "a Warning event",
+        lambda: [
+            e for e in kube._call(
+                "GET", f"/api/v1/namespaces/{namespace}/events",
+                header_params={"Accept": "application/json"},
+            )["items"]
+            if e["type"] == "Warning" and e["reason"] == "DatabaseSecretNotFound"
+        ],
+    )
+    assert events[0]["involvedObject"]["name"] == "shop"
+    assert kube.get("apps/v1", "Deployment", namespace, "shop") is None
+    kube.apply(secret(namespace))
+    wait_for("Ready=True once the Secret exists", lambda: ready(kube, namespace))
+
+
+def test_changes_roll_out_and_secret_rotation_rolls_pods(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace))
+    wait_for("Ready", lambda: ready(kube, namespace))
+
+    def template() -> dict[str, Any]:
+        deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
+        return deployment["spec"]["template"]
+
+    def env(name: str) -> str | None:
+        (app,) = template()["spec"]["containers"]
+        return next((e.get("value") for e in app["env"] if e["name"] == name), None)
+
+    body = djangoservice(namespace, server={"type": "gunicorn-gthread", "threads": 8})
+    kube.apply(body)
+    wait_for("the new server type", lambda: env("DJANGOSCALE_SERVER") == "gunicorn-gthread")
+    assert env("DJANGOSCALE_THREADS") == "8"
+
+    checksum = template()["metadata"]["annotations"]["djangoscale.io/config-checksum"]
+    kube.apply(secret(namespace, password="rotated-password"))
+    wait_for(
+        "a new checksum after the Secret rotated",
+        lambda: template()["metadata"]["annotations"]["djangoscale.io/config-checksum"]
+        != checksum,
+    )
+    wait_for("Ready after the rollout", lambda: ready(kube, namespace))
+
+
+def test_deleted_child_is_recreated_and_deleting_the_owner_collects_all(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace))
+    wait_for("Ready", lambda: ready(kube, namespace))
+    uid = kube.get("v1", "Service", namespace, "shop")["metadata"]["uid"]
+    kube._call("DELETE", f"/api/v1/namespaces/{namespace}/services/shop",
+               header_params={"Accept": "application/json"})
+    wait_for(
+        "the Service to come back",
+        lambda: (s := kube.get("v1", "Service", namespace, "shop")) and s["metadata"]["uid"] != uid,
+    )
+
+    kube._call("DELETE", f"/apis/{API}/namespaces/{namespace}/djangoservices/shop",
+               header_params={"Accept": "application/json"})
+    wait_for(
+        "garbage collection of every child",
+        lambda: all(
+            kube.get(a, k, namespace, n) is None
+            for a, k, n in [("apps/v1", "Deployment", "shop"), ("v1", "Service", "shop"),
+                            ("autoscaling/v2", "HorizontalPodAutoscaler", "shop"),
+                            ("v1", "Secret", "shop-database")]
+        ),
+    )
+    # The user's own Secret is theirs: never deleted.
+    assert kube.get("v1", "Secret", namespace, "shop-db") is not None
+
+
+def test_no_drift_and_no_fight_with_the_hpa(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    body = djangoservice(namespace)
+    kube.apply(body)
+    wait_for("Ready", lambda: ready(kube, namespace))
+    time.sleep(4)  # let one resync pass so the object is settled
+
+    def versions() -> dict[str, str]:
+        return {
+            kind: kube.get(api, kind, namespace, "shop")["metadata"]["resourceVersion"]
+            for api, kind in [(API, "DjangoService"), ("apps/v1", "Deployment"),
+                              ("v1", "Service")]
+        }
+
+    settled = wait_for("a settled object", lambda: (v := versions()) == versions() and v)
+    # The same file applied again, as a GitOps tool does: nothing changes.
+    kube.apply(copy.deepcopy(body))
+    time.sleep(7)  # two resync periods of the operator
+    assert versions()["DjangoService"] == settled["DjangoService"]
+    assert versions()["Service"] == settled["Service"]
+
+    # Replicas belong to the HPA (here set through the scale subresource, as the HPA does):
+    # the operator's resyncs leave them alone.
+    kube.scale(namespace, "shop", 4)
+    time.sleep(7)
+    deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
+    # (The local cluster's HPA scale-down window is 30 s, longer than this wait.)
+    assert deployment["spec"]["replicas"] == 4
+    managers = {m["manager"] for m in deployment["metadata"]["managedFields"]}
+    assert "djangoscale" in managers
+    applied = next(m for m in deployment["metadata"]["managedFields"]
+                   if m["manager"] == "djangoscale" and m["operation"] == "Apply")
+    assert "f:replicas" not in applied["fieldsV1"]["f:spec"]
