@@ -70,11 +70,21 @@ class ScalePolicy:
 
 
 @dataclass(frozen=True)
+class PrometheusSource:
+    address: str
+    query: str
+
+    def query_for(self, namespace: str, name: str) -> str:
+        return self.query.replace("{namespace}", namespace).replace("{name}", name)
+
+
+@dataclass(frozen=True)
 class AutoscalingSpec:
     enabled: bool
     target_rps_per_pod: int
     scale_up: ScalePolicy
     scale_down: ScalePolicy
+    prometheus: PrometheusSource | None = None
 
 
 @dataclass(frozen=True)
@@ -117,13 +127,19 @@ class DjangoService:
     autoscaling: AutoscalingSpec
     database: DatabaseSpec | None
     pgbouncer: PgBouncerSpec
+    # pgbouncer (a sidecar per pod), django (Django's own psycopg pool per process) or none.
+    pooling_mode: str
     resources: dict[str, Any] = field(default_factory=dict)
     env: tuple[dict[str, Any], ...] = ()
     max_unavailable: int | str = 1
 
     @property
     def uses_pgbouncer(self) -> bool:
-        return self.database is not None and self.pgbouncer.enabled
+        return self.database is not None and self.pooling_mode == "pgbouncer"
+
+    @property
+    def uses_django_pool(self) -> bool:
+        return self.database is not None and self.pooling_mode == "django"
 
 
 @functools.cache
@@ -224,6 +240,10 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         )
     if spec["metricsPort"] == spec["port"]:
         problems.append("spec.metricsPort: must differ from spec.port")
+    explicit_mode = spec["pooling"].get("mode")
+    mode = pooling_mode(spec)
+    if explicit_mode == "pgbouncer" and not spec["pgbouncer"]["enabled"]:
+        problems.append("spec.pooling.mode: pgbouncer contradicts spec.pgbouncer.enabled=false")
     database = spec.get("database")
     if database is not None:
         budget = database["maxConnections"] - database["reservedConnections"]
@@ -236,10 +256,17 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
                 f"surge pod; the largest spec.replicas.max this budget supports is "
                 f"{budget - ROLLOUT_SURGE}"
             )
-        if spec["pgbouncer"]["enabled"] and "secretName" not in database:
+        if mode == "pgbouncer" and "secretName" not in database:
             problems.append(
                 "spec.database.secretName: required when spec.pgbouncer.enabled is true "
                 "(pgbouncer needs the credentials)"
+            )
+        workers = spec["server"]["workers"]
+        if explicit_mode == "django" and budget < pods * workers:
+            problems.append(
+                f"spec.pooling.mode: django pools per process; the budget of {budget} connections "
+                f"cannot give one to each of spec.server.workers={workers} processes in "
+                f"spec.replicas.max={replicas['max']} pods plus one surge pod"
             )
         pool_size = spec["pgbouncer"].get("poolSize")
         if pool_size is not None and pool_size * pods > budget:
@@ -249,6 +276,13 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
                 "(spec.database.maxConnections minus reservedConnections)"
             )
     return problems
+
+
+def pooling_mode(spec: dict[str, Any]) -> str:
+    explicit: str | None = spec["pooling"].get("mode")
+    if explicit is not None:
+        return explicit
+    return "pgbouncer" if spec["pgbouncer"]["enabled"] else "none"
 
 
 def _scale_policy(raw: dict[str, Any]) -> ScalePolicy:
@@ -322,6 +356,12 @@ def parse(body: dict[str, Any]) -> DjangoService:
             target_rps_per_pod=autoscaling["targetRPSPerPod"],
             scale_up=_scale_policy(autoscaling["behavior"]["scaleUp"]),
             scale_down=_scale_policy(autoscaling["behavior"]["scaleDown"]),
+            prometheus=None
+            if "prometheus" not in autoscaling
+            else PrometheusSource(
+                address=autoscaling["prometheus"]["address"],
+                query=autoscaling["prometheus"]["query"],
+            ),
         ),
         database=None
         if database is None
@@ -337,6 +377,7 @@ def parse(body: dict[str, Any]) -> DjangoService:
             pool_size=pgbouncer.get("poolSize"),
             image=pgbouncer["image"],
         ),
+        pooling_mode=pooling_mode(spec),
         resources=copy.deepcopy(spec.get("resources", {})),
         env=tuple(copy.deepcopy(spec.get("env", []))),
         max_unavailable=spec["disruption"]["maxUnavailable"],
