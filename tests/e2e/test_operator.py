@@ -151,6 +151,7 @@ def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace
     # Started at replicas.min, not at the API's default of 1; KWOK runs the pods.
     assert deployment["status"]["readyReplicas"] >= 2
     assert live["status"]["database"] == {
+        "poolingMode": "pgbouncer",
         "poolSizePerPod": 6,  # (40 - 3) // (5 + 1)
         "maxClientConnPerPod": 40,
         "connectionsAtMaxReplicas": 36,

@@ -148,3 +148,39 @@ def test_without_database_there_is_no_secret_and_no_sidecar():
     children = children_by_kind(body)
     assert "Secret" not in children
     assert "initContainers" not in children["Deployment"]["spec"]["template"]["spec"]
+
+
+def test_django_pool_mode_sizes_per_process_and_has_no_sidecar():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["pooling"] = {"mode": "django"}
+    body["spec"]["server"] = {"type": "gunicorn-gthread", "workers": 2, "threads": 8}
+    body["spec"]["replicas"] = {"min": 2, "max": 9}
+    body["spec"]["database"]["maxConnections"] = 63
+    ds = spec.parse(body)
+    sizing = size_pool(ds)
+    # (63 - 3) // ((9 + 1) pods x 2 processes) = 3 per process, 6 per pod, 60 at max.
+    assert (sizing.pool_size_per_process, sizing.pool_size_per_pod) == (3, 6)
+    assert sizing.connections_at_max == 60 <= 63 - 3
+    children = children_by_kind(body)
+    pod = children["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["DATABASE_POOL_MAX_SIZE"]["value"] == "3"
+    assert env["DATABASE_HOST"]["valueFrom"]["secretKeyRef"] == {"name": "shop-db", "key": "host"}
+    assert decoded(children["Secret"], "DATABASE_URL") == (
+        "postgres://shop:s3cret-pa%24%24word@db.internal:5432/shop"
+    )
+
+
+def test_django_pool_mode_refuses_a_budget_below_one_per_process():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["pooling"] = {"mode": "django"}
+    body["spec"]["server"] = {"type": "gunicorn-gthread", "workers": 4, "threads": 8}
+    body["spec"]["replicas"] = {"min": 2, "max": 20}
+    body["spec"]["database"]["maxConnections"] = 60
+    try:
+        spec.parse(body)
+    except spec.SpecError as error:
+        assert error.problems[0].startswith("spec.pooling.mode: django pools per process")
+    else:
+        raise AssertionError("accepted a budget of 57 for 21 pods x 4 processes")

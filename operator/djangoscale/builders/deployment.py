@@ -64,6 +64,14 @@ def database_env(ds: DjangoService, secret: dict[str, Any]) -> list[dict[str, An
             from_secret("DATABASE_HOST", user_secret, "host"),
             from_secret("DATABASE_PORT", user_secret, "port"),
         ]
+    if ds.uses_django_pool:
+        # Read by the settings snippet in docs/pooling.md: OPTIONS={"pool": {"max_size": ...}}.
+        env.append(
+            {
+                "name": "DATABASE_POOL_MAX_SIZE",
+                "value": str(pgbouncer.size_pool(ds).pool_size_per_process),
+            }
+        )
     env += [
         from_secret("DATABASE_NAME", user_secret, "dbname"),
         from_secret("DATABASE_USER", user_secret, "user"),

@@ -86,6 +86,8 @@ class PoolSizing:
     pool_size_per_pod: int
     max_client_conn_per_pod: int
     max_pods: int
+    # Django's native pool lives in each worker process; pgbouncer's is one per pod.
+    pool_size_per_process: int
 
     @property
     def connections_at_max(self) -> int:
@@ -100,13 +102,20 @@ def size_pool(ds: DjangoService) -> PoolSizing:
     """Per-pod pool and client limits; the spec was validated to fit the budget."""
     assert ds.database is not None
     max_pods = ds.max_replicas + ROLLOUT_SURGE
+    workers = ds.server.workers
+    clients = ds.pgbouncer.max_client_conn or ds.server.concurrency + CLIENT_HEADROOM
+    if ds.uses_django_pool:
+        # A process never needs more connections than threads it runs.
+        per_process = min(
+            pool_size_per_pod(ds.database.pool_budget, max_pods * workers), ds.server.max_threads
+        )
+        return PoolSizing(per_process * workers, clients, max_pods, per_process)
     if ds.pgbouncer.pool_size is not None:
         pool = ds.pgbouncer.pool_size
     else:
         # A pod never needs more server connections than requests it can run at once.
         pool = min(pool_size_per_pod(ds.database.pool_budget, max_pods), ds.server.concurrency)
-    clients = ds.pgbouncer.max_client_conn or ds.server.concurrency + CLIENT_HEADROOM
-    return PoolSizing(pool_size_per_pod=pool, max_client_conn_per_pod=clients, max_pods=max_pods)
+    return PoolSizing(pool, clients, max_pods, pool)
 
 
 def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:

@@ -62,10 +62,11 @@ def observed_status(
     }
     if hpa is not None:
         status["desiredReplicas"] = hpa.get("status", {}).get("desiredReplicas", 0)
-    if ds.uses_pgbouncer:
+    if ds.uses_pgbouncer or ds.uses_django_pool:
         sizing = size_pool(ds)
         assert ds.database is not None
         status["database"] = {
+            "poolingMode": ds.pooling_mode,
             "poolSizePerPod": sizing.pool_size_per_pod,
             "maxClientConnPerPod": sizing.max_client_conn_per_pod,
             "connectionsAtMaxReplicas": sizing.connections_at_max,
