@@ -80,19 +80,18 @@ def recorded(directory: Path) -> list[Started]:
 
 
 def is_ours(entry: Started) -> bool:
-    """True while `entry.pid` is alive and still runs `entry.binary`."""
+    """True while `entry.pid` is alive (not a zombie) and runs `entry.binary`.
+
+    Reads /proc/<pid>/exe, which is fixed at exec time, rather than the command line, which
+    reads empty for a moment while a process is being exec'd and would make a just-started
+    process look gone.
+    """
     try:
-        cmdline = Path(f"/proc/{entry.pid}/cmdline").read_bytes()
-    except OSError:
+        exe = os.readlink(f"/proc/{entry.pid}/exe")
+    except OSError:  # no such process, or a zombie (its exe link is gone)
         return False
-    argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
-    if argv0 != entry.binary:
-        return False
-    try:  # a zombie has a cmdline until reaped only on some kernels; treat it as gone
-        state = Path(f"/proc/{entry.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    exe = exe.removesuffix(" (deleted)")  # the cache entry was rebuilt under it
+    return exe == os.path.realpath(entry.binary)
 
 
 def stop(entry: Started, timeout: float = 15.0) -> bool:

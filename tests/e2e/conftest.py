@@ -1,0 +1,42 @@
+"""End-to-end tests run against the real local control plane, started once per session.
+
+Every test under tests/e2e is marked `e2e`, so `pytest -m "not e2e"` runs the fast suite
+alone. The cluster comes from the same launcher as `djangoscale cluster up`; its directory is a
+pytest temp dir (logs kept for post-mortems) unless DJANGOSCALE_E2E_CLUSTER_DIR names one, and
+a cluster already running there is reused and left running.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from djangoscale.cluster import LocalCluster
+
+E2E_DIR = Path(__file__).resolve().parent
+NODES = 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees every collected item, not only this folder's: mark just ours.
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A running local cluster with `NODES` fake nodes; `.kubeconfig` is its admin kubeconfig."""
+    wanted = os.environ.get("DJANGOSCALE_E2E_CLUSTER_DIR")
+    directory = Path(wanted) if wanted else tmp_path_factory.mktemp("cluster")
+    local = LocalCluster(directory, hpa_sync_period="2s")
+    reused = local.running() is not None
+    local.up(nodes=NODES)
+    try:
+        yield local
+    finally:
+        if not reused:
+            local.down()
