@@ -29,15 +29,17 @@ def kubernetes_gomod(version: str) -> str:
     """Return the text of k8s.io/kubernetes' go.mod at `version`, as the proxy serves it."""
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return Path(json.loads(out)["GoMod"]).read_text()
 
 
 def staging_modules(gomod: str) -> list[str]:
     """Modules that upstream requires at v0.0.0 or replaces with a ./staging path."""
-    at_zero = re.findall(r"^\s*(k8s\.io/[\w./-]+)\s+v0\.0\.0\s*(?://.*)?$", gomod, re.M)
-    staged = re.findall(r"^\s*(k8s\.io/[\w./-]+)\s+=>\s+\./staging/", gomod, re.M)
+    at_zero = re.findall(r"^\s*(k8s\.io/[\w./-]+)\s+v0\.0\.0\s*(?://.*)?$", gomod, re.MULTILINE)
+    staged = re.findall(r"^\s*(k8s\.io/[\w./-]+)\s+=>\s+\./staging/", gomod, re.MULTILINE)
     return sorted(set(at_zero) | set(staged))
 
 
@@ -58,7 +60,7 @@ def replace_block(modules: list[str], version: str) -> str:
 
 
 def rewrite(gomod_text: str, block: str) -> str:
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
     if pattern.search(gomod_text):
         return pattern.sub(lambda _: block, gomod_text)
     return gomod_text.rstrip("\n") + "\n\n" + block

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
-
-from djangoscale.cluster import LocalCluster, register_local_apiservice
+from djangoscale.cluster import LocalCluster, processes, register_local_apiservice
 from djangoscale.cluster.api import ApiClient, ApiError
 from djangoscale.cluster.apiservice import service_name_for, unregister_local_apiservice
 from djangoscale.cluster.pki import PkiPaths, issue_serving_cert
@@ -47,8 +48,9 @@ def api(cluster: LocalCluster) -> ApiClient:
 @pytest.fixture
 def namespace(api: ApiClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                      "metadata": {"name": name}})
+    api.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
     yield name
     api.delete(f"/api/v1/namespaces/{name}")
 
@@ -106,8 +108,9 @@ def test_deployment_pods_run_with_loopback_ips_and_are_collected(
 
     def running() -> list[dict[str, Any]]:
         found = pods(api, namespace, "web")
-        ok = [p for p in found if p["status"].get("phase") == "Running"
-              and p["status"].get("podIP")]
+        ok = [
+            p for p in found if p["status"].get("phase") == "Running" and p["status"].get("podIP")
+        ]
         return found if len(ok) == 3 == len(found) else []
 
     found = wait_for("3 Running pods", running)
@@ -115,9 +118,10 @@ def test_deployment_pods_run_with_loopback_ips_and_are_collected(
     assert all(ip in LOOPBACK for ip in ips), ips
     assert len(set(ips)) == 3
     assert all(p["spec"].get("nodeName") for p in found)  # the scheduler placed them
-    deploy = wait_for("deployment status",
-                      lambda: (d := api.get(f"{base}/web"))["status"].get("readyReplicas") == 3
-                      and d)
+    deploy = wait_for(
+        "deployment status",
+        lambda: (d := api.get(f"{base}/web"))["status"].get("readyReplicas") == 3 and d,
+    )
     assert deploy["status"]["availableReplicas"] == 3
 
     api.delete(f"{base}/web")
@@ -138,11 +142,15 @@ def test_hpa_controller_acts_on_an_hpa(api: ApiClient, namespace: str) -> None:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hpa"},
             "minReplicas": 2,
             "maxReplicas": 4,
-            "metrics": [{
-                "type": "Pods",
-                "pods": {"metric": {"name": "requests_per_second"},
-                         "target": {"type": "AverageValue", "averageValue": "10"}},
-            }],
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "requests_per_second"},
+                        "target": {"type": "AverageValue", "averageValue": "10"},
+                    },
+                }
+            ],
         },
     }
     path = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
@@ -150,8 +158,10 @@ def test_hpa_controller_acts_on_an_hpa(api: ApiClient, namespace: str) -> None:
 
     scaled = wait_for(
         "HPA to scale the deployment to minReplicas",
-        lambda: api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/hpa")
-        ["spec"]["replicas"] == 2,
+        lambda: (
+            api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/hpa")["spec"]["replicas"]
+            == 2
+        ),
     )
     assert scaled
 
@@ -171,21 +181,37 @@ class _MetricsBackend(BaseHTTPRequestHandler):
     is asking (front-proxy headers) and which cert it presented."""
 
     group_version = ""
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         peer = self.connection.getpeercert() or {}
         subject = dict(item[0] for item in peer.get("subject", ()))
-        type(self).seen.append({"path": self.path, "user": self.headers.get("X-Remote-User", ""),
-                                "client_cn": subject.get("commonName", "")})
+        type(self).seen.append(
+            {
+                "path": self.path,
+                "user": self.headers.get("X-Remote-User", ""),
+                "client_cn": subject.get("commonName", ""),
+            }
+        )
         if self.path.split("?")[0] != f"/apis/{self.group_version}":
             self.send_error(404)
             return
-        body = json.dumps({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": self.group_version,
-            "resources": [{"name": "pods/requests_per_second", "singularName": "",
-                           "namespaced": True, "kind": "MetricValueList", "verbs": ["get"]}],
-        }).encode()
+        body = json.dumps(
+            {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": self.group_version,
+                "resources": [
+                    {
+                        "name": "pods/requests_per_second",
+                        "singularName": "",
+                        "namespaced": True,
+                        "kind": "MetricValueList",
+                        "verbs": ["get"],
+                    }
+                ],
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -202,27 +228,37 @@ def test_aggregated_api_served_from_the_host_is_reachable(
     group, version, namespace = "custom.metrics.k8s.io", "v1beta2", "default"
     pki = PkiPaths(cluster.dir / "pki")
     cert, key = issue_serving_cert(
-        pki, "metrics-test", (f"{service_name_for(group)}.{namespace}.svc",), ("127.0.0.1",))
+        pki, "metrics-test", (f"{service_name_for(group)}.{namespace}.svc",), ("127.0.0.1",)
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     # The aggregator authenticates with the front-proxy client cert: ask for it.
     context.load_verify_locations(pki.cert("front-proxy-ca"))
     context.verify_mode = ssl.CERT_OPTIONAL
 
-    handler = type("Backend", (_MetricsBackend,), {"group_version": f"{group}/{version}",
-                                                   "seen": []})
+    handler = type(
+        "Backend", (_MetricsBackend,), {"group_version": f"{group}/{version}", "seen": []}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        register_local_apiservice(api, group, version, server.server_address[1],
-                                  namespace=namespace, ca_bundle=pki.ca.read_bytes())
+        register_local_apiservice(
+            api,
+            group,
+            version,
+            server.server_address[1],
+            namespace=namespace,
+            ca_bundle=pki.ca.read_bytes(),
+        )
 
         def available() -> bool:
             status = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{group}")
-            return any(c["type"] == "Available" and c["status"] == "True"
-                       for c in status.get("status", {}).get("conditions", []))
+            return any(
+                c["type"] == "Available" and c["status"] == "True"
+                for c in status.get("status", {}).get("conditions", [])
+            )
 
         wait_for("APIService Available", available)
         listed = api.get(f"/apis/{group}/{version}")
@@ -239,3 +275,32 @@ def test_aggregated_api_served_from_the_host_is_reachable(
             pass
         server.shutdown()
         server.server_close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_reuses_a_running_cluster_and_down_frees_every_port(tmp_path: Path) -> None:
+    """A second cluster beside the session's: `up` twice keeps the same processes, `down`
+    stops them all and nothing listens on their ports any more."""
+    local = LocalCluster(tmp_path / "second")
+    try:
+        kubeconfig = local.up(nodes=1)
+        assert kubeconfig.is_file()
+        state = local.state
+        assert state is not None
+        ports = list(vars(state.ports).values())
+        assert all(_listening(p) for p in ports), ports
+        assert len(processes.recorded(local.dir)) == 5
+
+        again = LocalCluster(tmp_path / "second")
+        assert again.up(nodes=1) == kubeconfig
+        assert again.state is not None and again.state.ports == state.ports
+    finally:
+        stopped = local.down()
+    assert sorted(stopped) == ["apiserver", "controller-manager", "etcd", "kwok", "scheduler"]
+    assert wait_for("ports closed", lambda: not any(_listening(p) for p in ports), 10)
+    assert local.running() is None

@@ -7,7 +7,6 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-
 from djangoscale.cluster import flags
 from djangoscale.cluster.apiservice import apiservice_manifests, service_name_for
 from djangoscale.cluster.local import kwok_config_text, node_is_ready, node_manifest
@@ -54,7 +53,11 @@ def test_every_listener_is_on_loopback(config: flags.ClusterConfig) -> None:
 
 def test_subcommands_and_ports(config: flags.ClusterConfig) -> None:
     assert [a[0] for a in all_args(config)[:4]] == [
-        "etcd", "apiserver", "controller-manager", "scheduler"]
+        "etcd",
+        "apiserver",
+        "controller-manager",
+        "scheduler",
+    ]
     api = as_dict(flags.apiserver_args(config))
     assert api["--secure-port"] == "6443"
     assert api["--etcd-servers"] == "http://127.0.0.1:2379"
@@ -103,8 +106,10 @@ def test_node_manifest_is_managed_by_kwok() -> None:
     ],
 )
 def test_node_is_ready(status: str, taints: list, ready: bool) -> None:
-    node = {"spec": {"taints": taints},
-            "status": {"conditions": [{"type": "Ready", "status": status}]}}
+    node = {
+        "spec": {"taints": taints},
+        "status": {"conditions": [{"type": "Ready", "status": status}]},
+    }
     assert node_is_ready(node) is ready
 
 
@@ -118,11 +123,15 @@ def test_kwok_config_joins_stage_documents(tmp_path: Path) -> None:
 
 def test_apiservice_points_an_external_name_service_at_the_host() -> None:
     service, apiservice = apiservice_manifests(
-        "custom.metrics.k8s.io", "v1beta2", 8443, ca_bundle=b"PEM")
+        "custom.metrics.k8s.io", "v1beta2", 8443, ca_bundle=b"PEM"
+    )
     assert service["spec"] == {"type": "ExternalName", "externalName": "127.0.0.1"}
     assert apiservice["metadata"]["name"] == "v1beta2.custom.metrics.k8s.io"
     assert apiservice["spec"]["service"] == {
-        "name": service_name_for("custom.metrics.k8s.io"), "namespace": "default", "port": 8443}
+        "name": service_name_for("custom.metrics.k8s.io"),
+        "namespace": "default",
+        "port": 8443,
+    }
     assert base64.b64decode(apiservice["spec"]["caBundle"]) == b"PEM"
 
 

@@ -36,8 +36,9 @@ class ApiClient:
         context.load_cert_chain(str(self.cert), str(self.key))
         return context
 
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -62,7 +63,9 @@ class ApiClient:
     def apply(self, path: str, body: dict[str, Any], manager: str = "djangoscale-cluster") -> Any:
         """Server-side apply of `body` at its own object path."""
         return self.request(
-            "PATCH", f"{path}?fieldManager={manager}&force=true", body,
+            "PATCH",
+            f"{path}?fieldManager={manager}&force=true",
+            body,
             content_type="application/apply-patch+yaml",
         )
 

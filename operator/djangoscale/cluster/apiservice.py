@@ -82,15 +82,16 @@ def register_local_apiservice(
     """
     service, apiservice = apiservice_manifests(group, version, port, **options)
     namespace = service["metadata"]["namespace"]
-    client.apply(f"/api/v1/namespaces/{namespace}/services/{service['metadata']['name']}",
-                 service)
-    return client.apply(
+    client.apply(f"/api/v1/namespaces/{namespace}/services/{service['metadata']['name']}", service)
+    applied: dict[str, Any] = client.apply(
         f"/apis/apiregistration.k8s.io/v1/apiservices/{apiservice['metadata']['name']}",
         apiservice,
     )
+    return applied
 
 
-def unregister_local_apiservice(client: ApiClient, group: str, version: str,
-                                namespace: str = "default") -> None:
+def unregister_local_apiservice(
+    client: ApiClient, group: str, version: str, namespace: str = "default"
+) -> None:
     client.delete(f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{group}")
     client.delete(f"/api/v1/namespaces/{namespace}/services/{service_name_for(group)}")

@@ -143,10 +143,17 @@ def run_build(src: Path, out: Path, emit: Callable[[str], None] = _stderr) -> No
     log_path = out.with_suffix(".log")
     tail: list[str] = []
     env = dict(os.environ, BUILD_VERBOSE="1")
-    with log_path.open("w") as log, subprocess.Popen(
-        ["bash", str(src / BUILD_SCRIPT), str(out)],
-        cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    ) as proc:
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            ["bash", str(src / BUILD_SCRIPT), str(out)],
+            cwd=src,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -154,8 +161,9 @@ def run_build(src: Path, out: Path, emit: Callable[[str], None] = _stderr) -> No
             tail = (tail + [line.rstrip("\n")])[-40:]
         code = proc.wait()
     if code != 0:
-        raise RuntimeError(f"build.sh failed with exit code {code} (log: {log_path}):\n"
-                           + "\n".join(tail))
+        raise RuntimeError(
+            f"build.sh failed with exit code {code} (log: {log_path}):\n" + "\n".join(tail)
+        )
 
 
 def ensure_binaries(
@@ -179,8 +187,10 @@ def ensure_binaries(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binaries.complete():
             return binaries
-        emit(f"building the control plane from {src} into {binaries.root} "
-             "(about 5 minutes on 2 cores with an empty Go build cache)")
+        emit(
+            f"building the control plane from {src} into {binaries.root} "
+            "(about 5 minutes on 2 cores with an empty Go build cache)"
+        )
         started = time.monotonic()
         staging = cache / f"{key}.partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -189,4 +199,3 @@ def ensure_binaries(
         staging.rename(binaries.root)
         emit(f"built in {time.monotonic() - started:.0f}s")
     return binaries
-

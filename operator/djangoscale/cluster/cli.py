@@ -17,18 +17,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     down = sub.add_parser("down", help="stop every process the cluster started")
     status = sub.add_parser("status", help="print the kubeconfig if the cluster is running")
     for command in (up, down, status):
-        command.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                             help="cluster directory: PKI, kubeconfig, data, logs, pids "
-                                  "(default: %(default)s)")
+        command.add_argument(
+            "--dir",
+            type=Path,
+            default=DEFAULT_DIR,
+            help="cluster directory: PKI, kubeconfig, data, logs, pids (default: %(default)s)",
+        )
     up.add_argument("--nodes", type=int, default=1, help="fake (KWOK) nodes (default: 1)")
-    up.add_argument("--hpa-sync-period", default="5s",
-                    help="kube-controller-manager --horizontal-pod-autoscaler-sync-period "
-                         "(default: %(default)s; upstream: 15s)")
-    up.add_argument("--hpa-downscale-stabilization", default="30s",
-                    help="--horizontal-pod-autoscaler-downscale-stabilization "
-                         "(default: %(default)s; upstream: 5m0s)")
-    up.add_argument("--timeout", type=float, default=180.0,
-                    help="seconds to wait for the cluster once built (default: %(default)s)")
+    up.add_argument(
+        "--hpa-sync-period",
+        default="5s",
+        help="kube-controller-manager --horizontal-pod-autoscaler-sync-period "
+        "(default: %(default)s; upstream: 15s)",
+    )
+    up.add_argument(
+        "--hpa-downscale-stabilization",
+        default="30s",
+        help="--horizontal-pod-autoscaler-downscale-stabilization "
+        "(default: %(default)s; upstream: 5m0s)",
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for the cluster once built (default: %(default)s)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

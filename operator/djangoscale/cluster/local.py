@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from djangoscale.cluster import flags, processes
 from djangoscale.cluster.api import ApiClient, ApiError
@@ -75,21 +75,27 @@ def kubeconfig_document(server: str, pki: PkiPaths, identity: str, user: str) ->
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{
-            "name": "djangoscale-local",
-            "cluster": {"server": server, "certificate-authority-data": b64(pki.ca)},
-        }],
-        "users": [{
-            "name": user,
-            "user": {
-                "client-certificate-data": b64(pki.cert(identity)),
-                "client-key-data": b64(pki.key(identity)),
-            },
-        }],
-        "contexts": [{
-            "name": "djangoscale-local",
-            "context": {"cluster": "djangoscale-local", "user": user, "namespace": "default"},
-        }],
+        "clusters": [
+            {
+                "name": "djangoscale-local",
+                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(pki.cert(identity)),
+                    "client-key-data": b64(pki.key(identity)),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "djangoscale-local",
+                "context": {"cluster": "djangoscale-local", "user": user, "namespace": "default"},
+            }
+        ],
         "current-context": "djangoscale-local",
     }
 
@@ -144,7 +150,7 @@ class LocalCluster:
 
     def __init__(
         self,
-        dir: Path = DEFAULT_DIR,  # noqa: A002 - the CLI's --dir
+        dir: Path = DEFAULT_DIR,
         *,
         hpa_sync_period: str = "5s",
         hpa_downscale_stabilization: str = "30s",
@@ -213,7 +219,7 @@ class LocalCluster:
             raise ClusterError("cluster is not up")
         return self.state.kubeconfig
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -246,14 +252,21 @@ class LocalCluster:
         )
         pki = generate_pki(config.pki.root)
         for identity in CLIENTS:
-            path = (self.dir / ADMIN_KUBECONFIG if identity.name == "admin"
-                    else config.kubeconfig(identity.name))
+            path = (
+                self.dir / ADMIN_KUBECONFIG
+                if identity.name == "admin"
+                else config.kubeconfig(identity.name)
+            )
             document = kubeconfig_document(config.server, pki, identity.name, identity.user)
             path.write_text(json.dumps(document, indent=2))
             path.chmod(0o600)
         self.state = ClusterState(
-            dir=self.dir, kubeconfig=self.dir / ADMIN_KUBECONFIG, server=config.server,
-            ports=ports, nodes=[], binaries=binaries.root,
+            dir=self.dir,
+            kubeconfig=self.dir / ADMIN_KUBECONFIG,
+            server=config.server,
+            ports=ports,
+            nodes=[],
+            binaries=binaries.root,
         )
 
         k8s = binaries.k8s_local
@@ -287,24 +300,31 @@ class LocalCluster:
             deadline,
         )
         state = ClusterState(
-            dir=self.dir, kubeconfig=self.dir / ADMIN_KUBECONFIG, server=config.server,
-            ports=ports, nodes=names, binaries=binaries.root,
+            dir=self.dir,
+            kubeconfig=self.dir / ADMIN_KUBECONFIG,
+            server=config.server,
+            ports=ports,
+            nodes=names,
+            binaries=binaries.root,
         )
         state.save()
         return state
 
-    def _wait(self, proc: processes.Started, what: str, check: Callable[[], bool],
-              deadline: float) -> None:
+    def _wait(
+        self, proc: processes.Started, what: str, check: Callable[[], bool], deadline: float
+    ) -> None:
         self.emit(f"waiting for {what}")
         while time.monotonic() < deadline:
             if not processes.is_ours(proc):
-                raise ClusterError(f"{proc.name} exited; last lines of {proc.log}:\n"
-                                   + _tail(Path(proc.log)))
+                raise ClusterError(
+                    f"{proc.name} exited; last lines of {proc.log}:\n" + _tail(Path(proc.log))
+                )
             if check():
                 return
             time.sleep(0.2)
-        raise ClusterError(f"timed out waiting for {what}; see {proc.log}:\n"
-                           + _tail(Path(proc.log)))
+        raise ClusterError(
+            f"timed out waiting for {what}; see {proc.log}:\n" + _tail(Path(proc.log))
+        )
 
     def _wait_all(self, what: str, check: Callable[[], bool], deadline: float) -> None:
         """Wait for `check` while watching that no started process died."""
@@ -312,13 +332,16 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for entry in processes.recorded(self.dir):
                 if not processes.is_ours(entry):
-                    raise ClusterError(f"{entry.name} exited; last lines of {entry.log}:\n"
-                                       + _tail(Path(entry.log)))
+                    raise ClusterError(
+                        f"{entry.name} exited; last lines of {entry.log}:\n"
+                        + _tail(Path(entry.log))
+                    )
             if check():
                 return
             time.sleep(0.3)
-        logs = "\n".join(f"--- {e.name}\n{_tail(Path(e.log), 10)}"
-                         for e in processes.recorded(self.dir))
+        logs = "\n".join(
+            f"--- {e.name}\n{_tail(Path(e.log), 10)}" for e in processes.recorded(self.dir)
+        )
         raise ClusterError(f"timed out waiting for {what}\n{logs}")
 
 
@@ -332,14 +355,14 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _etcd_healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-            return json.loads(response.read()).get("health") == "true"
+            return bool(json.loads(response.read()).get("health") == "true")
     except (OSError, ValueError):
         return False
 
 
 def _readyz(client: ApiClient) -> bool:
     try:
-        return client.get("/readyz") == "ok"
+        return bool(client.get("/readyz") == "ok")
     except (ApiError, OSError):
         return False
 

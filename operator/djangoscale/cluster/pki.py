@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
-    from cryptography.x509 import Certificate
+    from cryptography.x509 import Certificate, Name
 
 VALIDITY = datetime.timedelta(days=365)
 FRONT_PROXY_CLIENT_CN = "front-proxy-client"
@@ -85,7 +85,7 @@ def _new_key() -> EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _name(common_name: str, organizations: tuple[str, ...] = ()):  # -> x509.Name
+def _name(common_name: str, organizations: tuple[str, ...] = ()) -> Name:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -96,7 +96,7 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()):  # -> x509.Nam
 
 def _now() -> datetime.datetime:
     # Back-date a little so a cert is valid to a process whose clock reads it a moment early.
-    return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    return datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
 
 
 def make_ca(common_name: str) -> _Issuer:
@@ -117,9 +117,15 @@ def make_ca(common_name: str) -> _Issuer:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -138,7 +144,7 @@ def issue(
     ip_addresses: tuple[str, ...] = (),
     server: bool = False,
     client: bool = False,
-):  # -> tuple[Certificate, EllipticCurvePrivateKey]
+) -> tuple[Certificate, EllipticCurvePrivateKey]:
     """Sign a leaf certificate for a server, a client or both."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -161,9 +167,15 @@ def issue(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                crl_sign=False, content_commitment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -186,7 +198,9 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         path.chmod(0o600)
 
 
-def _write_pair(paths: PkiPaths, name: str, cert, key) -> None:  # noqa: ANN001
+def _write_pair(
+    paths: PkiPaths, name: str, cert: Certificate, key: EllipticCurvePrivateKey
+) -> None:
     from cryptography.hazmat.primitives import serialization
 
     _write(paths.cert(name), cert.public_bytes(serialization.Encoding.PEM))
@@ -217,7 +231,10 @@ def generate_pki(root: Path, apiserver_ips: tuple[str, ...] = ("127.0.0.1",)) ->
     _write_pair(paths, "ca", ca.cert, ca.key)
 
     cert, key = issue(
-        ca, "kube-apiserver", dns_names=APISERVER_DNS_NAMES, ip_addresses=apiserver_ips,
+        ca,
+        "kube-apiserver",
+        dns_names=APISERVER_DNS_NAMES,
+        ip_addresses=apiserver_ips,
         server=True,
     )
     _write_pair(paths, "apiserver", cert, key)
@@ -269,7 +286,12 @@ def issue_serving_cert(
     The aggregator checks an APIService backend's cert against `<service>.<namespace>.svc`,
     so that name belongs in `dns_names`. Returns (cert path, key path).
     """
-    cert, key = issue(load_ca(paths), dns_names[0] if dns_names else name,
-                      dns_names=dns_names, ip_addresses=ip_addresses, server=True)
+    cert, key = issue(
+        load_ca(paths),
+        dns_names[0] if dns_names else name,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        server=True,
+    )
     _write_pair(paths, name, cert, key)
     return paths.cert(name), paths.key(name)
