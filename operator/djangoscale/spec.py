@@ -211,7 +211,11 @@ def schema_problems(spec: dict[str, Any]) -> list[str]:
 
 
 def cross_field_problems(spec: dict[str, Any]) -> list[str]:
-    """The CRD's CEL rules, in Python, with the same messages."""
+    """The CRD's CEL rules, in Python: the CRD's message, then the figures CEL cannot print.
+
+    (The API server refuses a `messageExpression` with `string(int)` as too costly, so the
+    admission messages are static; these add the numbers.)
+    """
     problems = []
     replicas, server = spec["replicas"], spec["server"]
     if replicas["min"] > replicas["max"]:
@@ -225,8 +229,8 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         )
     if server["type"] in ("gunicorn-sync", "bjoern") and threads not in (None, 1):
         problems.append(
-            f"spec.server.threads: {server['type']} serves one request at a time per worker; "
-            "threads must be 1 (use gunicorn-gthread or cherrypy for threads)"
+            "spec.server.threads: gunicorn-sync and bjoern serve one request at a time per "
+            "worker; threads must be 1 (use gunicorn-gthread or cherrypy for threads)"
         )
     if (
         server["type"] != "cherrypy"
@@ -235,8 +239,8 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         and max_threads != threads
     ):
         problems.append(
-            f"spec.server.maxThreads: only cherrypy grows its pool; for {server['type']} set it "
-            "equal to spec.server.threads or leave it out"
+            "spec.server.maxThreads: only cherrypy grows its pool; for other servers set it "
+            f"equal to spec.server.threads or leave it out ({server['type']})"
         )
     if spec["metricsPort"] == spec["port"]:
         problems.append("spec.metricsPort: must differ from spec.port")
@@ -246,35 +250,48 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         problems.append("spec.pooling.mode: pgbouncer contradicts spec.pgbouncer.enabled=false")
     database = spec.get("database")
     if database is not None:
-        budget = database["maxConnections"] - database["reservedConnections"]
-        pods = replicas["max"] + ROLLOUT_SURGE
-        if budget < pods:
-            problems.append(
-                f"spec.database.maxConnections: budget of {database['maxConnections']} minus "
-                f"{database['reservedConnections']} reserved connections cannot give one server "
-                f"connection to each of spec.replicas.max={replicas['max']} pods plus one rollout "
-                f"surge pod; the largest spec.replicas.max this budget supports is "
-                f"{budget - ROLLOUT_SURGE}"
-            )
-        if mode == "pgbouncer" and "secretName" not in database:
-            problems.append(
-                "spec.database.secretName: required when spec.pgbouncer.enabled is true "
-                "(pgbouncer needs the credentials)"
-            )
-        workers = spec["server"]["workers"]
-        if explicit_mode == "django" and budget < pods * workers:
-            problems.append(
-                f"spec.pooling.mode: django pools per process; the budget of {budget} connections "
-                f"cannot give one to each of spec.server.workers={workers} processes in "
-                f"spec.replicas.max={replicas['max']} pods plus one surge pod"
-            )
-        pool_size = spec["pgbouncer"].get("poolSize")
-        if pool_size is not None and pool_size * pods > budget:
-            problems.append(
-                f"spec.pgbouncer.poolSize: {pool_size} per pod x (spec.replicas.max="
-                f"{replicas['max']} + 1 surge pod) exceeds the budget of {budget} connections "
-                "(spec.database.maxConnections minus reservedConnections)"
-            )
+        problems += _budget_problems(spec, database, mode, explicit_mode)
+    return problems
+
+
+def _budget_problems(
+    spec: dict[str, Any], database: dict[str, Any], mode: str, explicit_mode: str | None
+) -> list[str]:
+    problems = []
+    replicas = spec["replicas"]
+    budget = database["maxConnections"] - database["reservedConnections"]
+    pods = replicas["max"] + ROLLOUT_SURGE
+    figures = (
+        f"({database['maxConnections']} - {database['reservedConnections']} = {budget} "
+        f"connections for {replicas['max']} + {ROLLOUT_SURGE} pods)"
+    )
+    if budget < pods:
+        problems.append(
+            "spec.database.maxConnections: the budget (maxConnections minus reservedConnections) "
+            "must give one server connection to each of spec.replicas.max pods plus one rollout "
+            "surge pod; the largest spec.replicas.max it supports is "
+            f"maxConnections - reservedConnections - 1 = {budget - ROLLOUT_SURGE} here"
+        )
+    if mode == "pgbouncer" and "secretName" not in database:
+        problems.append(
+            "spec.database.secretName: required when spec.pgbouncer.enabled is true "
+            "(pgbouncer needs the credentials)"
+        )
+    workers = spec["server"]["workers"]
+    if explicit_mode == "django" and budget < pods * workers:
+        problems.append(
+            "spec.pooling.mode: django pools per process; the budget (maxConnections minus "
+            "reservedConnections) must give one connection to each of spec.server.workers "
+            f"processes in spec.replicas.max pods plus one surge pod {figures[:-1]}, "
+            f"x {workers} workers)"
+        )
+    pool_size = spec["pgbouncer"].get("poolSize")
+    if pool_size is not None and pool_size * pods > budget:
+        problems.append(
+            "spec.pgbouncer.poolSize: poolSize x (spec.replicas.max + 1 surge pod) must fit the "
+            "budget (spec.database.maxConnections minus reservedConnections) "
+            f"({pool_size} x {pods} > {budget})"
+        )
     return problems
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -168,11 +169,11 @@ def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace
     ("spec", "message"),
     [
         ({"replicas": {"min": 40, "max": 20}},
-         "spec.replicas.min: must be <= spec.replicas.max (40 > 20)"),
+         "spec.replicas.min: must be <= spec.replicas.max"),
         ({"replicas": {"min": 2, "max": 60}},
-         "the largest spec.replicas.max this budget supports is 36"),
+         "the largest spec.replicas.max it supports is maxConnections - reservedConnections - 1"),
         ({"server": {"type": "gunicorn-sync", "threads": 8}},
-         "spec.server.threads: gunicorn-sync serves one request at a time"),
+         "spec.server.threads: gunicorn-sync and bjoern serve one request at a time"),
         ({"port": 70000}, "spec.port"),
     ],
 )
@@ -180,7 +181,7 @@ def test_admission_refuses_bad_specs_naming_the_field(kube, namespace, spec, mes
     with pytest.raises(ApiException) as raised:
         kube.apply(djangoservice(namespace, **spec))
     assert raised.value.status == 422
-    assert message in raised.value.body
+    assert message in json.loads(raised.value.body)["message"]
     # The Python validator refuses the same object with the same words.
     from djangoscale import spec as spec_module
 

@@ -63,7 +63,7 @@ def test_min_above_max_names_both_fields():
         ({"wsgiApp": "not a callable"}, "spec.wsgiApp: must match"),
         ({"server": {"type": "uwsgi"}}, "spec.server.type: must be one of cherrypy"),
         ({"server": {"threads": 10, "maxThreads": 5}}, "spec.server.maxThreads: must be >="),
-        ({"server": {"type": "gunicorn-sync", "threads": 4}}, "spec.server.threads: gunicorn-sync"),
+        ({"server": {"type": "gunicorn-sync", "threads": 4}}, "spec.server.threads: gunicorn-sync and"),
         ({"replicas": {"max": 5000}}, "spec.replicas.max: must be <= 1000"),
         ({"database": {"secretName": "db"}}, "spec.database.maxConnections: required"),
         ({"image": ""}, "spec.image: must be at least 1 characters"),
@@ -86,7 +86,8 @@ def test_budget_too_small_says_the_largest_max_it_supports():
     (problem,) = problems_of(body)
     assert problem.startswith("spec.database.maxConnections:")
     # 40 - 3 reserved = 37 connections; one per pod plus one rollout surge pod: max 36.
-    assert problem.endswith("the largest spec.replicas.max this budget supports is 36")
+    assert problem.endswith("the largest spec.replicas.max it supports is "
+                            "maxConnections - reservedConnections - 1 = 36 here")
     assert spec.parse(
         with_spec(replicas={"min": 2, "max": 36}, database={"secretName": "db", "maxConnections": 40})
     ).max_replicas == 36
@@ -98,7 +99,7 @@ def test_pool_size_override_must_fit_the_budget():
         database={"secretName": "db", "maxConnections": 53},
         pgbouncer={"poolSize": 6},
     )
-    assert problems_of(body)[0].startswith("spec.pgbouncer.poolSize: 6 per pod")
+    assert problems_of(body)[0].endswith("(6 x 10 > 50)")
     body["spec"]["pgbouncer"]["poolSize"] = 5
     assert spec.parse(body).pgbouncer.pool_size == 5
 

@@ -8,7 +8,9 @@ left alone.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -39,7 +41,8 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # Read $KUBECONFIG now: the client library reads it once, at import time.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
 
 
@@ -50,16 +53,28 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str) -
     return f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}/{name}"
 
 
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    return api_client().call_api(
-        path,
-        method,
-        response_type="object",
+def _call(
+    method: str,
+    path: str,
+    body: Any = None,
+    query_params: list[tuple[str, str]] | None = None,
+    header_params: dict[str, str] | None = None,
+) -> Any:
+    """One request with the client's credentials; the JSON answer, or ApiException."""
+    api = api_client()
+    method, url, headers, body, _ = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query_params or [],
+        header_params=header_params or {"Accept": "application/json"},
+        body=body,
         auth_settings=["BearerToken"],
-        _return_http_data_only=True,
-        _preload_content=True,
-        **kwargs,
     )
+    response = api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException(http_resp=response)
+    return json.loads(response.data) if response.data else None
 
 
 def apply(obj: dict[str, Any]) -> dict[str, Any]:
