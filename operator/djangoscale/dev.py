@@ -119,10 +119,15 @@ def main(args: argparse.Namespace) -> int:
     try:
         install_crd()
         print("CRD installed; starting the operator")
+        log_path = args.dir.parent / "operator.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"operator log: {log_path}")
         operator = subprocess.Popen(
             [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
              "--metrics-port", "0", "--bind", "127.0.0.1"],
             env={**os.environ, "DJANGOSCALE_RESYNC_SECONDS": "10"},
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
         )
         services = apply_documents(args.filename)
         print(f"applied {args.filename}")
