@@ -1,0 +1,48 @@
+"""Loading the user's WSGI app and wrapping it in the launcher's middleware.
+
+Servers that load the app in their own worker processes (gunicorn, granian) call
+`create_application` there, after the fork, so every process has its own metrics files
+and its own database connections.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+from djangoscale.serve.hygiene import install_spawn_hooks
+from djangoscale.serve.middleware import DjangoscaleMiddleware
+
+APP_ENV = "DJANGOSCALE_WSGI_APP"
+CHECK_DB_ENV = "DJANGOSCALE_READY_CHECK_DB"
+THREADS_ENV = "DJANGOSCALE_PROCESS_THREADS"  # slots per process, for djangoscale_threads_total
+
+
+def load_wsgi(target: str) -> Any:
+    """Import `module:attribute` (the current directory is importable, as with gunicorn)."""
+    module_name, _, attribute = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    app = module
+    for part in (attribute or "application").split("."):
+        app = getattr(app, part)
+    return app
+
+
+def wrap(app: Any) -> DjangoscaleMiddleware:
+    from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
+
+    install_spawn_hooks()
+    metrics = process_metrics() if os.environ.get(MULTIPROC_ENV) else None
+    if metrics is not None and os.environ.get(THREADS_ENV):
+        metrics.threads_total.set(int(os.environ[THREADS_ENV]))
+    check_db = os.environ.get(CHECK_DB_ENV, "").lower() in ("1", "true", "yes")
+    return DjangoscaleMiddleware(app, metrics=metrics, check_database=check_db)
+
+
+def create_application() -> DjangoscaleMiddleware:
+    """The wrapped app named by DJANGOSCALE_WSGI_APP (a factory for granian and gunicorn)."""
+    return wrap(load_wsgi(os.environ[APP_ENV]))

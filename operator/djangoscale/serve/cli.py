@@ -1,0 +1,51 @@
+"""`djangoscale serve`: parse flags and environment, prepare metrics, run the chosen server.
+
+Only argparse and the config module are imported when the parser is built; the server and
+prometheus-client are imported once the configuration is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from djangoscale.serve.config import ConfigError, ServeConfig, configure_parser, resolve
+
+log = logging.getLogger("djangoscale.serve")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    configure_parser(parser)
+
+
+def serve(config: ServeConfig) -> int:
+    from djangoscale.serve.metrics import prepare_multiprocess_dir
+
+    # Must happen before prometheus_client is imported anywhere in this process.
+    metrics_dir = prepare_multiprocess_dir()
+    from djangoscale.serve.servers import runner_for
+
+    runner = runner_for(config.server)
+    if config.metrics_bind is not None:
+        from djangoscale.serve.metrics import start_metrics_server
+
+        start_metrics_server(config.metrics_bind.host, config.metrics_bind.port, metrics_dir)
+    print(
+        f"djangoscale serve: {config.wsgi_app} under {config.server} on {config.bind} "
+        f"(workers={config.workers} threads={config.threads} max_threads={config.max_threads} "
+        f"queue={config.queue_size}); metrics on {config.metrics_bind or 'off'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return runner(config)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = resolve(args, os.environ)
+    except ConfigError as error:
+        print(f"djangoscale serve: {error}", file=sys.stderr)
+        return 2
+    return serve(config)

@@ -1,0 +1,61 @@
+"""Per-process drain state: readiness, requests in flight, and waiting for them to finish.
+
+A pod being deleted gets SIGTERM. From then on readiness must answer 503 (so the endpoint
+is removed), no new connection may be accepted, and every request already accepted must
+finish. Each server adapter closes its own listener; this object is what they share to know
+when the last request has gone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class DrainState:
+    def __init__(self) -> None:
+        self._draining = False
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def ready(self) -> bool:
+        return not self._draining
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def begin_drain(self) -> None:
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
+    def request_started(self) -> None:
+        with self._cond:
+            self._in_flight += 1
+
+    def request_finished(self) -> None:
+        with self._cond:
+            self._in_flight = max(self._in_flight - 1, 0)
+            if self._in_flight == 0:
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is in flight; False if the timeout passed first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._in_flight > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+
+# One per process: the middleware and the server adapter of that process share it.
+STATE = DrainState()

@@ -1,0 +1,103 @@
+"""Django database connection hygiene that does not depend on the server.
+
+Django closes a request's connection on `request_finished`, a signal sent only from the
+request's own thread or greenlet. Code that queries from a thread or greenlet it spawned
+itself never sends it, and under gevent every such greenlet keeps a connection of its own:
+that is how the story behind this product ran its database out of connections. So the
+launcher closes connections at the start and end of every request, and at the end of every
+thread or greenlet started by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+def close_old_connections() -> None:
+    """Django's close_old_connections, or nothing if this is not a Django app."""
+    try:
+        from django.db import close_old_connections as django_close
+    except ImportError:
+        return
+    try:
+        django_close()
+    except Exception:  # settings not configured: not a Django app
+        return
+
+
+def close_all_connections() -> None:
+    """Close this thread's (or greenlet's) connections whatever CONN_MAX_AGE says."""
+    try:
+        from django.db import connections
+    except ImportError:
+        return
+    try:
+        connections.close_all()
+    except Exception:
+        return
+
+
+def closing_connections(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a thread or greenlet body so it closes its own database connections."""
+    if getattr(func, "__djangoscale_closing__", False):
+        return func
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_all_connections()
+
+    run.__djangoscale_closing__ = True  # type: ignore[attr-defined]
+    return run
+
+
+_installed = False
+
+
+def install_spawn_hooks() -> None:
+    """Close connections when any hand-started thread or gevent greenlet ends."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    original_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        try:
+            original_run(self)
+        finally:
+            close_all_connections()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+
+    try:
+        import gevent
+    except ImportError:
+        return
+    for name in ("spawn", "spawn_later", "spawn_raw"):
+        original = getattr(gevent, name, None)
+        if original is None:
+            continue
+        if name == "spawn_later":
+            setattr(
+                gevent,
+                name,
+                functools.wraps(original)(
+                    lambda seconds, func, *a, _o=original, **k: _o(
+                        seconds, closing_connections(func), *a, **k
+                    )
+                ),
+            )
+        else:
+            setattr(
+                gevent,
+                name,
+                functools.wraps(original)(
+                    lambda func, *a, _o=original, **k: _o(closing_connections(func), *a, **k)
+                ),
+            )

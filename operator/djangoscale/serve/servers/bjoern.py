@@ -1,0 +1,99 @@
+"""bjoern: single-threaded libev server, so several processes share the port (SO_REUSEPORT).
+
+Each process serves one request at a time; `workers` is the concurrency. bjoern stops its
+loop on SIGINT, so the parent turns SIGTERM into SIGINT for every child and waits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from djangoscale.serve.app import THREADS_ENV, load_wsgi, wrap
+from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.drain import STATE
+
+
+def _child(config: ServeConfig) -> None:
+    import bjoern
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ[THREADS_ENV] = "1"
+    app = wrap(load_wsgi(config.wsgi_app))
+    bjoern.listen(
+        app, config.bind.host, config.bind.port, reuse_port=True, listen_backlog=config.queue_size
+    )
+    try:
+        bjoern.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from djangoscale.serve.hygiene import close_all_connections
+
+        close_all_connections()
+
+
+def _spawn(config: ServeConfig) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _child(config)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def run(config: ServeConfig) -> int:
+    children = {_spawn(config) for _ in range(config.workers)}
+    stopping = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        STATE.begin_drain()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
+    deadline: float | None = None
+    failed = False
+    from djangoscale.serve.metrics import MULTIPROC_ENV
+
+    while children:
+        if stopping and deadline is None:
+            deadline = time.monotonic() + config.timeout
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            if deadline is not None and time.monotonic() > deadline:
+                for child in children:
+                    os.kill(child, signal.SIGKILL)
+            time.sleep(0.05)
+            continue
+        children.discard(pid)
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)
+        if not stopping:
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed = True
+            children.add(_spawn(config))  # keep `workers` processes serving
+    return 1 if failed and not stopping else 0

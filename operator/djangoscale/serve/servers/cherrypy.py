@@ -1,0 +1,77 @@
+"""cheroot's thread-pool server, the one that carried the story behind this product.
+
+Two things cheroot does not do on its own are done here: growing the pool from `threads`
+toward `maxThreads` under load (cheroot issue #190, see `djangoscale.serve.pool`), and
+answering 503 at once when the accepted queue is full instead of blocking the acceptor
+for `accepted_queue_timeout` seconds (cheroot's default is 10 s, then 503).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from cheroot import wsgi
+from cheroot.workers import threadpool
+
+from djangoscale.serve.app import wrap, load_wsgi
+from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.drain import STATE
+from djangoscale.serve.metrics import process_metrics
+from djangoscale.serve.pool import PoolLimits, PoolSupervisor
+
+
+def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
+    server = wsgi.Server(
+        (config.bind.host, config.bind.port),
+        app,
+        numthreads=config.threads,
+        max=config.max_threads,
+        request_queue_size=config.queue_size,  # listen backlog
+        timeout=int(config.timeout),
+        shutdown_timeout=int(config.timeout),
+    )
+    # Bound the accepted queue and never wait on it: a full queue is a 503 now.
+    server.requests = threadpool.ThreadPool(
+        server,
+        min=config.threads,
+        max=config.max_threads,
+        accepted_queue_size=config.queue_size,
+        accepted_queue_timeout=0,
+    )
+    return server
+
+
+def run(config: ServeConfig) -> int:
+    app = wrap(load_wsgi(config.wsgi_app))
+    server = build_server(config, app)
+    server.prepare()
+    supervisor = PoolSupervisor(
+        server.requests,
+        PoolLimits(min_threads=config.threads, max_threads=config.max_threads),
+        metrics=process_metrics(),
+    )
+    supervisor.start()
+    stopper: list[threading.Thread] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if stopper:
+            return
+        STATE.begin_drain()
+        supervisor.stop()
+        # server.stop() closes the listener, then lets the pool finish what it accepted
+        # (shutdown_timeout); it blocks, so not in the signal handler.
+        thread = threading.Thread(target=server.stop, name="djangoscale-drain")
+        stopper.append(thread)
+        thread.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
+    try:
+        server.serve()
+    finally:
+        supervisor.stop()
+        for thread in stopper:
+            thread.join(config.timeout + 5)
+    return 0

@@ -1,0 +1,98 @@
+"""gunicorn, run programmatically with the worker class the server type names.
+
+gunicorn-sync is kept as the contrast from the story (one request per worker);
+gunicorn-gthread is threads per worker; gunicorn-gevent is greenlets, made safe for the
+database: gunicorn's gevent worker monkey-patches before the app is imported, so psycopg 3
+sees the patched `select` and waits cooperatively (psycopg.waiting._is_select_patched), and
+the launcher's spawn hooks close connections of greenlets that never see request_finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from djangoscale.serve.app import APP_ENV, THREADS_ENV, create_application
+from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.drain import STATE
+
+WORKER_CLASSES = {
+    "gunicorn-sync": "sync",
+    "gunicorn-gthread": "gthread",
+    "gunicorn-gevent": "gevent",
+}
+
+
+def gunicorn_settings(config: ServeConfig) -> dict[str, Any]:
+    """The gunicorn settings for a launcher config (pure, for tests)."""
+    worker_class = WORKER_CLASSES[config.server]
+    settings: dict[str, Any] = {
+        "bind": [str(config.bind)],
+        "workers": config.workers,
+        "worker_class": worker_class,
+        "backlog": config.queue_size,
+        "timeout": max(int(config.timeout), 1),
+        "graceful_timeout": max(int(config.timeout), 1),
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "preload_app": False,  # load Django after the fork: no connection shared by workers
+    }
+    if worker_class == "gthread":
+        settings["threads"] = config.threads
+    if worker_class == "gevent":
+        settings["worker_connections"] = config.threads
+    return settings
+
+
+def slots_per_worker(config: ServeConfig) -> int:
+    return 1 if config.server == "gunicorn-sync" else config.threads
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Readiness turns false as soon as the worker is told to stop."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        STATE.begin_drain()
+        if callable(previous):
+            previous(signum, frame)
+
+    if worker.__class__.__name__ != "GeventWorker":
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from djangoscale.serve.metrics import MULTIPROC_ENV
+
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+class LauncherApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_settings(self.config).items():
+            self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", _post_worker_init)
+        self.cfg.set("child_exit", _child_exit)
+
+    def load(self) -> Any:
+        return create_application()
+
+
+def run(config: ServeConfig) -> int:
+    os.environ[APP_ENV] = config.wsgi_app
+    os.environ[THREADS_ENV] = str(slots_per_worker(config))
+    LauncherApplication(config).run()
+    return 0

@@ -1,0 +1,68 @@
+"""waitress: a pure-Python thread pool behind an asyncore loop.
+
+waitress has no graceful stop of its own; on SIGTERM the launcher closes the listener in
+the loop thread, waits for the requests in flight and their buffered output, then stops
+the loop.
+"""
+
+from __future__ import annotations
+
+import _thread
+import signal
+import threading
+import time
+from typing import Any
+
+import waitress.server
+
+from djangoscale.serve.app import load_wsgi, wrap
+from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.drain import STATE
+
+
+def _pending_output(server: Any) -> int:
+    return sum(
+        getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values())
+    )
+
+
+def run(config: ServeConfig) -> int:
+    app = wrap(load_wsgi(config.wsgi_app))
+    server = waitress.server.create_server(
+        app,
+        host=config.bind.host,
+        port=config.bind.port,
+        threads=config.threads,
+        backlog=config.queue_size,
+        connection_limit=max(config.queue_size, config.threads),
+        channel_timeout=int(config.timeout),
+        clear_untrusted_proxy_headers=True,
+        ident="djangoscale",
+    )
+    from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
+    import os
+
+    if os.environ.get(MULTIPROC_ENV):
+        process_metrics().threads_total.set(config.threads)
+
+    def finish_and_stop() -> None:
+        deadline = time.monotonic() + config.timeout
+        STATE.wait_idle(config.timeout)
+        while _pending_output(server) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _thread.interrupt_main()  # waitress's run() stops its dispatcher on KeyboardInterrupt
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if STATE.draining:
+            return
+        STATE.begin_drain()
+        server.accepting = False
+        server.close()  # runs in the loop thread: the listener leaves the map, socket closed
+        threading.Thread(target=finish_and_stop, name="djangoscale-drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0

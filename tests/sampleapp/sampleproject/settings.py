@@ -1,0 +1,54 @@
+"""Settings read from the environment, as in a container built for djangoscale.
+
+CONN_MAX_AGE=0: a connection per request, closed at its end (pgbouncer does the pooling).
+DISABLE_SERVER_SIDE_CURSORS: required behind pgbouncer in transaction pool mode.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "sample-project-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = ["django.contrib.contenttypes", "sampleproject.shop"]
+MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+ROOT_URLCONF = "sampleproject.urls"
+WSGI_APPLICATION = "sampleproject.wsgi.application"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, object]:
+    url = env.get("DATABASE_URL")
+    if url:
+        parsed = urlparse(url)
+        host, port = parsed.hostname or "", str(parsed.port or "")
+        name, user = parsed.path.lstrip("/"), unquote(parsed.username or "")
+        password = unquote(parsed.password or "")
+    else:
+        host = env.get("DATABASE_HOST", "127.0.0.1")
+        port = env.get("DATABASE_PORT", "5432")
+        name = env.get("DATABASE_NAME", "app")
+        user = env.get("DATABASE_USER", "app")
+        password = env.get("DATABASE_PASSWORD", "")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": host,
+        "PORT": port,
+        "NAME": name,
+        "USER": user,
+        "PASSWORD": password,
+        "CONN_MAX_AGE": 0,
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        "OPTIONS": {"connect_timeout": 5},
+    }
+
+
+DATABASES = {"default": database_from_env()}
+LOGGING = {
+    "version": 1,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+}

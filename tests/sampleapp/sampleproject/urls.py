@@ -1,0 +1,11 @@
+from django.urls import path
+
+from sampleproject.shop import views
+
+urlpatterns = [
+    path("items/", views.items, name="items"),
+    path("slow/", views.slow, name="slow"),
+    path("hello/", views.hello, name="hello"),
+    path("sleep/", views.sleep, name="sleep"),
+    path("spawn-query/", views.spawn_query, name="spawn-query"),
+]
