@@ -109,6 +109,29 @@ class PgBouncerSpec:
 
 
 @dataclass(frozen=True)
+class WorkerGroup:
+    """A Celery worker Deployment: native threads and fair prefetch by default."""
+
+    name: str
+    app: str
+    queues: tuple[str, ...]
+    concurrency: int
+    pool: str
+    prefetch_multiplier: int
+    acks_late: bool
+    min_replicas: int
+    max_replicas: int
+    target_queue_length_per_worker: int
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    type: str
+    secret_name: str
+
+
+@dataclass(frozen=True)
 class DjangoService:
     name: str
     namespace: str
@@ -132,6 +155,13 @@ class DjangoService:
     resources: dict[str, Any] = field(default_factory=dict)
     env: tuple[dict[str, Any], ...] = ()
     max_unavailable: int | str = 1
+    workers: tuple[WorkerGroup, ...] = ()
+    broker: BrokerSpec | None = None
+
+    @property
+    def max_pods(self) -> int:
+        """The most pods that can hold database connections at once, surge pods included."""
+        return worker_pods(self.max_replicas, [w.max_replicas for w in self.workers])
 
     @property
     def uses_pgbouncer(self) -> bool:
@@ -157,6 +187,8 @@ def spec_schema() -> dict[str, Any]:
 
 def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     """Fill in schema defaults as the API server does (structural defaulting)."""
+    if isinstance(value, list) and schema.get("type") == "array":
+        return [apply_defaults(item, schema.get("items", {})) for item in value]
     if not isinstance(value, dict) or schema.get("type") != "object":
         return value
     result = dict(value)
@@ -210,6 +242,10 @@ def schema_problems(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
+def worker_pods(web_max: int, worker_maxes: list[int]) -> int:
+    return web_max + ROLLOUT_SURGE + sum(m + ROLLOUT_SURGE for m in worker_maxes)
+
+
 def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     """The CRD's CEL rules, in Python: the CRD's message, then the figures CEL cannot print.
 
@@ -244,6 +280,7 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         )
     if spec["metricsPort"] == spec["port"]:
         problems.append("spec.metricsPort: must differ from spec.port")
+    problems += _worker_problems(spec)
     explicit_mode = spec["pooling"].get("mode")
     mode = pooling_mode(spec)
     if explicit_mode == "pgbouncer" and not spec["pgbouncer"]["enabled"]:
@@ -254,23 +291,49 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _worker_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    workers = spec.get("workers", [])
+    if workers and "broker" not in spec:
+        problems.append("spec.broker: required when spec.workers is set")
+    names = [group["name"] for group in workers]
+    for index, group in enumerate(workers):
+        where = f"spec.workers[{index}]"
+        if names.count(group["name"]) > 1:
+            problems.append(f"{where}.name: duplicate worker group name {group['name']!r}")
+        if group["pool"] == "gevent" and not group["allowGevent"]:
+            problems.append(
+                f"{where}.pool: gevent needs allowGevent: true (monkey patching leaks database "
+                "connections; threads are the default for a reason)"
+            )
+        if group["replicas"]["min"] > group["replicas"]["max"]:
+            problems.append(
+                f"{where}.replicas.min: must be <= replicas.max "
+                f"({group['replicas']['min']} > {group['replicas']['max']})"
+            )
+    return problems
+
+
 def _budget_problems(
     spec: dict[str, Any], database: dict[str, Any], mode: str, explicit_mode: str | None
 ) -> list[str]:
     problems = []
     replicas = spec["replicas"]
     budget = database["maxConnections"] - database["reservedConnections"]
-    pods = replicas["max"] + ROLLOUT_SURGE
+    worker_maxes = [group["replicas"]["max"] for group in spec.get("workers", [])]
+    pods = worker_pods(replicas["max"], worker_maxes)
     figures = (
         f"({database['maxConnections']} - {database['reservedConnections']} = {budget} "
-        f"connections for {replicas['max']} + {ROLLOUT_SURGE} pods)"
+        f"connections for {pods} pods)"
     )
     if budget < pods:
+        largest = budget - (pods - replicas["max"])
         problems.append(
             "spec.database.maxConnections: the budget (maxConnections minus reservedConnections) "
             "must give one server connection to each of spec.replicas.max pods plus one rollout "
-            "surge pod; the largest spec.replicas.max it supports is "
-            f"maxConnections - reservedConnections - 1 = {budget - ROLLOUT_SURGE} here"
+            "surge pod (and the same for each worker group); the largest spec.replicas.max it "
+            "supports is maxConnections - reservedConnections - 1 - the worker groups' pods = "
+            f"{largest} here"
         )
     if mode == "pgbouncer" and "secretName" not in database:
         problems.append(
@@ -398,4 +461,24 @@ def parse(body: dict[str, Any]) -> DjangoService:
         resources=copy.deepcopy(spec.get("resources", {})),
         env=tuple(copy.deepcopy(spec.get("env", []))),
         max_unavailable=spec["disruption"]["maxUnavailable"],
+        workers=tuple(_worker_group(group) for group in spec.get("workers", [])),
+        broker=None
+        if "broker" not in spec
+        else BrokerSpec(type=spec["broker"]["type"], secret_name=spec["broker"]["secretName"]),
+    )
+
+
+def _worker_group(raw: dict[str, Any]) -> WorkerGroup:
+    return WorkerGroup(
+        name=raw["name"],
+        app=raw["app"],
+        queues=tuple(raw["queues"]),
+        concurrency=raw["concurrency"],
+        pool=raw["pool"],
+        prefetch_multiplier=raw["prefetchMultiplier"],
+        acks_late=raw["acksLate"],
+        min_replicas=raw["replicas"]["min"],
+        max_replicas=raw["replicas"]["max"],
+        target_queue_length_per_worker=raw["targetQueueLengthPerWorker"],
+        resources=copy.deepcopy(raw.get("resources", {})),
     )

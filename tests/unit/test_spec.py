@@ -86,8 +86,7 @@ def test_budget_too_small_says_the_largest_max_it_supports():
     (problem,) = problems_of(body)
     assert problem.startswith("spec.database.maxConnections:")
     # 40 - 3 reserved = 37 connections; one per pod plus one rollout surge pod: max 36.
-    assert problem.endswith("the largest spec.replicas.max it supports is "
-                            "maxConnections - reservedConnections - 1 = 36 here")
+    assert problem.endswith("the worker groups' pods = 36 here")
     assert spec.parse(
         with_spec(replicas={"min": 2, "max": 36}, database={"secretName": "db", "maxConnections": 40})
     ).max_replicas == 36
@@ -128,3 +127,37 @@ def test_every_cel_rule_of_the_crd_has_a_python_twin():
         field_name = text.strip("'").split(":")[0]
         assert field_name.startswith("spec."), text
         assert f'"{field_name}:' in source or f"f\"{field_name}:" in source, field_name
+
+
+def test_worker_groups_share_the_budget_and_default_to_fair_threads():
+    body = with_spec(
+        replicas={"min": 2, "max": 10},
+        database={"secretName": "db", "maxConnections": 40},
+        broker={"secretName": "broker"},
+        workers=[{"name": "default", "app": "shop.celery:app", "replicas": {"max": 4}}],
+    )
+    ds = spec.parse(body)
+    (group,) = ds.workers
+    assert (group.pool, group.prefetch_multiplier, group.acks_late) == ("threads", 1, True)
+    assert group.queues == ("celery",)
+    # 10 + 1 web pods and 4 + 1 worker pods hold pools.
+    assert ds.max_pods == 16
+    body["spec"]["workers"][0]["replicas"]["max"] = 30
+    (problem,) = problems_of(body)
+    # 37 connections, 31 worker pods: the web side may have at most 37 - 1 - 31 = 5.
+    assert problem.endswith("= 5 here")
+
+
+def test_gevent_workers_need_an_explicit_opt_in():
+    body = with_spec(
+        broker={"secretName": "broker"},
+        workers=[{"name": "io", "app": "shop.celery", "pool": "gevent"}],
+    )
+    assert problems_of(body)[0].startswith("spec.workers[0].pool: gevent needs allowGevent")
+    body["spec"]["workers"][0]["allowGevent"] = True
+    assert spec.parse(body).workers[0].pool == "gevent"
+
+
+def test_workers_need_a_broker():
+    body = with_spec(workers=[{"name": "io", "app": "shop.celery"}])
+    assert problems_of(body) == ["spec.broker: required when spec.workers is set"]

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from djangoscale.builders.labels import child_metadata
-from djangoscale.spec import ROLLOUT_SURGE, DjangoService
+from djangoscale.spec import DjangoService
 
 LISTEN_HOST = "127.0.0.1"
 LISTEN_PORT = 6432
@@ -101,7 +101,8 @@ def pool_size_per_pod(budget: int, max_pods: int) -> int:
 def size_pool(ds: DjangoService) -> PoolSizing:
     """Per-pod pool and client limits; the spec was validated to fit the budget."""
     assert ds.database is not None
-    max_pods = ds.max_replicas + ROLLOUT_SURGE
+    # Web pods and Celery worker pods share one budget, each pod with its own pool.
+    max_pods = ds.max_pods
     workers = ds.server.workers
     clients = ds.pgbouncer.max_client_conn or ds.server.concurrency + CLIENT_HEADROOM
     if ds.uses_django_pool:
