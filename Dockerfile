@@ -1,0 +1,31 @@
+# The operator image: `djangoscale run`, nothing else (the launcher `djangoscale serve` runs in
+# the user's Django image). Build from the repository root: docker build -t djangoscale .
+#
+# Pinned to a patch release of the base. For a bit-for-bit reproducible build, pin the digest
+# too: --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest of that tag>.
+# Builder and runtime must share the base: the venv points at the base's python3.11.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+WORKDIR /src
+# Only what the wheel needs; crds/ because operator/djangoscale/data/crd.yaml links into it.
+COPY pyproject.toml README.md ./
+COPY crds/ crds/
+COPY operator/ operator/
+COPY docker/install.sh docker/install.sh
+RUN sh docker/install.sh /opt/venv /src
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="djangoscale" \
+      org.opencontainers.image.description="Kubernetes operator that runs and autoscales Django apps" \
+      org.opencontainers.image.source="https://github.com/djangoscale/djangoscale" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /opt/venv /opt/venv
+# No bytecode writes at run time: the chart mounts the root filesystem read-only.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A numeric user, so the kubelet can check runAsNonRoot without an /etc/passwd entry.
+USER 10001:10001
+EXPOSE 8080 8081 6443
+ENTRYPOINT ["djangoscale", "run"]
