@@ -97,12 +97,12 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
             {"name": "metrics", "containerPort": ds.metrics_port, "protocol": "TCP"},
         ],
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "httpGet": {"path": "/healthz", "port": "http"},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
