@@ -25,7 +25,7 @@ class PoolLimits:
     min_threads: int
     max_threads: int
     grow_step: int = 10
-    idle_ticks_before_shrink: int = 20  # ticks of surplus idle threads before shrinking
+    idle_ticks_before_shrink: int = 10  # ticks of surplus idle threads before shrinking
 
 
 def pool_adjustment(snapshot: PoolSnapshot, limits: PoolLimits, idle_ticks: int) -> int:

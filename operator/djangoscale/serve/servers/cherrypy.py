@@ -52,6 +52,7 @@ def run(config: ServeConfig) -> int:
         PoolLimits(min_threads=config.threads, max_threads=config.max_threads),
         metrics=process_metrics(),
     )
+    supervisor.tick()  # publish the pool's gauges before the first scrape
     supervisor.start()
     stopper: list[threading.Thread] = []
 
