@@ -12,6 +12,7 @@ from djangoscale.builders.hpa import build_hpa
 from djangoscale.builders.pdb import build_pdb
 from djangoscale.builders.pgbouncer import DatabaseCredentials, build_database_secret
 from djangoscale.builders.service import build_service
+from djangoscale.builders.workers import build_workers
 from djangoscale.spec import DjangoService
 
 
@@ -33,4 +34,5 @@ def build_children(
     children.append(build_pdb(ds))
     if ds.autoscaling.enabled:
         children.append(build_hpa(ds))
+    children += build_workers(ds, secret)
     return children

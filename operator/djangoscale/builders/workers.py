@@ -1,0 +1,199 @@
+"""Celery worker groups: per group a Deployment, a PodDisruptionBudget and an HPA on queue length.
+
+The story behind the defaults (PRODUCT.md, point 6): gevent workers on RabbitMQ died one after
+another under load and one worker prefetched all the tasks. So a group runs native threads
+(`--pool threads`), reserves one message per thread (`--prefetch-multiplier 1`, `-O fair`) and
+acknowledges after the task ran (acks late), so a killed worker's task goes back to the queue.
+
+A worker pod is the web pod with its app container swapped: the same pgbouncer sidecar, volumes,
+securityContext, database env and config checksum, taken from `build_deployment` rather than
+copied. The database budget already counts the worker pods (`DjangoService.max_pods`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from djangoscale.builders.deployment import (
+    build_deployment,
+    database_env,
+    restricted_container_security,
+)
+from djangoscale.builders.hpa import _rules
+from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
+from djangoscale.spec import ROLLOUT_SURGE, DjangoService, WorkerGroup
+
+QUEUE_LENGTH_METRIC = "djangoscale_celery_queue_length"
+# Keys of the user's broker Secret.
+BROKER_URL_KEY = "url"
+BROKER_MANAGEMENT_URL_KEY = "managementUrl"
+# SIGTERM starts Celery's warm shutdown: stop taking messages, finish the running tasks. This is
+# how long they get before SIGKILL; with acks late a task cut off here is redelivered, not lost.
+WORKER_GRACE_SECONDS = 300
+# Liveness: `djangoscale worker` answers /healthz while its consumer loop ticks (a broker-free
+# stand-in for `celery inspect ping`, which starts a Python process and a broker connection).
+HEALTH_PATH = "/healthz"
+GEVENT_CONDITION = "GeventWorkers"
+
+
+def worker_name(ds: DjangoService, group: WorkerGroup) -> str:
+    return f"{ds.name}-worker-{group.name}"
+
+
+def worker_component(group: WorkerGroup) -> str:
+    return f"worker-{group.name}"
+
+
+def worker_args(group: WorkerGroup) -> list[str]:
+    """The command line, every scheduling flag spelled out so `kubectl get -o yaml` shows it."""
+    return [
+        "djangoscale", "worker",
+        "--app", group.app,
+        "--pool", group.pool,
+        "--concurrency", str(group.concurrency),
+        "--prefetch-multiplier", str(group.prefetch_multiplier),
+        "-O", "fair",
+        "--queues", ",".join(group.queues),
+        "--acks-late" if group.acks_late else "--no-acks-late",
+    ]
+
+
+def broker_env(ds: DjangoService) -> list[dict[str, Any]]:
+    assert ds.broker is not None
+    ref = {"secretKeyRef": {"name": ds.broker.secret_name, "key": BROKER_URL_KEY}}
+    return [{"name": "CELERY_BROKER_URL", "valueFrom": ref}]
+
+
+def build_worker_container(
+    ds: DjangoService, group: WorkerGroup, secret: dict[str, Any] | None
+) -> dict[str, Any]:
+    env = [{"name": "DJANGOSCALE_WORKER_HEALTH_BIND", "value": f"0.0.0.0:{ds.metrics_port}"}]
+    env += broker_env(ds)
+    if secret is not None:
+        env += database_env(ds, secret)
+    env += [dict(item) for item in ds.env]
+    health = {"httpGet": {"path": HEALTH_PATH, "port": "health"}}
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": ds.image,
+        "imagePullPolicy": ds.image_pull_policy,
+        "args": worker_args(group),
+        "env": env,
+        "ports": [{"name": "health", "containerPort": ds.metrics_port, "protocol": "TCP"}],
+        # Importing Django and connecting to the broker may take a while on a cold node.
+        "startupProbe": {**health, "periodSeconds": 2, "failureThreshold": 60},
+        "livenessProbe": {**health, "periodSeconds": 20, "timeoutSeconds": 5,
+                          "failureThreshold": 3},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if group.resources:
+        container["resources"] = copy.deepcopy(group.resources)
+    return container
+
+
+def build_worker_deployment(
+    ds: DjangoService, group: WorkerGroup, secret: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    web = build_deployment(ds, secret)
+    template = copy.deepcopy(web["spec"]["template"])
+    pod = template["spec"]
+    container = build_worker_container(ds, group, secret)
+    if "envFrom" in pod["containers"][0]:
+        container["envFrom"] = pod["containers"][0]["envFrom"]
+    pod["containers"] = [container]
+    pod["terminationGracePeriodSeconds"] = WORKER_GRACE_SECONDS
+    # The user's pod labels stay; the selector labels name this group, not the web pods.
+    labels = template["metadata"]["labels"]
+    template["metadata"]["labels"] = {**labels, **common_labels(ds, worker_component(group))}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(ds, worker_name(ds, group), worker_component(group)),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(ds, worker_component(group))},
+            "strategy": {
+                "type": "RollingUpdate",
+                # The budget counts one surge pod per group, as for the web pods.
+                "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
+            },
+            "revisionHistoryLimit": 5,
+            "template": template,
+            # No `replicas`: the group's HPA owns them (no fight with the operator or GitOps).
+        },
+    }
+
+
+def build_worker_pdb(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(ds, worker_name(ds, group), worker_component(group)),
+        "spec": {
+            "maxUnavailable": ds.max_unavailable,
+            "selector": {"matchLabels": selector_labels(ds, worker_component(group))},
+        },
+    }
+
+
+def build_worker_hpa(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
+    """Scale on (ready + unacked messages of the group's queues) per worker pod.
+
+    The operator serves each pod the group's total divided by its pod count, so the HPA's
+    average is total / pods and it wants ceil(total / targetQueueLengthPerWorker) pods.
+    """
+    name = worker_name(ds, group)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": child_metadata(ds, name, worker_component(group)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            # A Pods metric needs a pod to read it from: scaling to zero would need an External
+            # metric and the HPAScaleToZero feature gate, so replicas.min 0 runs one pod.
+            "minReplicas": max(1, group.min_replicas),
+            "maxReplicas": group.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": QUEUE_LENGTH_METRIC},
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": str(group.target_queue_length_per_worker),
+                        },
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleUp": _rules(ds.autoscaling.scale_up, "Max"),
+                "scaleDown": _rules(ds.autoscaling.scale_down, "Min"),
+            },
+        },
+    }
+
+
+def build_workers(ds: DjangoService, secret: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every worker group's children, in apply order."""
+    children = []
+    for group in ds.workers:
+        children += [
+            build_worker_deployment(ds, group, secret),
+            build_worker_pdb(ds, group),
+            build_worker_hpa(ds, group),
+        ]
+    return children
+
+
+def gevent_warning(ds: DjangoService) -> tuple[str, str] | None:
+    """(reason, message) of the `GeventWorkers` condition when a group opted into gevent."""
+    groups = [group.name for group in ds.workers if group.pool == "gevent"]
+    if not groups:
+        return None
+    return (
+        "GeventOptIn",
+        f"worker group(s) {', '.join(groups)} run gevent (allowGevent): monkey patching can "
+        "leak database connections and one blocked greenlet stalls the worker; threads are "
+        "the default",
+    )
