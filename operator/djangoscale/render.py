@@ -7,6 +7,7 @@ For review in a GitOps pull request or for `kubectl apply`. Validation is the op
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from typing import Any, TextIO
 
@@ -14,6 +15,7 @@ import yaml
 
 from djangoscale import spec
 from djangoscale.builders import build_children
+from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,18 +34,48 @@ def _read(filename: str, stdin: TextIO) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(text) if doc is not None]
 
 
+def _credentials_in(documents: list[tuple[str, Any]]) -> dict[tuple[str, str], Any]:
+    """Secrets given beside the DjangoServices, by (namespace, name), as credentials."""
+    found = {}
+    for _, document in documents:
+        if isinstance(document, dict) and document.get("kind") == "Secret":
+            metadata = document.get("metadata") or {}
+            data = dict(document.get("data") or {})
+            for key, value in (document.get("stringData") or {}).items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            found[(metadata.get("namespace") or "default", metadata.get("name"))] = data
+    return found
+
+
 def render(documents: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Children of every valid document, and one line per problem of the others."""
+    """Children of every valid DjangoService, and one line per problem of the others.
+
+    Other kinds are skipped, but a database Secret in the same input fills in the pgbouncer
+    configuration; without one, the configuration shows placeholders.
+    """
     children: list[dict[str, Any]] = []
     problems: list[str] = []
+    secrets = _credentials_in(documents)
     for where, document in documents:
         if not isinstance(document, dict):
             problems.append(f"{where}: not a YAML mapping")
             continue
+        if document.get("kind", spec.KIND) != spec.KIND:
+            continue
         try:
-            children += build_children(spec.parse(document))
+            ds = spec.parse(document)
+            credentials = None
+            if ds.database is not None and ds.database.secret_name is not None:
+                data = secrets.get((ds.namespace, ds.database.secret_name))
+                if data is not None:
+                    credentials = DatabaseCredentials.from_secret_data(
+                        data, ds.database.secret_name
+                    )
+            children += build_children(ds, credentials)
         except spec.SpecError as error:
             problems += [f"{where}: {problem}" for problem in error.problems]
+        except CredentialsError as error:
+            problems.append(f"{where}: spec.database.secretName: {error}")
     return children, problems
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -34,6 +35,14 @@ DEFAULT_THREADS = {
 }
 # Only cheroot's pool grows (our launcher grows it); the PRODUCT story ran 100 growing to 150.
 CHERRYPY_GROWTH = 1.5
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Children are named <name>-database, <name>-worker-<group>: the Service name is a DNS label.
+MAX_NAME_LENGTH = 47
+# Pod-level fields passed through to the pod template unchanged, by their spec name.
+POD_OPTIONS = (
+    "podAnnotations", "podLabels", "nodeSelector", "tolerations", "affinity",
+    "topologySpreadConstraints", "priorityClassName",
+)
 # The Deployment rolls out with maxSurge 1, so one pod more than replicas.max may hold a pool.
 ROLLOUT_SURGE = 1
 
@@ -157,6 +166,9 @@ class DjangoService:
     max_unavailable: int | str = 1
     workers: tuple[WorkerGroup, ...] = ()
     broker: BrokerSpec | None = None
+    # Passed through to the pod as written (validated by the API server's own pod schema).
+    pod_options: dict[str, Any] = field(default_factory=dict)
+    env_from: tuple[dict[str, Any], ...] = ()
 
     @property
     def max_pods(self) -> int:
@@ -402,6 +414,12 @@ def parse(body: dict[str, Any]) -> DjangoService:
     metadata = body.get("metadata") or {}
     if not metadata.get("name"):
         problems.append("metadata.name: required")
+    elif not NAME_PATTERN.match(metadata["name"]) or len(metadata["name"]) > MAX_NAME_LENGTH:
+        problems.append(
+            "metadata.name: must be a DNS-1035 label (lowercase letters, digits, '-', starting "
+            f"with a letter) of at most {MAX_NAME_LENGTH} characters: it names the Service, and "
+            "the children add suffixes"
+        )
     raw_spec = body.get("spec")
     if not isinstance(raw_spec, dict):
         raise SpecError(problems + ["spec: required"])
@@ -462,6 +480,8 @@ def parse(body: dict[str, Any]) -> DjangoService:
         env=tuple(copy.deepcopy(spec.get("env", []))),
         max_unavailable=spec["disruption"]["maxUnavailable"],
         workers=tuple(_worker_group(group) for group in spec.get("workers", [])),
+        pod_options={key: copy.deepcopy(spec[key]) for key in POD_OPTIONS if key in spec},
+        env_from=tuple(copy.deepcopy(spec.get("envFrom", []))),
         broker=None
         if "broker" not in spec
         else BrokerSpec(type=spec["broker"]["type"], secret_name=spec["broker"]["secretName"]),

@@ -52,3 +52,16 @@ def test_unreadable_file_is_one_line():
     result = run_render("-f", "/nonexistent.yaml")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_secret_beside_the_djangoservice_fills_in_the_pooler_config():
+    import base64
+
+    result = run_render("-f", str(ROOT / "examples" / "full.yaml"))
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert [d["kind"] for d in docs] == [
+        "Secret", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"
+    ]
+    ini = base64.b64decode(docs[0]["data"]["pgbouncer.ini"]).decode()
+    assert "shop = host=postgres.db.svc port=5432 dbname=shop" in ini

@@ -110,6 +110,8 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if ds.env_from:
+        container["envFrom"] = [dict(item) for item in ds.env_from]
     if ds.resources:
         container["resources"] = ds.resources
     return container
@@ -175,6 +177,13 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
         pod_spec["serviceAccountName"] = ds.service_account_name
     if ds.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
+                "priorityClassName"):
+        if key in ds.pod_options:
+            pod_spec[key] = ds.pod_options[key]
+    # The user's pod labels never replace the selector labels the Service and HPA rely on.
+    labels = {**ds.pod_options.get("podLabels", {}), **common_labels(ds)}
+    annotations = {**ds.pod_options.get("podAnnotations", {}), **annotations}
 
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(ds)},
@@ -185,7 +194,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
         },
         "revisionHistoryLimit": 5,
         "template": {
-            "metadata": {"labels": common_labels(ds), "annotations": annotations},
+            "metadata": {"labels": labels, "annotations": annotations},
             "spec": pod_spec,
         },
     }

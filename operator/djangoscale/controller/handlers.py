@@ -36,6 +36,7 @@ def _write(body: kopf.Body, outcome: Outcome, logger: logging.Logger) -> None:
 
 
 def _reconcile(body: kopf.Body, logger: logging.Logger) -> None:
+    metrics.managed(body.metadata.namespace or "", body.metadata.name or "")
     with metrics.reconcile_timer():
         try:
             outcome = reconcile(dict(body))
@@ -55,6 +56,15 @@ def on_change(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
 @kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=5)
 def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
     _reconcile(body, logger)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+def on_delete(namespace: str, name: str, **_: Any) -> None:
+    """Children go with the owner (garbage collection); only the gauge needs telling.
+
+    `optional=True`: no finalizer, so a stopped operator never blocks a deletion.
+    """
+    metrics.managed(namespace, name, present=False)
 
 
 def _owner_name(owners: list[dict[str, Any]]) -> str | None:
