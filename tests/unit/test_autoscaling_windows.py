@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from djangoscale.autoscaling.windows import (
     PodCounter,
     Rates,
@@ -85,7 +84,7 @@ def test_out_of_order_sample_is_ignored() -> None:
 
 def test_old_samples_are_trimmed_but_the_window_stays_covered() -> None:
     counter = PodCounter()
-    for t in range(0, 1000):
+    for t in range(1000):
         counter.observe(float(t), float(t * 7), keep_seconds=60)
     assert len(counter.samples) <= 62
     assert counter.samples[0][0] <= 999 - 60

@@ -158,7 +158,7 @@ def round_rps(value: float) -> float:
         return 0.0
     if value < 10:
         return round(value, 1)
-    digits = int(math.floor(math.log10(value))) - 1
+    digits = math.floor(math.log10(value)) - 1
     return float(round(value, -digits))
 
 

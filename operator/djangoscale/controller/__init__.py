@@ -1,5 +1,6 @@
 """The operator's entry module: importing it registers every handler (`kopf run -m ...`)."""
 
+from djangoscale.autoscaling import handlers as autoscaling
 from djangoscale.controller import handlers, settings
 
-__all__ = ["handlers", "settings"]
+__all__ = ["autoscaling", "handlers", "settings"]

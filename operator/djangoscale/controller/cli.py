@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peering", default=None, help="kopf peering name for HA (one active)")
     parser.add_argument("--priority", type=int, default=0, help="peering priority")
     parser.add_argument("-v", "--verbose", action="store_true")
+    metrics_api = parser.add_argument_group(
+        "custom.metrics.k8s.io server (the HPA's RPS metric; defaults from DJANGOSCALE_* env)")
+    metrics_api.add_argument("--metrics-api-port", type=int, default=None,
+                             help="HTTPS port (default 6443; 0 picks one; -1 disables)")
+    metrics_api.add_argument("--metrics-api-bind", default=None,
+                             help="address to listen on (default: --bind)")
+    metrics_api.add_argument("--metrics-api-cert-file", type=Path, default=None,
+                             help="serving cert (PEM); without it one is generated at start")
+    metrics_api.add_argument("--metrics-api-key-file", type=Path, default=None)
+    metrics_api.add_argument("--scrape-interval", type=float, default=None,
+                             help="seconds between scrapes of the pods (default 2)")
+    metrics_api.add_argument("--stable-window", type=float, default=None,
+                             help="seconds of the stable RPS window (default 60)")
+    metrics_api.add_argument("--panic-window", type=float, default=None,
+                             help="seconds of the burst RPS window (default 6)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -28,6 +45,15 @@ def main(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     import djangoscale.controller  # noqa: F401  (registers the handlers)
+    from djangoscale.autoscaling import options
+
+    options.configure(
+        port=args.metrics_api_port,
+        bind=args.metrics_api_bind or os.environ.get("DJANGOSCALE_METRICS_API_BIND") or args.bind,
+        cert_file=args.metrics_api_cert_file, key_file=args.metrics_api_key_file,
+        scrape_interval=args.scrape_interval, stable_window=args.stable_window,
+        panic_window=args.panic_window,
+    )
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

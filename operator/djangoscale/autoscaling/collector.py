@@ -1,0 +1,210 @@
+"""Collection: read each ready pod's request counter (or Prometheus) every few seconds.
+
+The launcher exposes `djangoscale_requests_total{method,status_class}` on the pod's `metrics`
+port; summed over its labels it is the pod's request count. Scrapes run concurrently under a
+semaphore with a short timeout, so one hung pod costs one timeout, not a stalled loop, and a
+thousand pods do not open a thousand sockets at once.
+
+Also here, as pure functions: the DjangoService status this module owns (`status.rps` and the
+`MetricsAvailable` condition), rounded so that a settled object is not rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from djangoscale.autoscaling.windows import Decision, ServiceWindows, decide, format_rps
+from djangoscale.controller.conditions import Condition, find, merge_conditions, now_rfc3339
+from djangoscale.spec import DjangoService
+
+logger = logging.getLogger(__name__)
+
+REQUESTS_COUNTER = "djangoscale_requests_total"
+METRICS_PATH = "/metrics"
+CONDITION_TYPE = "MetricsAvailable"
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """A pod as the collector needs it: where to scrape and what the selector sees."""
+
+    name: str
+    ip: str
+    ready: bool
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def requests_total(text: str) -> float | None:
+    """The pod's request count: `djangoscale_requests_total` summed over its label sets."""
+    total, found = 0.0, False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == REQUESTS_COUNTER:
+                total += sample.value
+                found = True
+    return total if found else None
+
+
+class Scraper:
+    """Concurrent, bounded, short-timeout GETs of the pods' metrics endpoints."""
+
+    def __init__(self, concurrency: int = 64, timeout: float = 2.0) -> None:
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def pod_total(self, ip: str, port: int) -> float | None:
+        """The pod's request count, or None if it could not be read (the caller holds)."""
+        url = f"http://{ip}:{port}{METRICS_PATH}"
+        async with self.semaphore:
+            try:
+                async with self.session.get(url) as response:
+                    if response.status != 200:
+                        return None
+                    text = await response.text()
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                return None
+        try:
+            return requests_total(text)
+        except ValueError:
+            return None
+
+    async def prometheus_rates(self, address: str, query: str) -> dict[str, float] | None:
+        """Per-pod RPS from a Prometheus instant query (a vector with a `pod` label)."""
+        url = address.rstrip("/") + "/api/v1/query"
+        async with self.semaphore:
+            try:
+                async with self.session.get(url, params={"query": query}) as response:
+                    if response.status != 200:
+                        return None
+                    payload = await response.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                return None
+        return prometheus_vector(payload)
+
+
+def prometheus_vector(payload: Any) -> dict[str, float] | None:
+    """{pod: value} from a Prometheus API answer; None unless it is a successful vector."""
+    if not isinstance(payload, dict) or payload.get("status") != "success":
+        return None
+    data = payload.get("data") or {}
+    if data.get("resultType") != "vector":
+        return None
+    rates = {}
+    for item in data.get("result") or []:
+        pod = (item.get("metric") or {}).get("pod")
+        try:
+            value = float(item["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        if pod and not math.isnan(value):  # NaN (no traffic yet in rate()) is skipped
+            rates[pod] = max(0.0, value)
+    return rates
+
+
+@dataclass
+class Reading:
+    """One collection round for one DjangoService."""
+
+    decision: Decision
+    pods: int  # ready pods
+    failed: list[str] = field(default_factory=list)  # pods (or "prometheus") that did not answer
+    source: str = "pods"
+
+
+async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
+                  scraper: Scraper, now: float | None = None) -> Reading:
+    """Scrape (or query) once, feed the windows, and decide what the HPA sees."""
+    ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
+    windows.forget_missing(p.name for p in ready)
+    failed: list[str] = []
+    source = ds.autoscaling.prometheus
+    if source is not None:
+        rates = await scraper.prometheus_rates(source.address,
+                                               source.query_for(ds.namespace, ds.name))
+        if rates is None:
+            failed.append("prometheus")
+        else:
+            for pod in ready:
+                if pod.name in rates:
+                    windows.observe_rate(pod.name, rates[pod.name])
+    else:
+        totals = await asyncio.gather(*(scraper.pod_total(p.ip, ds.metrics_port) for p in ready))
+        t = time.monotonic() if now is None else now
+        for pod, total in zip(ready, totals, strict=True):
+            if total is None:
+                failed.append(pod.name)
+            else:
+                windows.observe_counter(pod.name, t, total)
+    decision = decide(windows.rates(), len(ready), ds.autoscaling.target_rps_per_pod)
+    return Reading(decision, len(ready), failed, "prometheus" if source else "pods")
+
+
+def metrics_condition(reading: Reading) -> Condition:
+    """True when every ready pod answered; False says which did not and that values hold."""
+    if reading.source == "prometheus" and reading.failed:
+        return Condition(CONDITION_TYPE, "False", "PrometheusUnavailable",
+                         "the Prometheus query failed; holding the last known values")
+    if reading.pods == 0:
+        return Condition(CONDITION_TYPE, "False", "NoReadyPods", "no ready pod to read")
+    if reading.failed:
+        names = ", ".join(reading.failed[:5]) + (" ..." if len(reading.failed) > 5 else "")
+        return Condition(
+            CONDITION_TYPE, "False", "ScrapeFailed",
+            f"{len(reading.failed)} of {reading.pods} pods did not answer ({names}); "
+            "holding their last known values",
+        )
+    origin = "Prometheus" if reading.source == "prometheus" else "the pods' metrics port"
+    return Condition(CONDITION_TYPE, "True", "Collected", f"read from {origin}")
+
+
+def rps_status(reading: Reading) -> dict[str, str]:
+    """`status.rps`: per-pod averages over the two windows, rounded (printer column RPS)."""
+    return {
+        "stable": format_rps(reading.decision.stable_per_pod),
+        "panic": format_rps(reading.decision.panic_per_pod),
+    }
+
+
+def status_patch(body: dict[str, Any], reading: Reading) -> dict[str, Any] | None:
+    """The status merge patch this module owns, or None when the object already says it."""
+    status = body.get("status") or {}
+    rps = rps_status(reading)
+    condition = metrics_condition(reading)
+    previous = status.get("conditions") or []
+    live = find(previous, CONDITION_TYPE) or {}
+    same_condition = (live.get("status"), live.get("reason"), live.get("message")) == (
+        condition.status, condition.reason, condition.message)
+    if status.get("rps") == rps and same_condition:
+        return None
+    generation = body.get("metadata", {}).get("generation")
+    return {
+        "rps": rps,
+        "conditions": merge_conditions(previous, [condition], generation, now_rfc3339()),
+    }

@@ -1,0 +1,161 @@
+"""Collection against real HTTP metrics endpoints, and the status it writes (only on change)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from djangoscale import spec
+from djangoscale.autoscaling.collector import (
+    PodTarget,
+    Reading,
+    Scraper,
+    collect,
+    metrics_condition,
+    prometheus_vector,
+    requests_total,
+    status_patch,
+)
+from djangoscale.autoscaling.windows import Decision, ServiceWindows
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+
+def service(metrics_port: int, prometheus: dict | None = None):
+    autoscaling = {"targetRPSPerPod": 20}
+    if prometheus:
+        autoscaling["prometheus"] = prometheus
+    return spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 2, "max": 10}, "metricsPort": metrics_port,
+                 "autoscaling": autoscaling},
+    })
+
+
+class FakePod:
+    """A launcher-like metrics endpoint: a real prometheus_client counter behind HTTP."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.counter = Counter("djangoscale_requests", "requests", ["method", "status_class"],
+                               registry=self.registry)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            content_type="text/plain")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def pod_server() -> AsyncIterator[tuple[FakePod, int]]:
+    pod = FakePod()
+    app = web.Application()
+    app.router.add_get("/metrics", pod.metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    for host in ("127.0.0.1", "127.0.0.2"):  # two pod IPs, one counter
+        await web.TCPSite(runner, host, port).start()
+    yield pod, port
+    await runner.cleanup()
+
+
+def test_requests_total_sums_label_sets() -> None:
+    text = (
+        "# TYPE djangoscale_requests counter\n"
+        'djangoscale_requests_total{method="GET",status_class="2xx"} 10\n'
+        'djangoscale_requests_total{method="POST",status_class="5xx"} 2.5\n'
+        'djangoscale_requests_created{method="GET",status_class="2xx"} 1.7e9\n'
+    )
+    assert requests_total(text) == 12.5
+    assert requests_total("# TYPE other counter\nother_total 3\n") is None
+
+
+async def test_collect_reads_real_endpoints_and_holds_a_dead_pod(pod_server) -> None:
+    fake, port = pod_server
+    ds = service(port)
+    # Two pods share the one counter on two loopback IPs, plus a pod whose port is closed
+    # (127.0.0.3), plus one not ready (never scraped).
+    pods = [PodTarget("shop-a", "127.0.0.1", True), PodTarget("shop-b", "127.0.0.2", True),
+            PodTarget("shop-c", "127.0.0.3", True), PodTarget("shop-d", "127.0.0.4", False)]
+    fake_dead = PodTarget("shop-c", "127.0.0.3", True)
+    windows = ServiceWindows(stable_window=60, panic_window=6)
+    scraper = Scraper(concurrency=2, timeout=1.0)
+    try:
+        # shop-c first answers (at 127.0.0.1), then its metrics vanish (127.0.0.3).
+        fake.counter.labels("GET", "2xx").inc(100)
+        reading = await collect(ds, pods[:2] + [PodTarget("shop-c", "127.0.0.1", True)],
+                                windows, scraper, now=0.0)
+        fake.counter.labels("GET", "2xx").inc(50)
+        reading = await collect(ds, pods[:2] + [PodTarget("shop-c", "127.0.0.1", True)],
+                                windows, scraper, now=1.0)
+        assert reading.decision.per_pod == {"shop-a": 50, "shop-b": 50, "shop-c": 50}
+        fake.counter.labels("POST", "2xx").inc(10)
+        reading = await collect(ds, [pods[0], pods[1], fake_dead, pods[3]], windows, scraper,
+                                now=2.0)
+    finally:
+        await scraper.close()
+    assert reading.pods == 3
+    assert reading.failed == ["shop-c"]
+    assert reading.decision.per_pod["shop-a"] == pytest.approx((160 - 100) / 2)
+    assert reading.decision.per_pod["shop-c"] == pytest.approx(50)  # held, not zero
+    condition = metrics_condition(reading)
+    assert (condition.status, condition.reason) == ("False", "ScrapeFailed")
+    assert "shop-c" in condition.message
+
+
+def test_prometheus_vector() -> None:
+    payload = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"pod": "a"}, "value": [1, "12.5"]},
+        {"metric": {"pod": "b"}, "value": [1, "NaN"]},
+        {"metric": {}, "value": [1, "3"]},
+    ]}}
+    assert prometheus_vector(payload) == {"a": 12.5}
+    assert prometheus_vector({"status": "error"}) is None
+    assert prometheus_vector({"status": "success", "data": {"resultType": "matrix"}}) is None
+
+
+async def test_prometheus_source_failure_holds_values(pod_server) -> None:
+    _, port = pod_server  # answers /metrics only: /api/v1/query is a 404
+    ds = service(9100, {"address": f"http://127.0.0.1:{port}", "query": "q{name}"})
+    windows = ServiceWindows()
+    windows.observe_rate("shop-a", 33.0)
+    scraper = Scraper(timeout=1.0)
+    try:
+        reading = await collect(ds, [PodTarget("shop-a", "127.0.0.1", True)], windows, scraper)
+    finally:
+        await scraper.close()
+    assert reading.failed == ["prometheus"]
+    assert reading.decision.per_pod == {"shop-a": 33.0}
+    assert metrics_condition(reading).reason == "PrometheusUnavailable"
+
+
+def _reading(stable: float, panic: float, failed: list[str] | None = None) -> Reading:
+    return Reading(Decision({"a": stable}, stable, panic, False), pods=1, failed=failed or [])
+
+
+def test_status_patch_only_when_the_rounded_value_or_condition_changes() -> None:
+    body = {"metadata": {"generation": 3}, "status": {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "Available", "message": "2/2",
+         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    patch = status_patch(body, _reading(49.7, 51.2))
+    assert patch is not None
+    assert patch["rps"] == {"stable": "50", "panic": "51"}
+    types = {c["type"]: c for c in patch["conditions"]}
+    assert types["MetricsAvailable"]["status"] == "True"
+    assert types["MetricsAvailable"]["observedGeneration"] == 3
+    assert types["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # kept as it was
+    body["status"].update(patch)
+    assert status_patch(body, _reading(50.3, 50.6)) is None  # jitter: nothing to write
+    changed = status_patch(body, _reading(50.3, 50.6, failed=["a"]))
+    assert changed is not None
+    assert {c["type"]: c for c in changed["conditions"]}["MetricsAvailable"]["status"] == "False"
