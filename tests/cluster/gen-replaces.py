@@ -9,7 +9,8 @@ derived here from the go.mod that the module proxy serves for the pinned version
 kept by hand. See https://github.com/kubernetes/kubernetes/issues/79384.
 
 Usage: gen-replaces.py [--version v1.35.4] [--gomod go.mod]
-Rewrites the block between the BEGIN/END markers in go.mod (appends it if absent).
+Rewrites the block between the BEGIN/END markers in go.mod (appends it if absent). To move to
+another release: set the k8s.io/kubernetes requirement, run this, then `go mod tidy`.
 """
 
 from __future__ import annotations
