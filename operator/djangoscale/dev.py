@@ -43,7 +43,7 @@ def install_crd() -> None:
     name = crd()["metadata"]["name"]
     for _ in range(120):
         live = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name) or {}
-        conditions = live.get("status", {}).get("conditions", [])
+        conditions = (live.get("status") or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             return
         time.sleep(0.5)

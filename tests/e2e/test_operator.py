@@ -49,7 +49,7 @@ def kube(cluster) -> Iterator[Any]:
         )
         return any(
             c["type"] == "Established" and c["status"] == "True"
-            for c in (live or {}).get("status", {}).get("conditions", [])
+            for c in ((live or {}).get("status") or {}).get("conditions") or []
         )
 
     wait_for("the CRD to be established", established)
