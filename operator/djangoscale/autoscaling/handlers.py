@@ -14,7 +14,11 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from djangoscale import spec
-from djangoscale.autoscaling import options
+
+# A module reference, not names: `controller/__init__` (the kopf entry module) imports this
+# module, and `collector` imports `djangoscale.controller.conditions`, so importing
+# `collector` first runs this module while `collector` is still half-initialized.
+from djangoscale.autoscaling import collector, options
 from djangoscale.autoscaling.apiserver import (
     REQUESTHEADER_CONFIGMAP,
     MetricsStore,
@@ -26,7 +30,6 @@ from djangoscale.autoscaling.apiserver import (
     start_server,
     write_serving_cert,
 )
-from djangoscale.autoscaling.collector import PodTarget, Scraper, collect, status_patch
 from djangoscale.autoscaling.windows import ServiceWindows
 from djangoscale.builders.labels import (
     COMPONENT_LABEL,
@@ -41,11 +44,11 @@ STORE = MetricsStore()
 _state: dict[str, Any] = {}
 
 
-def _scraper() -> Scraper:
+def _scraper() -> collector.Scraper:
     if "scraper" not in _state:
         opts = options.OPTIONS
-        _state["scraper"] = Scraper(opts.scrape_concurrency, opts.scrape_timeout)
-    scraper: Scraper = _state["scraper"]
+        _state["scraper"] = collector.Scraper(opts.scrape_concurrency, opts.scrape_timeout)
+    scraper: collector.Scraper = _state["scraper"]
     return scraper
 
 
@@ -58,11 +61,11 @@ def pod_ready(status: dict[str, Any], meta: dict[str, Any]) -> bool:
 
 @kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: "web"})
 def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
-             meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], PodTarget] | None:
+             meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], collector.PodTarget] | None:
     instance = labels.get(INSTANCE_LABEL)
     if not instance or namespace is None:
         return None
-    target = PodTarget(
+    target = collector.PodTarget(
         name=name,
         ip=status.get("podIP") or "",
         ready=pod_ready(dict(status), dict(meta)),
@@ -75,7 +78,7 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
 async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                       stopped: kopf.DaemonStopped, logger: kopf.Logger, **kwargs: Any) -> None:
     """Every few seconds: read the pods, publish per-pod values, write status if it changed."""
-    rps_pods: kopf.Index[tuple[str, str], PodTarget] = kwargs["rps_pods"]
+    rps_pods: kopf.Index[tuple[str, str], collector.PodTarget] = kwargs["rps_pods"]
     namespace = namespace or "default"
     opts = options.OPTIONS
     windows = ServiceWindows(opts.stable_window, opts.panic_window)
@@ -91,13 +94,13 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 await stopped.wait(opts.scrape_interval)
                 continue
             pods = list(rps_pods.get((namespace, name), []))
-            reading = await collect(ds, pods, windows, _scraper())
+            reading = await collector.collect(ds, pods, windows, _scraper())
             labels = {pod.name: pod.label_dict for pod in pods}
             STORE.put(namespace, name, [
                 PodValue(pod, labels.get(pod, {}), value)
                 for pod, value in reading.decision.per_pod.items()
             ])
-            patch = status_patch(dict(body), reading)
+            patch = collector.status_patch(dict(body), reading)
             if patch is not None:
                 try:
                     await asyncio.to_thread(kube.patch_status, namespace, name, patch)
