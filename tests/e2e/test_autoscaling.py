@@ -1,0 +1,500 @@
+"""RPS autoscaling end to end: real HPA controller, real aggregation layer, real launcher.
+
+The operator serves `custom.metrics.k8s.io` on the host; the APIService reaches it through the
+local cluster's route. KWOK pods get loopback IPs, and a harness runs one real
+`djangoscale serve` (the sample project, cherrypy) bound to each Running pod's IP on the
+DjangoService's http and metrics ports, started and stopped as pods come and go. A bounded
+open-loop load generator spreads requests over the served pods, as a Service would.
+
+Windows are shortened (stable 20 s, panic 4 s, scrape 1 s, HPA sync 2 s, scale-down
+stabilization 10 s) so a run takes minutes; the figures are printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from djangoscale.autoscaling.registration import (
+    register_metrics_apiservice,
+    unregister_metrics_apiservice,
+)
+from djangoscale.builders.hpa import RPS_METRIC
+from djangoscale.cluster import LocalCluster
+from djangoscale.cluster.api import ApiClient, ApiError
+from djangoscale.cluster.pki import PkiPaths
+from djangoscale.spec import GROUP, VERSION, crd
+
+from tests.fixtures.launcher import SAMPLE_WSGI, SAMPLEAPP, launcher_env
+from tests.fixtures.services import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+API = f"{GROUP}/{VERSION}"
+TARGET_RPS = 20
+STABLE_WINDOW, PANIC_WINDOW, SCRAPE_INTERVAL = 20, 4, 1
+SCALE_DOWN_STABILIZATION = 10
+# Pod IPs are the same in every local cluster (127.1.<node>.<n>): random ports keep two test
+# sessions on one machine from colliding.
+HTTP_PORT = random.randrange(20000, 30000)
+METRICS_PORT = HTTP_PORT + 10000
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0,
+             interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+# -- fixtures: CRD, APIService, operator ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(cluster: LocalCluster) -> ApiClient:
+    client = cluster.client()
+    client.apply(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                 f"{crd()['metadata']['name']}", crd())
+
+    def established() -> bool:
+        live = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                          f"{crd()['metadata']['name']}")
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (live.get("status") or {}).get("conditions") or [])
+
+    wait_for("the CRD to be established", established)
+    return client
+
+
+@pytest.fixture(scope="module")
+def metrics_api(cluster: LocalCluster, api: ApiClient) -> Iterator[tuple[int, Path, Path]]:
+    port = free_port()
+    cert, key = register_metrics_apiservice(api, cluster.dir, port)
+    yield port, cert, key
+    with contextlib.suppress(ApiError):
+        unregister_metrics_apiservice(api)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, api: ApiClient, metrics_api: tuple[int, Path, Path],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    port, cert, key = metrics_api
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            # Real free ports: kopf reads a liveness URL with port 0 as port 80.
+            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", str(free_port()),
+             "--metrics-port", str(free_port()), "--bind", "127.0.0.1",
+             "--metrics-api-port", str(port), "--metrics-api-cert-file", str(cert),
+             "--metrics-api-key-file", str(key), "--scrape-interval", str(SCRAPE_INTERVAL),
+             "--stable-window", str(STABLE_WINDOW), "--panic-window", str(PANIC_WINDOW)],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+                 "DJANGOSCALE_RESYNC_SECONDS": "5"},
+            stdout=output, stderr=subprocess.STDOUT,
+        )
+
+    def available() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"operator exited:\n{log.read_text()[-3000:]}")
+        live = api.get("/apis/apiregistration.k8s.io/v1/apiservices/v1beta2.custom.metrics.k8s.io")
+        return any(c["type"] == "Available" and c["status"] == "True"
+                   for c in (live.get("status") or {}).get("conditions") or [])
+
+    wait_for("the metrics APIService to be Available", available, timeout=60)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text or process.returncode in (0, -15), text[-4000:]
+
+
+@pytest.fixture
+def namespace(api: ApiClient) -> Iterator[str]:
+    name = f"as-{uuid.uuid4().hex[:8]}"
+    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                      "metadata": {"name": name}})
+    yield name
+    with contextlib.suppress(ApiError):
+        api.delete(f"/api/v1/namespaces/{name}")
+
+
+def djangoservice(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": namespace},
+        "spec": {
+            "image": "registry.example.com/shop:1.4.2",
+            "wsgiApp": SAMPLE_WSGI,
+            "port": HTTP_PORT,
+            "metricsPort": METRICS_PORT,
+            "server": {"type": "cherrypy", "threads": 8, "maxThreads": 8},
+            "replicas": {"min": 2, "max": 10},
+            "autoscaling": {
+                "targetRPSPerPod": TARGET_RPS,
+                "behavior": {
+                    "scaleUp": {"stabilizationWindowSeconds": 0, "maxPercentPerPeriod": 1000,
+                                "maxPodsPerPeriod": 10, "periodSeconds": 5},
+                    "scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_STABILIZATION,
+                                  "maxPercentPerPeriod": 100, "maxPodsPerPeriod": 10,
+                                  "periodSeconds": 5},
+                },
+            },
+        },
+    }
+
+
+# -- the pods' real processes ------------------------------------------------------------------
+
+
+class PodHarness:
+    """One real `djangoscale serve` per Running pod, bound to the pod's IP."""
+
+    def __init__(self, api: ApiClient, namespace: str, log_dir: Path) -> None:
+        self.api, self.namespace, self.log_dir = api, namespace, log_dir
+        self.processes: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+        self.healthy: set[str] = set()
+        self.frozen = False  # when True, dead processes are not restarted (metrics outage)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodHarness:  # noqa: PYI034
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        with self.lock:
+            for name in list(self.processes):
+                self._stop(name)
+
+    def endpoints(self) -> list[str]:
+        with self.lock:
+            return [ip for name, (ip, _) in self.processes.items() if name in self.healthy]
+
+    def kill_all(self) -> None:
+        """A metrics outage: every serve process dies and none comes back."""
+        with self.lock:
+            self.frozen = True
+            for _, process in self.processes.values():
+                process.kill()
+            self.healthy.clear()
+
+    def _pods(self) -> dict[str, str]:
+        selector = quote("app.kubernetes.io/instance=shop,app.kubernetes.io/component=web")
+        items = self.api.get(f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")
+        return {
+            pod["metadata"]["name"]: pod["status"]["podIP"]
+            for pod in items["items"]
+            if pod.get("status", {}).get("phase") == "Running" and pod["status"].get("podIP")
+            and not pod["metadata"].get("deletionTimestamp")
+        }
+
+    def _start(self, name: str, ip: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        argv = [sys.executable, "-m", "djangoscale.cli", "serve", SAMPLE_WSGI,
+                "--server", "cherrypy", "--workers", "1", "--threads", "8",
+                "--bind", f"{ip}:{HTTP_PORT}", "--metrics-bind", f"{ip}:{METRICS_PORT}"]
+        process = subprocess.Popen(argv, cwd=SAMPLEAPP, env=launcher_env({}), stdout=log,
+                                   stderr=subprocess.STDOUT)
+        log.close()
+        self.processes[name] = (ip, process)
+
+    def _stop(self, name: str) -> None:
+        _, process = self.processes.pop(name)
+        self.healthy.discard(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                pods = self._pods()
+            except (ApiError, OSError):
+                pods = None
+            if pods is not None:
+                with self.lock:
+                    for name in [n for n in self.processes if n not in pods]:
+                        self._stop(name)
+                    if not self.frozen:
+                        for name, ip in pods.items():
+                            if name not in self.processes:
+                                self._start(name, ip)
+                    pending = [(n, ip) for n, (ip, p) in self.processes.items()
+                               if n not in self.healthy and p.poll() is None]
+                for name, ip in pending:
+                    if _answers(ip, METRICS_PORT, "/readyz"):
+                        with self.lock:
+                            self.healthy.add(name)
+            self.stopping.wait(0.5)
+
+
+def _answers(ip: str, port: int, path: str) -> bool:
+    import http.client
+
+    connection = http.client.HTTPConnection(ip, port, timeout=0.5)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+# -- load and observation --------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # not sent: no endpoint, or too many in flight
+
+
+def run_load(rate: float, seconds: float, endpoints: Callable[[], list[str]],
+             max_in_flight: int = 200) -> LoadResult:
+    """Open-loop GETs of /hello/ at `rate` per second for `seconds`, spread over endpoints."""
+    result = LoadResult()
+
+    async def hit(session: aiohttp.ClientSession, ip: str) -> None:
+        try:
+            async with session.get(f"http://{ip}:{HTTP_PORT}/hello/") as response:
+                await response.read()
+                if response.status == 200:
+                    result.ok += 1
+                else:
+                    result.failed += 1
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            result.failed += 1
+
+    async def main() -> None:
+        timeout = aiohttp.ClientTimeout(total=5)
+        connector = aiohttp.TCPConnector(limit=max_in_flight)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            tasks: set[asyncio.Task[None]] = set()
+            started, n = time.monotonic(), 0
+            while (elapsed := time.monotonic() - started) < seconds:
+                targets = endpoints()
+                while n < int(elapsed * rate):
+                    n += 1
+                    if not targets or len(tasks) >= max_in_flight:
+                        result.skipped += 1
+                        continue
+                    task = asyncio.create_task(hit(session, targets[n % len(targets)]))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    result.sent += 1
+                await asyncio.sleep(0.01)
+            if tasks:
+                await asyncio.wait(tasks, timeout=6)
+
+    asyncio.run(main())
+    return result
+
+
+@dataclass
+class Timeline:
+    """HPA desired replicas and reported RPS, sampled every half second."""
+
+    api: ApiClient
+    namespace: str
+    started: float = field(default_factory=time.monotonic)
+    rows: list[tuple[float, int, float, float]] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(ApiError, OSError):
+                desired = hpa_desired(self.api, self.namespace)
+                rps = status(self.api, self.namespace).get("rps", {})
+                self.rows.append((time.monotonic(), desired,
+                                  float(rps.get("stable", 0)), float(rps.get("panic", 0))))
+            self.stopping.wait(0.5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+
+    def first(self, after: float, test: Callable[[tuple[float, int, float, float]], bool]
+              ) -> float | None:
+        return next((row[0] - after for row in self.rows if row[0] >= after and test(row)),
+                    None)
+
+    def csv(self) -> str:
+        lines = ["seconds,desired_replicas,rps_stable_per_pod,rps_panic_per_pod"]
+        lines += [f"{t - self.started:.1f},{d},{s},{p}" for t, d, s, p in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def hpa_desired(api: ApiClient, namespace: str) -> int:
+    hpa = api.get(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/shop")
+    return int(hpa.get("status", {}).get("desiredReplicas") or 0)
+
+
+def status(api: ApiClient, namespace: str) -> dict[str, Any]:
+    live = api.get(f"/apis/{API}/namespaces/{namespace}/djangoservices/shop")
+    return dict(live.get("status") or {})
+
+
+def metrics_condition(api: ApiClient, namespace: str) -> dict[str, Any]:
+    conditions = status(api, namespace).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "MetricsAvailable"), {})
+
+
+def scaling_active(api: ApiClient, namespace: str) -> bool:
+    with contextlib.suppress(ApiError):
+        hpa = api.get(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/shop")
+        return any(c["type"] == "ScalingActive" and c["status"] == "True"
+                   for c in hpa.get("status", {}).get("conditions", []))
+    return False
+
+
+def start_service(api: ApiClient, namespace: str, harness: PodHarness) -> None:
+    api.create(f"/apis/{API}/namespaces/{namespace}/djangoservices", djangoservice(namespace))
+    wait_for("2 pods served", lambda: len(harness.endpoints()) >= 2, timeout=120)
+    wait_for("the HPA to read the metric", lambda: scaling_active(api, namespace), timeout=60)
+
+
+def pod_metrics(api: ApiClient, namespace: str) -> dict[str, Any]:
+    selector = quote("app.kubernetes.io/instance=shop")
+    result: dict[str, Any] = api.get(
+        f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/{RPS_METRIC}"
+        f"?labelSelector={selector}")
+    return result
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def test_load_step_scales_up_through_the_burst_path_and_back_down(
+    api: ApiClient, operator: subprocess.Popen[bytes], namespace: str, tmp_path: Path,
+) -> None:
+    with PodHarness(api, namespace, tmp_path) as harness:
+        start_service(api, namespace, harness)
+        assert hpa_desired(api, namespace) == 2
+        timeline = Timeline(api, namespace)
+        rate, seconds = 150.0, 30.0  # 7.5x what 2 pods take at 20 RPS each
+        load_started = time.monotonic()
+        load = run_load(rate, seconds, harness.endpoints)
+        load_stopped = time.monotonic()
+        up = timeline.first(load_started, lambda row: row[1] > 2)
+        big = timeline.first(load_started, lambda row: row[1] >= 6)
+        peak = max(row[1] for row in timeline.rows)
+        served_while_loaded = pod_metrics(api, namespace)
+
+        down = wait_for("scale back to 2", lambda: hpa_desired(api, namespace) == 2 and
+                        time.monotonic() - load_stopped, timeout=120)
+        timeline.stop()
+        (tmp_path / "timeline.csv").write_text(timeline.csv())
+        print(f"\nload: {load}; first scale-up {up} s after the step, >= 6 replicas after {big} s,"
+              f" peak {peak}, back to 2 after {down:.1f} s; timeline in {tmp_path}/timeline.csv")
+
+    assert load.ok > 0.9 * rate * seconds, load
+    assert up is not None and up <= 20, f"no scale-up within 20 s ({up})"
+    # The burst path: the stable window alone (20 s) could not ask for 6 pods this early
+    # (its per-pod value after t s of 75 RPS per pod is 75 t / 20).
+    assert big is not None and big <= 12, f">= 6 replicas only after {big} s"
+    assert any(panic >= 2 * stable for _, _, stable, panic in timeline.rows if panic > 0)
+    assert peak <= 10
+    assert len(served_while_loaded["items"]) >= 2
+    # Down: not before the scale-down stabilization window, and within a bound.
+    assert down >= SCALE_DOWN_STABILIZATION
+    assert down <= STABLE_WINDOW + SCALE_DOWN_STABILIZATION + 60
+
+
+def test_metrics_outage_holds_replicas_and_says_why(
+    api: ApiClient, operator: subprocess.Popen[bytes], namespace: str, tmp_path: Path,
+) -> None:
+    with PodHarness(api, namespace, tmp_path) as harness:
+        start_service(api, namespace, harness)
+        load = threading.Thread(target=run_load, args=(100.0, 25.0, harness.endpoints))
+        load.start()
+        wait_for("a scale-up under load", lambda: hpa_desired(api, namespace) >= 4, timeout=40)
+        load.join()
+        before = hpa_desired(api, namespace)
+        rps_before = status(api, namespace)["rps"]["stable"]
+        harness.kill_all()
+        wait_for("MetricsAvailable=False",
+                 lambda: metrics_condition(api, namespace).get("reason") == "ScrapeFailed",
+                 timeout=20)
+        # Longer than the stable window and the scale-down stabilization together: with zeros
+        # reported instead of held values the HPA would be back at 2 by now.
+        lowest = before
+        deadline = time.monotonic() + STABLE_WINDOW + SCALE_DOWN_STABILIZATION + 10
+        while time.monotonic() < deadline:
+            lowest = min(lowest, hpa_desired(api, namespace))
+            time.sleep(1)
+        condition = metrics_condition(api, namespace)
+        rps_after = status(api, namespace)["rps"]["stable"]
+        print(f"\noutage: replicas {before} before, lowest {lowest} during; rps {rps_before} -> "
+              f"{rps_after}; condition {condition.get('message')}")
+
+    assert lowest >= before - 1 and lowest > 2, (before, lowest)
+    assert condition["status"] == "False"
+    assert "holding" in condition["message"]
+    assert float(rps_after) > 0
+
+
+def test_metrics_api_answers_only_the_front_proxy(
+    cluster: LocalCluster, api: ApiClient, operator: subprocess.Popen[bytes],
+    metrics_api: tuple[int, Path, Path],
+) -> None:
+    port = metrics_api[0]
+    pki = PkiPaths(cluster.dir / "pki")
+    path = f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/{RPS_METRIC}"
+
+    def get_with(cert: str) -> int:
+        import http.client
+
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.check_hostname = False
+        context.load_cert_chain(str(pki.cert(cert)), str(pki.key(cert)))
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+        try:
+            connection.request("GET", path)
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert get_with("front-proxy-client") == 200
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        get_with("admin")  # a cluster-admin cert, but not from the front-proxy CA
+    # Through the aggregator, the admin (authorized by RBAC) gets the list.
+    listed = api.get(path)
+    assert listed["kind"] == "MetricValueList"
