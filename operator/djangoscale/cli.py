@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("djangoscale.serve.cli", "serve a Django WSGI app under the chosen server"),
     "cluster": ("djangoscale.cluster.cli", "start or stop the local control plane"),
     "dev": ("djangoscale.dev", "local cluster + operator + example, one command"),
+    "worker": ("djangoscale.celery.worker", "run a Celery worker (threads, fair, acks late)"),
 }
 
 

@@ -191,9 +191,9 @@ def gevent_warning(ds: DjangoService) -> tuple[str, str] | None:
     groups = [group.name for group in ds.workers if group.pool == "gevent"]
     if not groups:
         return None
-    return (
-        "GeventOptIn",
+    message = (
         f"worker group(s) {', '.join(groups)} run gevent (allowGevent): monkey patching can "
         "leak database connections and one blocked greenlet stalls the worker; threads are "
-        "the default",
+        "the default"
     )
+    return ("GeventOptIn", message)
