@@ -47,15 +47,18 @@ class PodTarget:
         return dict(self.labels)
 
 
-def requests_total(text: str) -> float | None:
-    """The pod's request count: `djangoscale_requests_total` summed over its label sets."""
-    total, found = 0.0, False
+def requests_total(text: str) -> float:
+    """The pod's request count: `djangoscale_requests_total` summed over its label sets.
+
+    A labelled counter has no sample until its first request, so a pod that answered without
+    one has served nothing yet: 0, not a failed read.
+    """
+    total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == REQUESTS_COUNTER:
                 total += sample.value
-                found = True
-    return total if found else None
+    return total
 
 
 class Scraper:
