@@ -67,6 +67,11 @@ class MetricsStore:
                     yield value, self.updated[(ns, service)]
 
 
+# Pod metrics served beside RPS, by name: another collector (the Celery queue length,
+# `djangoscale.celery.handlers`) keeps its per-pod values in a store of its own and adds it here.
+EXTRA_POD_METRICS: dict[str, MetricsStore] = {}
+
+
 # -- label selectors (the HPA sends its target's selector in this string form) ---------------
 
 _SET_RE = re.compile(r"^\s*([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
@@ -128,12 +133,12 @@ def resource_list() -> dict[str, Any]:
         "apiVersion": "v1",
         "groupVersion": GROUP_VERSION,
         "resources": [{
-            "name": f"pods/{RPS_METRIC}",
+            "name": f"pods/{metric}",
             "singularName": "",
             "namespaced": True,
             "kind": "MetricValueList",
             "verbs": ["get"],
-        }],
+        } for metric in [RPS_METRIC, *EXTRA_POD_METRICS]],
     }
 
 
@@ -144,11 +149,11 @@ def api_group() -> dict[str, Any]:
 
 
 def metric_value(namespace: str, item: PodValue, at: datetime.datetime,
-                 window_seconds: int) -> dict[str, Any]:
+                 window_seconds: int, metric: str = RPS_METRIC) -> dict[str, Any]:
     return {
         "describedObject": {"kind": "Pod", "namespace": namespace, "name": item.pod,
                             "apiVersion": "/v1"},
-        "metric": {"name": RPS_METRIC},
+        "metric": {"name": metric},
         "timestamp": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "windowSeconds": window_seconds,
         "value": quantity(item.value),
@@ -192,15 +197,16 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = ()) -> web.App
     async def pod_metric(request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
         pod, metric = request.match_info["pod"], request.match_info["metric"]
-        if metric != RPS_METRIC:
+        source = store if metric == RPS_METRIC else EXTRA_POD_METRICS.get(metric)
+        if source is None:
             return status_error(404, "NotFound", f"metric {metric} is not served here")
         try:
             matches = parse_selector(request.query.get("labelSelector", ""))
         except ValueError as error:
             return status_error(400, "BadRequest", str(error))
         found = [
-            metric_value(namespace, item, at, store.window_seconds)
-            for item, at in store.pods(namespace)
+            metric_value(namespace, item, at, source.window_seconds, metric)
+            for item, at in source.pods(namespace)
             if (pod == "*" or item.pod == pod) and matches(item.labels)
         ]
         found.sort(key=lambda entry: entry["describedObject"]["name"])
