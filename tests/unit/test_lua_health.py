@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-from lua_health import HEALTH_LUA, health  # noqa: E402
+from lua_health import HEALTH_LUA, health
 
 
 def djangoservice(generation: int, observed: int | None, **conditions: tuple[str, str]) -> dict:
