@@ -274,3 +274,17 @@ def test_dockerfile_runs_the_install_script_as_non_root():
     final = text.rsplit("FROM ", 1)[1]
     assert "USER 10001:10001" in final
     assert 'ENTRYPOINT ["djangoscale", "run"]' in final
+
+
+def test_gitops_tools_sync_the_plain_install():
+    gitops = ROOT / "manifests" / "gitops"
+    application = yaml.safe_load((gitops / "argocd" / "application.yaml").read_text())
+    source = application["spec"]["source"]
+    assert (ROOT / source["path"] / "kustomization.yaml").is_file()
+    assert "ServerSideApply=true" in application["spec"]["syncPolicy"]["syncOptions"]
+    flux = {d["kind"]: d for d in yaml.safe_load_all((gitops / "flux" / "djangoscale.yaml")
+                                                     .read_text())}
+    kustomization = flux["Kustomization"]
+    assert kustomization["spec"]["sourceRef"]["name"] == flux["GitRepository"]["metadata"]["name"]
+    assert (ROOT / kustomization["spec"]["path"] / "kustomization.yaml").is_file()
+    assert flux["GitRepository"]["spec"]["url"] == source["repoURL"]
