@@ -407,6 +407,9 @@ def test_load_step_scales_up_through_the_burst_path_and_back_down(
 ) -> None:
     with PodHarness(api, namespace, tmp_path) as harness:
         start_service(api, namespace, harness)
+        # Idle for a whole stable window first, so that window holds zero traffic and only
+        # the panic window can see the step at once.
+        time.sleep(STABLE_WINDOW)
         assert hpa_desired(api, namespace) == 2
         timeline = Timeline(api, namespace)
         rate, seconds = 150.0, 30.0  # 7.5x what 2 pods take at 20 RPS each
