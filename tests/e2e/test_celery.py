@@ -350,3 +350,158 @@ async def _read_once(reader: Any, queues: list[str]) -> Any:
         return await reader.read(queues)
     finally:
         await reader.close()
+
+
+# -- the worker HPA on the local control plane ------------------------------------------------
+#
+# The real HPA controller reads `djangoscale_celery_queue_length` from the operator's metrics API
+# through the aggregation layer. The worker pods are KWOK pods (no process runs in them), so
+# nothing consumes: the test sets the queue length itself, in the real RabbitMQ the operator
+# reads, by publishing (a burst) and purging (drained).
+
+TARGET_PER_WORKER = 10
+SCALE_DOWN_STABILIZATION = 10
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, rabbitmq: brokers.RabbitMQ,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """CRD, APIService and the operator (queue poll every second), as test_autoscaling does."""
+    from djangoscale.autoscaling.registration import (
+        register_metrics_apiservice,
+        unregister_metrics_apiservice,
+    )
+    from djangoscale.cluster.api import ApiError
+    from djangoscale.spec import crd
+
+    api = cluster.client()
+    crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd()['metadata']['name']}"
+    api.apply(crd_path, crd())
+    wait_for("the CRD to be established", lambda: any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in (api.get(crd_path).get("status") or {}).get("conditions") or []))
+    port = free_port()
+    cert, key = register_metrics_apiservice(api, cluster.dir, port)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", str(free_port()),
+             "--metrics-port", str(free_port()), "--bind", "127.0.0.1",
+             "--metrics-api-port", str(port), "--metrics-api-cert-file", str(cert),
+             "--metrics-api-key-file", str(key)],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+                 "DJANGOSCALE_RESYNC_SECONDS": "5", "DJANGOSCALE_QUEUE_POLL_INTERVAL": "1"},
+            stdout=output, stderr=subprocess.STDOUT,
+        )
+    try:
+        def available() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            live = api.get("/apis/apiregistration.k8s.io/v1/apiservices/"
+                           "v1beta2.custom.metrics.k8s.io")
+            return any(c["type"] == "Available" and c["status"] == "True"
+                       for c in (live.get("status") or {}).get("conditions") or [])
+
+        wait_for("the metrics APIService to be Available", available, timeout=60)
+        yield api
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        with contextlib.suppress(ApiError):
+            unregister_metrics_apiservice(api)
+        text = log.read_text(errors="replace")
+        assert "guest:guest" not in text  # the broker password never reaches the log
+        assert "Traceback" not in text or process.returncode in (0, -15), text[-4000:]
+
+
+def quantity(text: str) -> float:
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def worker_service(namespace: str, queue: str) -> dict[str, Any]:
+    up = {"maxPercentPerPeriod": 1000, "maxPodsPerPeriod": 10, "periodSeconds": 5}
+    down = {"maxPercentPerPeriod": 100, "maxPodsPerPeriod": 10, "periodSeconds": 5}
+    return {
+        "apiVersion": "djangoscale.io/v1alpha1",
+        "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": namespace},
+        "spec": {
+            "image": "registry.example.com/shop:1.4.2",
+            "wsgiApp": "sampleproject.wsgi:application",
+            "replicas": {"min": 1, "max": 1},
+            "autoscaling": {"behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0, **up},
+                "scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_STABILIZATION, **down},
+            }},
+            "broker": {"type": "rabbitmq", "secretName": "shop-broker"},
+            "workers": [{
+                "name": "default", "app": "sampleproject.celery", "queues": [queue],
+                "concurrency": 2, "replicas": {"min": 1, "max": 6},
+                "targetQueueLengthPerWorker": TARGET_PER_WORKER,
+            }],
+        },
+    }
+
+
+def test_queue_burst_scales_workers_up_and_a_drained_queue_down(operator, rabbitmq):
+    from djangoscale.cluster.api import ApiError
+
+    api = operator
+    namespace = f"celery-{uuid.uuid4().hex[:6]}"
+    queue = f"hpa-{uuid.uuid4().hex[:6]}"
+    deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/shop-worker-default"
+    hpa_path = (f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/"
+                "shop-worker-default")
+    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                      "metadata": {"name": namespace}})
+    try:
+        api.create(f"/api/v1/namespaces/{namespace}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-broker"},
+            "stringData": {"url": rabbitmq.url, "managementUrl": rabbitmq.management_url}})
+        # The queue exists and is empty before the service starts (a worker would declare it).
+        rabbitmq.api(f"queues/%2F/{queue}", "PUT", {"durable": True})
+        api.create(f"/apis/djangoscale.io/v1alpha1/namespaces/{namespace}/djangoservices",
+                   worker_service(namespace, queue))
+
+        def hpa() -> dict[str, Any]:
+            with contextlib.suppress(ApiError):
+                return dict(api.get(hpa_path))
+            return {}
+
+        def replicas() -> int:
+            with contextlib.suppress(ApiError):
+                return int(api.get(deployment).get("spec", {}).get("replicas") or 0)
+            return 0
+
+        def metric_served() -> list[float]:
+            selector = "app.kubernetes.io/component%3Dworker-default"
+            items = api.get(f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/"
+                            f"djangoscale_celery_queue_length?labelSelector={selector}")["items"]
+            return sorted(quantity(item["value"]) for item in items)
+
+        wait_for("the worker HPA to read the queue length", lambda: any(
+            c["type"] == "ScalingActive" and c["status"] == "True"
+            for c in hpa().get("status", {}).get("conditions", [])), timeout=120)
+        assert replicas() == 1
+        assert metric_served() == [0]
+
+        # A burst: 45 queued, 10 per worker wanted -> ceil(45 / 10) = 5 workers.
+        burst_at = time.monotonic()
+        publish(rabbitmq.url, queue, [10] * 45)
+        wait_for("5 workers", lambda: replicas() == 5, timeout=90)
+        scaled_up = time.monotonic() - burst_at
+        # Every worker pod is served its share: 45 / 5 = 9 each.
+        wait_for("the share of 5 pods", lambda: metric_served() == [9] * 5, timeout=30)
+
+        # Drained: purge the queue -> back to the minimum after the stabilization window.
+        rabbitmq.api(f"queues/%2F/{queue}/contents", "DELETE")
+        drained_at = time.monotonic()
+        wait_for("1 worker", lambda: replicas() == 1, timeout=120)
+        scaled_down = time.monotonic() - drained_at
+        print(f"\nworker HPA: burst of 45 -> 5 pods in {scaled_up:.1f}s; drained -> 1 pod in "
+              f"{scaled_down:.1f}s (scale-down stabilization {SCALE_DOWN_STABILIZATION}s)")
+    finally:
+        with contextlib.suppress(ApiError):
+            api.delete(f"/api/v1/namespaces/{namespace}")

@@ -1,0 +1,150 @@
+"""kopf glue for queue-length autoscaling: a worker pod index and one polling daemon per
+DjangoService with worker groups. The work is in `brokers` (reading) and `queues` (math).
+
+Every few seconds the daemon reads ready + unacknowledged messages of every group's queues from
+the broker named by `spec.broker` (its Secret: `url`, and `managementUrl` for RabbitMQ) and
+serves each of the group's pods `total / pods` as `djangoscale_celery_queue_length` through the
+operator's custom metrics API. When the broker cannot be read, the last good totals are held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import time
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from djangoscale import spec
+from djangoscale.autoscaling.apiserver import EXTRA_POD_METRICS, MetricsStore, PodValue
+from djangoscale.autoscaling.collector import PodTarget
+from djangoscale.builders.labels import (
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+)
+from djangoscale.builders.workers import (
+    BROKER_MANAGEMENT_URL_KEY,
+    BROKER_URL_KEY,
+    QUEUE_LENGTH_METRIC,
+    worker_component,
+)
+from djangoscale.celery.brokers import BrokerUnavailable, QueueReader, reader_for
+from djangoscale.celery.queues import HoldLast, group_total, per_pod_values
+from djangoscale.controller import kube
+
+RESOURCE = (spec.GROUP, spec.VERSION, spec.PLURAL)
+# RabbitMQ's management API refreshes queue figures every 5 s by default.
+POLL_SECONDS = float(os.environ.get("DJANGOSCALE_QUEUE_POLL_INTERVAL", "5"))
+# The broker Secret is read again this often, so a rotated password is picked up.
+SECRET_REFRESH_SECONDS = 60.0
+STORE = MetricsStore(window_seconds=int(POLL_SECONDS))
+EXTRA_POD_METRICS[QUEUE_LENGTH_METRIC] = STORE
+
+
+def _is_worker(labels: kopf.Labels, **_: Any) -> bool:
+    return str(labels.get(COMPONENT_LABEL, "")).startswith("worker-")
+
+
+@kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY},  # type: ignore[arg-type]
+            when=_is_worker)
+def worker_pods(name: str, namespace: str, labels: kopf.Labels, status: kopf.Status,
+                meta: kopf.Meta, **_: Any) -> dict[tuple[str, str, str], PodTarget] | None:
+    """Pods the HPA counts: not being deleted and not failed (it ignores those)."""
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Failed", "Succeeded"):
+        return None
+    instance = labels.get(INSTANCE_LABEL)
+    if not instance:
+        return None
+    key = (namespace, str(instance), str(labels[COMPONENT_LABEL]))
+    target = PodTarget(name=name, ip=status.get("podIP") or "", ready=True,
+                       labels=tuple(sorted(labels.items())))
+    return {key: target}
+
+
+def _has_workers(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("workers"))
+
+
+def read_broker_secret(namespace: str, name: str) -> tuple[str, str | None]:
+    secret = kube.get("v1", "Secret", namespace, name)
+    if secret is None:
+        raise BrokerUnavailable(f"Secret {namespace}/{name} not found")
+    data = secret.get("data") or {}
+    if BROKER_URL_KEY not in data:
+        raise BrokerUnavailable(f"Secret {namespace}/{name} has no key {BROKER_URL_KEY}")
+    url = base64.b64decode(data[BROKER_URL_KEY]).decode()
+    management = data.get(BROKER_MANAGEMENT_URL_KEY)
+    return url, base64.b64decode(management).decode() if management else None
+
+
+@kopf.daemon(*RESOURCE, when=_has_workers, cancellation_timeout=5.0)  # type: ignore[arg-type]
+async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
+                             stopped: kopf.DaemonStopped, worker_pods: kopf.Index,
+                             logger: logging.Logger, **_: Any) -> None:
+    hold = HoldLast()
+    reader: QueueReader | None = None
+    reader_source: tuple[str, str, str | None] | None = None
+    secret_read_at = 0.0
+    served: set[str] = set()
+    was_held = False
+    try:
+        while not stopped:
+            try:
+                ds = spec.parse(dict(body))
+            except spec.SpecError:
+                ds = None  # the reconciler reports it
+            if ds is None or ds.broker is None or not ds.workers:
+                await stopped.wait(POLL_SECONDS)
+                continue
+            queues = sorted({queue for group in ds.workers for queue in group.queues})
+            lengths = None
+            try:
+                if reader is None or time.monotonic() - secret_read_at > SECRET_REFRESH_SECONDS:
+                    url, management = await asyncio.to_thread(
+                        read_broker_secret, namespace, ds.broker.secret_name)
+                    secret_read_at = time.monotonic()
+                    source = (ds.broker.type, url, management)
+                    if source != reader_source:
+                        if reader is not None:
+                            await reader.close()
+                        reader, reader_source = reader_for(*source), source
+                assert reader is not None
+                lengths = await reader.read(queues)
+            except (BrokerUnavailable, ValueError, ApiException) as error:
+                if not was_held:
+                    logger.warning("cannot read queue lengths (holding the last values): %s",
+                                   error)
+                was_held = True
+            else:
+                if was_held:
+                    logger.info("queue lengths readable again")
+                was_held = False
+            hold.forget_except(group.name for group in ds.workers)
+            current = set()
+            for group in ds.workers:
+                total = None if lengths is None else group_total(lengths, group.queues)
+                reading = hold.update(group.name, total)
+                key = f"{name}/{group.name}"
+                if reading.total is None:
+                    continue  # never read yet: serve nothing rather than a made-up zero
+                pods = {pod.name: pod for pod in
+                        worker_pods.get((namespace, name, worker_component(group)), [])}
+                values = per_pod_values(reading.total, pods)
+                STORE.put(namespace, key, [
+                    PodValue(pod, pods[pod].label_dict, value) for pod, value in values.items()])
+                current.add(key)
+            for key in served - current:
+                STORE.drop(namespace, key)
+            served = current
+            await stopped.wait(POLL_SECONDS)
+    finally:
+        for key in served:
+            STORE.drop(namespace, key)
+        if reader is not None:
+            await reader.close()
