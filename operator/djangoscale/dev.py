@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"operator log: {log_path}")
         operator = subprocess.Popen(
             [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
-             "--metrics-port", "0", "--bind", "127.0.0.1"],
+             "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1"],
             env={**os.environ, "DJANGOSCALE_RESYNC_SECONDS": "10"},
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,

@@ -62,7 +62,7 @@ def operator(kube, cluster, tmp_path_factory) -> Iterator[subprocess.Popen[bytes
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
-             "--metrics-port", "0", "--bind", "127.0.0.1"],
+             "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1"],
             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
                  "DJANGOSCALE_RESYNC_SECONDS": "3"},
             stdout=output,
@@ -303,3 +303,24 @@ def test_no_drift_and_no_fight_with_the_hpa(kube, operator, namespace):
     applied = next(m for m in deployment["metadata"]["managedFields"]
                    if m["manager"] == "djangoscale" and m["operation"] == "Apply")
     assert "f:replicas" not in applied["fieldsV1"]["f:spec"]
+
+
+def test_hand_edits_of_owned_fields_are_put_back(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace))
+    wait_for("Ready", lambda: ready(kube, namespace))
+
+    def grace() -> int:
+        deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
+        return deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+    owned = grace()
+    kube._call(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/shop",
+        body={"spec": {"template": {"spec": {"terminationGracePeriodSeconds": owned + 100}}}},
+        query_params=[("fieldManager", "kubectl-edit")],
+        header_params={"Content-Type": "application/merge-patch+json",
+                       "Accept": "application/json"},
+    )
+    wait_for("the operator to put its value back", lambda: grace() == owned)

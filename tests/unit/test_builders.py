@@ -184,3 +184,13 @@ def test_django_pool_mode_refuses_a_budget_below_one_per_process():
         assert error.problems[0].startswith("spec.pooling.mode: django pools per process")
     else:
         raise AssertionError("accepted a budget of 57 for 21 pods x 4 processes")
+
+
+def test_conditions_keep_one_order_whoever_writes_them():
+    from djangoscale.controller.conditions import Condition, merge_conditions
+
+    theirs = merge_conditions([], [Condition("MetricsAvailable", "True", "Scraped", "ok")], 1, "t0")
+    ours = merge_conditions(theirs, [Condition("Ready", "True", "Available", "2/2")], 1, "t1")
+    again = merge_conditions(ours, [Condition("MetricsAvailable", "True", "Scraped", "ok")], 1, "t2")
+    assert [c["type"] for c in ours] == ["Ready", "MetricsAvailable"]
+    assert again == ours  # no change, no new transition time, no reordering

@@ -17,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
     )
-    parser.add_argument("--liveness-port", type=int, default=8080)
+    parser.add_argument("--liveness-port", type=int, default=8080, help="0 disables it")
     parser.add_argument("--metrics-port", type=int, default=8081)
     parser.add_argument("--bind", default="0.0.0.0", help="address of liveness and metrics")
     parser.add_argument("--peering", default=None, help="kopf peering name for HA (one active)")
@@ -69,7 +69,9 @@ def main(args: argparse.Namespace) -> int:
         kopf.operator(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
-            liveness_endpoint=f"http://{args.bind}:{args.liveness_port}/healthz",
+            liveness_endpoint=f"http://{args.bind}:{args.liveness_port}/healthz"
+            if args.liveness_port
+            else None,
             **kwargs,
         )
     )

@@ -50,7 +50,14 @@ def merge_conditions(
     # Conditions of other types (MetricsAvailable, ...) are owned by other writers: keep them.
     known = {condition.type for condition in current}
     merged += [item for item in previous or [] if item.get("type") not in known]
-    return merged
+    # One order whoever writes, so two writers never flap the list (and the resourceVersion).
+    return sorted(merged, key=condition_order)
+
+
+def condition_order(item: dict[str, Any]) -> tuple[int, str]:
+    type_ = str(item.get("type"))
+    rank = CONDITION_TYPES.index(type_) if type_ in CONDITION_TYPES else len(CONDITION_TYPES)
+    return rank, type_
 
 
 def failed(reason: str, message: str) -> list[Condition]:

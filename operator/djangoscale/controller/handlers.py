@@ -74,17 +74,41 @@ def _owner_name(owners: list[dict[str, Any]]) -> str | None:
     return None
 
 
+# The last spec generation seen per child uid: a new one is a spec edit (ours, the HPA's or a
+# hand edit), worth a re-apply; anything else is status progress, worth a status refresh.
+_child_generations: dict[str, int] = {}
+
+
+def spec_changed(uid: str, generation: int | None, event_type: str | None) -> bool:
+    if event_type == "DELETED":
+        _child_generations.pop(uid, None)
+        return False
+    previous = _child_generations.get(uid)
+    if generation is not None:
+        _child_generations[uid] = generation
+    return previous is not None and previous != generation
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
 def on_child_event(
-    body: kopf.Body, namespace: str, logger: logging.Logger, **_: Any
+    body: kopf.Body,
+    event: dict[str, Any],
+    namespace: str,
+    logger: logging.Logger,
+    **_: Any,
 ) -> None:
-    """A child changed (rollout progress, HPA decision): the owner's status follows at once."""
+    """A child changed: put back hand edits of fields the operator owns, keep status true."""
     name = _owner_name(body.metadata.get("ownerReferences", []))
     if name is None:
         return
     owner = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    if spec_changed(body.metadata.uid or "", body.metadata.get("generation"), event.get("type")):
+        # Server-side apply re-asserts only the fields the operator owns: replicas set by the
+        # HPA are not among them, so this never fights the autoscaler.
+        _reconcile(kopf.Body(owner), logger)
         return
     status = refresh_status(owner)
     if status is not None and status_changed(owner, status):
