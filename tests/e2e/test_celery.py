@@ -375,7 +375,8 @@ def operator(cluster: Any, rabbitmq: brokers.RabbitMQ,
     from djangoscale.spec import crd
 
     api = cluster.client()
-    crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd()['metadata']['name']}"
+    crd_path = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                f"{crd()['metadata']['name']}")
     api.apply(crd_path, crd())
     wait_for("the CRD to be established", lambda: any(
         c["type"] == "Established" and c["status"] == "True"

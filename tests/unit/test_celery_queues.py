@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+
 from djangoscale.celery import worker
 from djangoscale.celery.brokers import RabbitMQReader, RedisReader, reader_for
 from djangoscale.celery.queues import (

@@ -167,3 +167,17 @@ def test_gevent_warning_only_for_an_opted_in_group():
     body["spec"]["workers"][1].update(pool="gevent", allowGevent=True)
     reason, message = gevent_warning(spec.parse(body))
     assert reason == "GeventOptIn" and message.startswith("worker group(s) reports run gevent")
+
+
+def test_gevent_condition_in_status_only_with_worker_groups():
+    from djangoscale.controller.status import worker_conditions
+
+    (threads,) = worker_conditions(spec.parse(SHOP))
+    assert (threads.type, threads.status, threads.reason) == ("GeventWorkers", "False",
+                                                              "NativeThreads")
+    body = copy.deepcopy(SHOP)
+    body["spec"]["workers"][0].update(pool="gevent", allowGevent=True)
+    (gevent,) = worker_conditions(spec.parse(body))
+    assert (gevent.status, gevent.reason) == ("True", "GeventOptIn")
+    del body["spec"]["workers"], body["spec"]["broker"]
+    assert worker_conditions(spec.parse(body)) == []

@@ -14,6 +14,7 @@ import base64
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -21,7 +22,6 @@ from kubernetes.client.exceptions import ApiException
 
 from djangoscale import spec
 from djangoscale.autoscaling.apiserver import EXTRA_POD_METRICS, MetricsStore, PodValue
-from djangoscale.autoscaling.collector import PodTarget
 from djangoscale.builders.labels import (
     COMPONENT_LABEL,
     INSTANCE_LABEL,
@@ -44,17 +44,28 @@ POLL_SECONDS = float(os.environ.get("DJANGOSCALE_QUEUE_POLL_INTERVAL", "5"))
 # The broker Secret is read again this often, so a rotated password is picked up.
 SECRET_REFRESH_SECONDS = 60.0
 STORE = MetricsStore(window_seconds=int(POLL_SECONDS))
-EXTRA_POD_METRICS[QUEUE_LENGTH_METRIC] = STORE
+
+
+@kopf.on.startup()
+def serve_queue_length(**_: Any) -> None:
+    """Add the queue-length metric to the operator's metrics API (at startup, not at import)."""
+    EXTRA_POD_METRICS[QUEUE_LENGTH_METRIC] = STORE
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    name: str
+    labels: tuple[tuple[str, str], ...]
 
 
 def _is_worker(labels: kopf.Labels, **_: Any) -> bool:
     return str(labels.get(COMPONENT_LABEL, "")).startswith("worker-")
 
 
-@kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY},  # type: ignore[arg-type]
+@kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY},
             when=_is_worker)
 def worker_pods(name: str, namespace: str, labels: kopf.Labels, status: kopf.Status,
-                meta: kopf.Meta, **_: Any) -> dict[tuple[str, str, str], PodTarget] | None:
+                meta: kopf.Meta, **_: Any) -> dict[tuple[str, str, str], WorkerPod] | None:
     """Pods the HPA counts: not being deleted and not failed (it ignores those)."""
     if meta.get("deletionTimestamp") or status.get("phase") in ("Failed", "Succeeded"):
         return None
@@ -62,9 +73,7 @@ def worker_pods(name: str, namespace: str, labels: kopf.Labels, status: kopf.Sta
     if not instance:
         return None
     key = (namespace, str(instance), str(labels[COMPONENT_LABEL]))
-    target = PodTarget(name=name, ip=status.get("podIP") or "", ready=True,
-                       labels=tuple(sorted(labels.items())))
-    return {key: target}
+    return {key: WorkerPod(name, tuple(sorted(labels.items())))}
 
 
 def _has_workers(spec: kopf.Spec, **_: Any) -> bool:
@@ -83,9 +92,9 @@ def read_broker_secret(namespace: str, name: str) -> tuple[str, str | None]:
     return url, base64.b64decode(management).decode() if management else None
 
 
-@kopf.daemon(*RESOURCE, when=_has_workers, cancellation_timeout=5.0)  # type: ignore[arg-type]
+@kopf.daemon(*RESOURCE, when=_has_workers, cancellation_timeout=5.0)
 async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
-                             stopped: kopf.DaemonStopped, worker_pods: kopf.Index,
+                             stopped: kopf.DaemonStopped, worker_pods: kopf.Index[Any, Any],
                              logger: logging.Logger, **_: Any) -> None:
     hold = HoldLast()
     reader: QueueReader | None = None
@@ -137,7 +146,7 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
                         worker_pods.get((namespace, name, worker_component(group)), [])}
                 values = per_pod_values(reading.total, pods)
                 STORE.put(namespace, key, [
-                    PodValue(pod, pods[pod].label_dict, value) for pod, value in values.items()])
+                    PodValue(pod, dict(pods[pod].labels), value) for pod, value in values.items()])
                 current.add(key)
             for key in served - current:
                 STORE.drop(namespace, key)

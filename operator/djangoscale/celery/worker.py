@@ -65,7 +65,7 @@ def serve_health(bind: str, health: Health = HEALTH) -> http.server.ThreadingHTT
 
 def heartbeat_step(health: Health = HEALTH) -> type:
     """A consumer bootstep whose timer runs in the consumer's own loop: it stops if that does."""
-    from celery import bootsteps  # type: ignore[import-untyped]
+    from celery import bootsteps
 
     class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -123,10 +123,10 @@ def celery_worker_argv(args: argparse.Namespace) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     if args.pool == "gevent":
         # Monkey patching must happen before anything imports sockets or threads.
-        from celery import maybe_patch_concurrency  # type: ignore[import-untyped]
+        from celery import maybe_patch_concurrency
 
         maybe_patch_concurrency(["-P", "gevent"])
-    from celery.app.utils import find_app  # type: ignore[import-untyped]
+    from celery.app.utils import find_app
 
     app = find_app(args.app)
     app.conf.task_acks_late = args.acks_late

@@ -17,7 +17,7 @@ from djangoscale.builders.hpa import build_hpa
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
 from djangoscale.controller import kube
 from djangoscale.controller.conditions import Condition, failed, find, merge_conditions, now_rfc3339
-from djangoscale.controller.status import observed_status, rollout_conditions
+from djangoscale.controller.status import observed_status, rollout_conditions, worker_conditions
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def read_credentials(ds: spec.DjangoService) -> DatabaseCredentials | None:
         raise UserError("InvalidDatabaseSecret", f"spec.database.secretName: {error}") from error
 
 
-def _status_with(body: dict[str, Any], conditions: list[Condition], extra: dict[str, Any]):
+def _status_with(
+    body: dict[str, Any], conditions: list[Condition], extra: dict[str, Any]
+) -> dict[str, Any]:
     generation = body["metadata"].get("generation")
     previous = (body.get("status") or {}).get("conditions", [])
     return {
@@ -109,7 +111,9 @@ def current_status(body: dict[str, Any], ds: spec.DjangoService) -> dict[str, An
         else None
     )
     return _status_with(
-        body, rollout_conditions(ds, deployment), observed_status(ds, deployment, hpa)
+        body,
+        rollout_conditions(ds, deployment) + worker_conditions(ds),
+        observed_status(ds, deployment, hpa),
     )
 
 

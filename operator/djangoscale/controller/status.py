@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from djangoscale.builders.pgbouncer import size_pool
+from djangoscale.builders.workers import GEVENT_CONDITION, gevent_warning
 from djangoscale.controller.conditions import Condition
 from djangoscale.spec import DjangoService
 
@@ -47,6 +48,16 @@ def rollout_conditions(ds: DjangoService, deployment: dict[str, Any] | None) -> 
     else:
         degraded = Condition("Degraded", "False", "AsExpected", "no failure observed")
     return [ready, progress, degraded]
+
+
+def worker_conditions(ds: DjangoService) -> list[Condition]:
+    """`GeventWorkers`: True (a warning) while a worker group opted into gevent."""
+    if not ds.workers:
+        return []
+    warning = gevent_warning(ds)
+    if warning is not None:
+        return [Condition(GEVENT_CONDITION, "True", *warning)]
+    return [Condition(GEVENT_CONDITION, "False", "NativeThreads", "no worker group runs gevent")]
 
 
 def observed_status(
