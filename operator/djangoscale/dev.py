@@ -69,7 +69,9 @@ def summary_lines(services: list[dict[str, Any]]) -> tuple[list[str], bool]:
         namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
         live = kube.get(f"{GROUP}/{VERSION}", "DjangoService", namespace, name) or {}
         status = live.get("status", {})
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
+        )
         all_ready &= ready.get("status") == "True" and status.get(
             "observedGeneration"
         ) == live.get("metadata", {}).get("generation")

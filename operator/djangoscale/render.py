@@ -30,11 +30,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(filename: str, stdin: TextIO) -> list[Any]:
-    text = stdin.read() if filename == "-" else open(filename, encoding="utf-8").read()
+    if filename == "-":
+        text = stdin.read()
+    else:
+        with open(filename, encoding="utf-8") as file:
+            text = file.read()
     return [doc for doc in yaml.safe_load_all(text) if doc is not None]
 
 
-def _credentials_in(documents: list[tuple[str, Any]]) -> dict[tuple[str, str], Any]:
+def _credentials_in(documents: list[tuple[str, Any]]) -> dict[tuple[str, Any], Any]:
     """Secrets given beside the DjangoServices, by (namespace, name), as credentials."""
     found = {}
     for _, document in documents:

@@ -268,7 +268,8 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     replicas, server = spec["replicas"], spec["server"]
     if replicas["min"] > replicas["max"]:
         problems.append(
-            f"spec.replicas.min: must be <= spec.replicas.max ({replicas['min']} > {replicas['max']})"
+            "spec.replicas.min: must be <= spec.replicas.max "
+            f"({replicas['min']} > {replicas['max']})"
         )
     threads, max_threads = server.get("threads"), server.get("maxThreads")
     if threads is not None and max_threads is not None and max_threads < threads:

@@ -191,6 +191,7 @@ def test_conditions_keep_one_order_whoever_writes_them():
 
     theirs = merge_conditions([], [Condition("MetricsAvailable", "True", "Scraped", "ok")], 1, "t0")
     ours = merge_conditions(theirs, [Condition("Ready", "True", "Available", "2/2")], 1, "t1")
-    again = merge_conditions(ours, [Condition("MetricsAvailable", "True", "Scraped", "ok")], 1, "t2")
+    metrics = Condition("MetricsAvailable", "True", "Scraped", "ok")
+    again = merge_conditions(ours, [metrics], 1, "t2")
     assert [c["type"] for c in ours] == ["Ready", "MetricsAvailable"]
     assert again == ours  # no change, no new transition time, no reordering

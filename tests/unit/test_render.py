@@ -26,7 +26,9 @@ def test_renders_every_child_of_the_example():
     result = run_render("-f", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
-    assert kinds == ["Secret", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+    assert kinds == [
+        "Secret", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"
+    ]
 
 
 def test_reads_stdin_and_several_documents():

@@ -63,7 +63,8 @@ def test_min_above_max_names_both_fields():
         ({"wsgiApp": "not a callable"}, "spec.wsgiApp: must match"),
         ({"server": {"type": "uwsgi"}}, "spec.server.type: must be one of cherrypy"),
         ({"server": {"threads": 10, "maxThreads": 5}}, "spec.server.maxThreads: must be >="),
-        ({"server": {"type": "gunicorn-sync", "threads": 4}}, "spec.server.threads: gunicorn-sync and"),
+        ({"server": {"type": "gunicorn-sync", "threads": 4}},
+         "spec.server.threads: gunicorn-sync and"),
         ({"replicas": {"max": 5000}}, "spec.replicas.max: must be <= 1000"),
         ({"database": {"secretName": "db"}}, "spec.database.maxConnections: required"),
         ({"image": ""}, "spec.image: must be at least 1 characters"),
@@ -119,13 +120,14 @@ def test_missing_required_fields_are_named():
 
 
 def test_budget_too_small_says_the_largest_max_it_supports():
-    body = with_spec(replicas={"min": 2, "max": 60}, database={"secretName": "db", "maxConnections": 40})
+    database = {"secretName": "db", "maxConnections": 40}
+    body = with_spec(replicas={"min": 2, "max": 60}, database=database)
     (problem,) = problems_of(body)
     assert problem.startswith("spec.database.maxConnections:")
     # 40 - 3 reserved = 37 connections; one per pod plus one rollout surge pod: max 36.
     assert problem.endswith("the worker groups' pods = 36 here")
     assert spec.parse(
-        with_spec(replicas={"min": 2, "max": 36}, database={"secretName": "db", "maxConnections": 40})
+        with_spec(replicas={"min": 2, "max": 36}, database=database)
     ).max_replicas == 36
 
 
@@ -157,7 +159,8 @@ def test_every_cel_rule_of_the_crd_has_a_python_twin():
             walk(sub)
 
     walk(spec.spec_schema())
-    source = open(spec.__file__).read()
+    with open(spec.__file__) as file:
+        source = file.read()
     assert len(rules) >= 7
     for rule in rules:
         text = rule.get("message") or rule["messageExpression"]

@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     start_http_server(args.metrics_port, addr=args.bind)
-    kwargs = {}
+    kwargs: dict[str, object] = {}
     if args.peering:
         kwargs.update(peering_name=args.peering, priority=args.priority, standalone=False)
     else:

@@ -42,7 +42,9 @@ def _reconcile(body: kopf.Body, logger: logging.Logger) -> None:
             outcome = reconcile(dict(body))
         except ApiException as error:
             metrics.RECONCILE_ERRORS.inc()
-            raise kopf.TemporaryError(f"API error {error.status}: {error.reason}", delay=10)
+            raise kopf.TemporaryError(
+                f"API error {error.status}: {error.reason}", delay=10
+            ) from error
         _write(body, outcome, logger)
 
 

@@ -39,10 +39,12 @@ CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition"}
 def api_client() -> client.ApiClient:
     """In-cluster credentials in a pod, else $KUBECONFIG (or ~/.kube/config)."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         # Read $KUBECONFIG now: the client library reads it once, at import time.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG")
+        )
     return client.ApiClient()
 
 
@@ -71,7 +73,7 @@ def _call(
         auth_settings=["BearerToken"],
     )
     response = api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
-    response.read()
+    response.read()  # type: ignore[no-untyped-call]
     if not 200 <= response.status <= 299:
         raise ApiException(http_resp=response)
     return json.loads(response.data) if response.data else None

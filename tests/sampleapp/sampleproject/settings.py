@@ -49,6 +49,8 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
 DATABASES = {"default": database_from_env()}
 LOGGING = {
     "version": 1,
+    # Keep django.request's errors: a 500 under load must say why.
+    "disable_existing_loggers": False,
     "handlers": {"stderr": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["stderr"], "level": "WARNING"},
 }
