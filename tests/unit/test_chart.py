@@ -15,11 +15,12 @@ import pytest
 import yaml
 from cryptography import x509
 
+from djangoscale import __version__
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-import install_manifests
-from djangoscale import __version__
+import install_manifests  # noqa: E402
 
 CHART = install_manifests.CHART
 CRD_SOURCE = ROOT / "crds" / "djangoservices.djangoscale.io.yaml"
@@ -226,7 +227,7 @@ def test_values_are_documented_helm_docs_style():
             continue
         indent, key, rest = len(match[1]), match[2], match[3].strip()
         path = [(i, k) for i, k in path if i < indent] + [(indent, key)]
-        following = next((l for l in lines[index + 1:] if l.strip()), "")
+        following = next((text for text in lines[index + 1:] if text.strip()), "")
         is_leaf = rest != "" or len(following) - len(following.lstrip()) <= indent
         if not is_leaf:
             continue
@@ -238,8 +239,8 @@ def test_values_are_documented_helm_docs_style():
         dotted = ".".join(k for _, k in path)
         # A documented map (resources, podSecurityContext) covers the keys inside it.
         documented_parent = any(
-            re.match(rf"^\s{{{i}}}{k}:", l) and lines[n - 1].strip().startswith("# --")
-            for n, l in enumerate(lines) for i, k in path[:-1]
+            re.match(rf"^\s{{{i}}}{k}:", text) and lines[n - 1].strip().startswith("# --")
+            for n, text in enumerate(lines) for i, k in path[:-1]
         )
         if not any(c.startswith("# --") for c in comment) and not documented_parent:
             undocumented.append(dotted)

@@ -1,5 +1,6 @@
-"""The Argo CD health check, run by Debian's lua5.4, on crafted statuses shaped like the
-operator's (conditions.py); tests/e2e/test_install.py runs it on statuses from a live run."""
+"""The Argo CD health check, run by Debian's lua5.4: on crafted statuses shaped like the
+operator's (conditions.py), for the edge cases, and on statuses recorded from an e2e run
+(tests/tools/lua_samples/); tests/e2e/test_install.py also runs it on live ones."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-from lua_health import HEALTH_LUA, health
+from lua_health import HEALTH_LUA, health  # noqa: E402
 
 
 def djangoservice(generation: int, observed: int | None, **conditions: tuple[str, str]) -> dict:
@@ -73,3 +74,12 @@ def test_argocd_cm_snippet_embeds_the_same_script():
     configmap = yaml.safe_load((HEALTH_LUA.parent / "argocd-cm.yaml").read_text())
     embedded = configmap["data"]["resource.customizations.health.djangoscale.io_DjangoService"]
     assert embedded == HEALTH_LUA.read_text()
+
+
+RECORDED = yaml.safe_load(
+    (ROOT / "tests" / "tools" / "lua_samples" / "recorded.yaml").read_text())
+
+
+@pytest.mark.parametrize("sample", RECORDED, ids=[s["expected"] for s in RECORDED])
+def test_health_of_statuses_recorded_from_the_operator(sample):
+    assert health(sample["object"])["status"] == sample["expected"]
