@@ -186,7 +186,8 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = ()) -> web.App
         name = client_common_name(request)
         if name is None or (allowed and name not in allowed):
             return status_error(403, "Forbidden", "only the API server's front proxy may ask")
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def discovery(_: web.Request) -> web.Response:
         return web.json_response(resource_list())

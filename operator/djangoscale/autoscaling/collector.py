@@ -22,7 +22,13 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from djangoscale.autoscaling.windows import Decision, ServiceWindows, decide, format_rps
+from djangoscale.autoscaling.windows import (
+    PANIC_THRESHOLD,
+    Decision,
+    ServiceWindows,
+    decide,
+    format_rps,
+)
 from djangoscale.controller.conditions import Condition, find, merge_conditions, now_rfc3339
 from djangoscale.spec import DjangoService
 
@@ -142,7 +148,8 @@ class Reading:
 
 
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
-                  scraper: Scraper, now: float | None = None) -> Reading:
+                  scraper: Scraper, now: float | None = None,
+                  panic_threshold: float = PANIC_THRESHOLD) -> Reading:
     """Scrape (or query) once, feed the windows, and decide what the HPA sees."""
     ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
     windows.forget_missing(p.name for p in ready)
@@ -165,7 +172,8 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
                 failed.append(pod.name)
             else:
                 windows.observe_counter(pod.name, t, total)
-    decision = decide(windows.rates(), len(ready), ds.autoscaling.target_rps_per_pod)
+    decision = decide(windows.rates(), len(ready), ds.autoscaling.target_rps_per_pod,
+                      panic_threshold)
     return Reading(decision, len(ready), failed, "prometheus" if source else "pods")
 
 

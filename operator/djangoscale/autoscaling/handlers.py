@@ -94,7 +94,8 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 await stopped.wait(opts.scrape_interval)
                 continue
             pods = list(rps_pods.get((namespace, name), []))
-            reading = await collector.collect(ds, pods, windows, _scraper())
+            reading = await collector.collect(ds, pods, windows, _scraper(),
+                                              panic_threshold=opts.panic_threshold)
             labels = {pod.name: pod.label_dict for pod in pods}
             STORE.put(namespace, name, [
                 PodValue(pod, labels.get(pod, {}), value)
@@ -118,7 +119,7 @@ def read_requestheader_configmap() -> dict[str, Any]:
     api = kube.api_client()
     namespace, name = REQUESTHEADER_CONFIGMAP
     configmap = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
-    result: dict[str, Any] = api.sanitize_for_serialization(configmap)
+    result: dict[str, Any] = api.sanitize_for_serialization(configmap)  # type: ignore[no-untyped-call]
     return result
 
 

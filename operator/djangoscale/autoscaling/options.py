@@ -31,6 +31,9 @@ class AutoscalingOptions:
     scrape_concurrency: int = 64
     stable_window: float = 60.0
     panic_window: float = 6.0
+    # Knative's 2x: below it a moderate step waits for the stable window (see
+    # bench/bench_metrics_latency.py); lower reacts faster, and to noise too.
+    panic_threshold: float = 2.0
 
     @classmethod
     def from_env(cls) -> AutoscalingOptions:
@@ -50,6 +53,7 @@ class AutoscalingOptions:
                 os.environ.get("DJANGOSCALE_SCRAPE_CONCURRENCY", defaults.scrape_concurrency)),
             stable_window=_env_float("DJANGOSCALE_STABLE_WINDOW", defaults.stable_window),
             panic_window=_env_float("DJANGOSCALE_PANIC_WINDOW", defaults.panic_window),
+            panic_threshold=_env_float("DJANGOSCALE_PANIC_THRESHOLD", defaults.panic_threshold),
         )
 
     def with_overrides(self, **changes: object) -> AutoscalingOptions:
