@@ -117,6 +117,13 @@ def test_deployment_pods_run_with_loopback_ips_and_are_collected(
     ips = [ipaddress.ip_address(p["status"]["podIP"]) for p in found]
     assert all(ip in LOOPBACK for ip in ips), ips
     assert len(set(ips)) == 3
+    # The point of loopback pod IPs: a real process on this machine can serve as the pod.
+    with socket.socket() as server:
+        server.bind((str(ips[0]), 0))
+        server.listen()
+        with socket.create_connection(server.getsockname(), timeout=2):
+            accepted, _ = server.accept()
+            accepted.close()
     assert all(p["spec"].get("nodeName") for p in found)  # the scheduler placed them
     deploy = wait_for(
         "deployment status",
