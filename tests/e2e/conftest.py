@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from djangoscale.cluster import LocalCluster
 
 E2E_DIR = Path(__file__).resolve().parent

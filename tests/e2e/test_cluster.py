@@ -8,6 +8,7 @@ layer reaching an API served by a process on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
 from djangoscale.cluster import LocalCluster, processes, register_local_apiservice
 from djangoscale.cluster.api import ApiClient, ApiError
 from djangoscale.cluster.apiservice import service_name_for, unregister_local_apiservice
@@ -276,10 +278,8 @@ def test_aggregated_api_served_from_the_host_is_reachable(
         assert proxied[-1]["user"] == "kubernetes-admin"
         assert proxied[-1]["client_cn"] == "front-proxy-client"
     finally:
-        try:
+        with contextlib.suppress(ApiError):
             unregister_local_apiservice(api, group, version, namespace)
-        except ApiError:
-            pass
         server.shutdown()
         server.server_close()
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from djangoscale.cluster.build import BuildProgress, cache_key, cache_root, input_files
 
 

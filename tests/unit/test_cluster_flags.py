@@ -7,6 +7,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+
 from djangoscale.cluster import flags
 from djangoscale.cluster.apiservice import apiservice_manifests, service_name_for
 from djangoscale.cluster.local import kwok_config_text, node_is_ready, node_manifest

@@ -6,10 +6,10 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-
-x509 = pytest.importorskip("cryptography.x509")
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from djangoscale.cluster.pki import (
     CLIENTS,
     FRONT_PROXY_CLIENT_CN,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from djangoscale.cluster import processes
 
 SLEEP = Path(shutil.which("sleep") or "/bin/sleep").resolve()

@@ -28,6 +28,7 @@ from djangoscale.cluster.pki import CLIENTS, PkiPaths, generate_pki
 DEFAULT_DIR = Path(".djangoscale/cluster")
 STATE_FILE = "state.json"
 ADMIN_KUBECONFIG = "kubeconfig"
+PORT_RACE_ATTEMPTS = 3
 
 
 class ClusterError(RuntimeError):
@@ -178,13 +179,22 @@ class LocalCluster:
             return running.kubeconfig
         binaries = ensure_binaries(emit=self.emit)
         started = time.monotonic()
-        self.down(quiet=True)
-        self._reset_dir()
-        try:
-            self.state = self._start(binaries, nodes, deadline=time.monotonic() + timeout)
-        except BaseException:
+        for attempt in range(PORT_RACE_ATTEMPTS):
             self.down(quiet=True)
-            raise
+            self._reset_dir()
+            try:
+                self.state = self._start(binaries, nodes, deadline=time.monotonic() + timeout)
+                break
+            except ClusterError as error:
+                self.down(quiet=True)
+                # A free port can be taken by someone else between our probe and the bind.
+                if "address already in use" not in str(error) or attempt + 1 == PORT_RACE_ATTEMPTS:
+                    raise
+                self.emit("a port was taken meanwhile; starting again on other ports")
+            except BaseException:
+                self.down(quiet=True)
+                raise
+        assert self.state is not None
         self.emit(f"up in {time.monotonic() - started:.1f}s with {nodes} node(s)")
         return self.state.kubeconfig
 

@@ -272,10 +272,13 @@ def load_ca(paths: PkiPaths, name: str = "ca") -> _Issuer:
     """The CA written by `generate_pki`, to sign more certs after the cluster is up."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     cert = x509.load_pem_x509_certificate(paths.cert(name).read_bytes())
     key = serialization.load_pem_private_key(paths.key(name).read_bytes(), password=None)
-    return _Issuer(cert, key)  # type: ignore[arg-type]
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{paths.key(name)}: expected the EC key generate_pki writes")
+    return _Issuer(cert, key)
 
 
 def issue_serving_cert(

@@ -7,6 +7,7 @@ it was started from: a pid reused by an unrelated process after a reboot is left
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,10 +123,8 @@ def stop(entry: Started, timeout: float = 15.0) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect the exit status if `pid` is our child (started by this Python process)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def stop_all(directory: Path) -> list[str]:
