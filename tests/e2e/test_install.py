@@ -505,40 +505,42 @@ def test_standby_takes_over_within_60_seconds(admin, operator_kubeconfig, namesp
     """Two peers, distinct priorities: only the higher one acts; stop it, the other does."""
     admin.apply(database_secret(namespace))
     standby_log, active_log = tmp_path / "standby.log", tmp_path / "active.log"
-    with operator_process(operator_kubeconfig, standby_log, "--peering", "djangoscale",
-                          "--priority", "1"), \
-         operator_process(operator_kubeconfig, active_log, "--peering", "djangoscale",
+    def priorities() -> list[int]:
+        peering = admin.get("ClusterKopfPeering", None, "djangoscale") or {}
+        return sorted(peer["priority"] for peer in (peering.get("status") or {}).values())
+
+    # The active peer first, so the standby starts paused and never runs a handler before
+    # the kill (a peer alone would, rightly, be active).
+    with operator_process(operator_kubeconfig, active_log, "--peering", "djangoscale",
                           "--priority", "2") as active:
-        wait_for("both peers in the peering object", lambda: sorted(
-            peer["priority"] for peer in (admin.get("ClusterKopfPeering", None, "djangoscale")
-                                          or {}).get("status", {}).values()) == [1, 2])
-        wait_for("the standby to stand by", lambda: paused(standby_log))
-        admin.apply(djangoservice(namespace))
-        wait_for("Ready", lambda: is_ready(admin.get("DjangoService", namespace, "shop")))
-        # The active one reconciled it (kopf logs each handler it runs).
-        assert "Handler 'on_change' succeeded" in active_log.read_text()
-        # Since it paused (it may have run alone for a moment before the active one started),
-        # the standby handled nothing.
-        since_pause = standby_log.read_text().rpartition("Pausing operations")[2]
-        assert "on_change" not in since_pause
-        assert paused(standby_log)
+        wait_for("the active peer's keep-alive", lambda: 2 in priorities())
+        with operator_process(operator_kubeconfig, standby_log, "--peering", "djangoscale",
+                              "--priority", "1"):
+            wait_for("both peers in the peering object", lambda: priorities() == [1, 2])
+            admin.apply(djangoservice(namespace))
+            wait_for("Ready", lambda: is_ready(admin.get("DjangoService", namespace, "shop")))
+            # The active one reconciled it (kopf logs each handler it runs); the standby
+            # handled nothing at all.
+            assert "Handler 'on_change' succeeded" in active_log.read_text()
+            assert "Handler" not in standby_log.read_text()
+            assert paused(standby_log)
 
-        # What the kubelet does to a deleted or evicted pod: SIGTERM.
-        active.send_signal(signal.SIGTERM)
-        active.wait(timeout=30)
-        stopped = time.monotonic()
-        admin.apply(djangoservice(namespace, threads=25))
+            # What the kubelet does to a deleted or evicted pod: SIGTERM.
+            active.send_signal(signal.SIGTERM)
+            active.wait(timeout=30)
+            stopped = time.monotonic()
+            admin.apply(djangoservice(namespace, threads=25))
 
-        def threads_rolled_out() -> bool:
-            deployment = admin.get("Deployment", namespace, "shop")
-            (app,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]
-                      if any(e["name"] == "DJANGOSCALE_THREADS" for e in c.get("env", []))]
-            env = {e["name"]: e.get("value") for e in app["env"]}
-            return env["DJANGOSCALE_THREADS"] == "25" and is_ready(
-                admin.get("DjangoService", namespace, "shop"))
+            def threads_rolled_out() -> bool:
+                deployment = admin.get("Deployment", namespace, "shop")
+                (app,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]
+                          if any(e["name"] == "DJANGOSCALE_THREADS" for e in c.get("env", []))]
+                env = {e["name"]: e.get("value") for e in app["env"]}
+                return env["DJANGOSCALE_THREADS"] == "25" and is_ready(
+                    admin.get("DjangoService", namespace, "shop"))
 
-        wait_for("the standby to reconcile the change", threads_rolled_out, timeout=60)
-        took = time.monotonic() - stopped
-        print(f"standby took over and reconciled in {took:.1f}s")
-        assert took < 60
-        assert not paused(standby_log)
+            wait_for("the standby to reconcile the change", threads_rolled_out, timeout=60)
+            took = time.monotonic() - stopped
+            print(f"standby took over and reconciled in {took:.1f}s")
+            assert took < 60
+            assert not paused(standby_log)
