@@ -181,3 +181,12 @@ def test_gevent_condition_in_status_only_with_worker_groups():
     assert (gevent.status, gevent.reason) == ("True", "GeventOptIn")
     del body["spec"]["workers"], body["spec"]["broker"]
     assert worker_conditions(spec.parse(body)) == []
+
+
+def test_worker_children_validate_against_the_kubernetes_schemas():
+    import kubernetes_validate
+
+    built = children()
+    for (_, name), child in built.items():
+        if "-worker-" in name:
+            kubernetes_validate.validate(child, "1.35", strict=True)
