@@ -54,16 +54,41 @@ def slots_per_worker(config: ServeConfig) -> int:
 
 
 def _post_worker_init(worker: Any) -> None:
-    """Readiness turns false as soon as the worker is told to stop."""
+    """Readiness turns false, and accepting stops, as soon as the worker is told to stop."""
     previous = signal.getsignal(signal.SIGTERM)
+    stop_accepting = _track_gevent_servers() if worker.__class__.__name__ == "GeventWorker" else None
 
     def on_sigterm(signum: int, frame: Any) -> None:
         STATE.begin_drain()
         if callable(previous):
             previous(signum, frame)
+        if stop_accepting is not None:
+            stop_accepting()
 
-    if worker.__class__.__name__ != "GeventWorker":
-        signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _track_gevent_servers() -> Any:
+    """gunicorn's gevent worker notices SIGTERM only in its next 1 s sleep and keeps
+    accepting until then; record its servers so the SIGTERM handler can close them at once.
+    (post_worker_init runs before the worker's run() creates them.)"""
+    import gevent
+    from gunicorn.workers import ggevent
+
+    servers: list[Any] = []
+
+    class RecordingStreamServer(ggevent.StreamServer):  # type: ignore[misc,name-defined]
+        def start(self) -> None:
+            servers.append(self)
+            super().start()
+
+    ggevent.StreamServer = RecordingStreamServer
+
+    def stop_accepting() -> None:
+        # Closing in a greenlet: gevent may not block inside a signal handler (gunicorn #1126).
+        gevent.spawn(lambda: [server.close() for server in servers])
+
+    return stop_accepting
 
 
 def _child_exit(server: Any, worker: Any) -> None:

@@ -45,7 +45,14 @@ def run(config: ServeConfig) -> int:
     if os.environ.get(MULTIPROC_ENV):
         process_metrics().threads_total.set(config.threads)
 
-    def finish_and_stop() -> None:
+    def stop_accepting() -> None:
+        # Runs in the loop thread (a trigger thunk): closing the listener from the signal
+        # handler instead would leave its fd in the select() being retried (EBADF).
+        server.accepting = False
+        server.close()
+
+    def drain() -> None:
+        server.trigger.pull_trigger(stop_accepting)
         deadline = time.monotonic() + config.timeout
         STATE.wait_idle(config.timeout)
         while _pending_output(server) and time.monotonic() < deadline:
@@ -56,9 +63,7 @@ def run(config: ServeConfig) -> int:
         if STATE.draining:
             return
         STATE.begin_drain()
-        server.accepting = False
-        server.close()  # runs in the loop thread: the listener leaves the map, socket closed
-        threading.Thread(target=finish_and_stop, name="djangoscale-drain", daemon=True).start()
+        threading.Thread(target=drain, name="djangoscale-drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
