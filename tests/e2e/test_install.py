@@ -501,8 +501,18 @@ def paused(log: Path) -> bool:
     return not changes or "Pausing operations" in changes[-1]
 
 
-def test_standby_takes_over_within_60_seconds(admin, operator_kubeconfig, namespace, tmp_path):
-    """Two peers, distinct priorities: only the higher one acts; stop it, the other does."""
+# SIGTERM is what the kubelet sends a deleted, evicted or drained pod: kopf leaves the peering
+# and the standby resumes at once. SIGKILL (OOM kill, lost node) leaves a keep-alive behind that
+# the standby honours until it expires: kopf's peering lifetime, 60 s unless the operator sets
+# settings.peering.lifetime.
+SIGKILL_BOUND = float(os.environ.get("DJANGOSCALE_E2E_SIGKILL_TAKEOVER_BOUND", "90"))
+
+
+@pytest.mark.parametrize(("kill", "bound"), [(signal.SIGTERM, 60.0),
+                                             (signal.SIGKILL, SIGKILL_BOUND)],
+                         ids=["sigterm", "sigkill"])
+def test_standby_takes_over(admin, operator_kubeconfig, namespace, tmp_path, kill, bound):
+    """Two peers, distinct priorities: only the higher one acts; kill it, the other does."""
     admin.apply(database_secret(namespace))
     standby_log, active_log = tmp_path / "standby.log", tmp_path / "active.log"
     def priorities() -> list[int]:
@@ -525,8 +535,7 @@ def test_standby_takes_over_within_60_seconds(admin, operator_kubeconfig, namesp
             assert "Handler" not in standby_log.read_text()
             assert paused(standby_log)
 
-            # What the kubelet does to a deleted or evicted pod: SIGTERM.
-            active.send_signal(signal.SIGTERM)
+            active.send_signal(kill)
             active.wait(timeout=30)
             stopped = time.monotonic()
             admin.apply(djangoservice(namespace, threads=25))
@@ -539,8 +548,8 @@ def test_standby_takes_over_within_60_seconds(admin, operator_kubeconfig, namesp
                 return env["DJANGOSCALE_THREADS"] == "25" and is_ready(
                     admin.get("DjangoService", namespace, "shop"))
 
-            wait_for("the standby to reconcile the change", threads_rolled_out, timeout=60)
+            wait_for("the standby to reconcile the change", threads_rolled_out, timeout=bound)
             took = time.monotonic() - stopped
-            print(f"standby took over and reconciled in {took:.1f}s")
-            assert took < 60
+            print(f"after {kill.name} the standby took over and reconciled in {took:.1f}s")
+            assert took < bound
             assert not paused(standby_log)
