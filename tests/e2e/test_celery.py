@@ -246,6 +246,41 @@ def test_default_prefetch_four_hoards_messages(rabbitmq, tmp_path):
     assert max(figures["max_held"].values()) > 2 * CONCURRENCY, figures
 
 
+def run_burst(broker: brokers.RabbitMQ, prefetch: int, tmp_path: Path) -> dict[str, Any]:
+    """32 tasks, every 4th one long (1 s), the rest 10 ms, published at once to 4 workers."""
+    queue = f"burst-{prefetch}-{uuid.uuid4().hex[:6]}"
+    trace = tmp_path / f"trace-{prefetch}"
+    trace.mkdir(mode=0o777)
+    durations = [1000 if i % 4 == 0 else 10 for i in range(32)]
+    with workers(broker.url, queue, trace, WORKERS, CONCURRENCY, prefetch, tmp_path):
+        began = time.time()
+        ids = publish(broker.url, queue, durations)
+        wait_for("the burst done", lambda: len(Trace.read(trace).done()) >= len(ids), timeout=60)
+    result = Trace.read(trace)
+    length = dict(zip(ids, durations, strict=True))
+    busy: collections.Counter[str] = collections.Counter()
+    for event, task, host, _ in result.events:
+        if event == "done":
+            busy[host] += length[task] / 1000
+    finished = max(t for event, _, _, t in result.events if event == "done")
+    figures = {"prefetch": prefetch, "seconds": round(finished - began, 2),
+               "task_seconds_per_worker": sorted(round(b, 2) for b in busy.values())}
+    print(f"\nburst {figures}")
+    return figures
+
+
+def test_long_tasks_pile_up_on_one_worker_with_prefetch_four(rabbitmq, tmp_path):
+    """The story's skew: RabbitMQ deals messages round robin to whoever has credit. With 16
+    credits per worker, every 4th message (the long ones) lands on the same worker, which then
+    runs them 4 at a time while the other three sit idle; with 4 credits, the idle workers take
+    the long tasks as they come."""
+    fair = run_burst(rabbitmq, 1, tmp_path)
+    hoarded = run_burst(rabbitmq, 4, tmp_path)
+    assert hoarded["task_seconds_per_worker"][-1] >= 6, hoarded  # one worker: >= 6 of 8 s
+    assert fair["task_seconds_per_worker"][-1] <= 4.1, fair  # at most its 4 threads' worth
+    assert hoarded["seconds"] > 1.4 * fair["seconds"], (fair, hoarded)
+
+
 # -- acks late: SIGTERM and a killed worker ---------------------------------------------------
 
 
