@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+
 from djangoscale.autoscaling.registration import (
     register_metrics_apiservice,
     unregister_metrics_apiservice,
@@ -40,7 +41,6 @@ from djangoscale.cluster import LocalCluster
 from djangoscale.cluster.api import ApiClient, ApiError
 from djangoscale.cluster.pki import PkiPaths
 from djangoscale.spec import GROUP, VERSION, crd
-
 from tests.fixtures.launcher import SAMPLE_WSGI, SAMPLEAPP, launcher_env
 from tests.fixtures.services import free_port
 
@@ -446,32 +446,45 @@ def test_metrics_outage_holds_replicas_and_says_why(
 ) -> None:
     with PodHarness(api, namespace, tmp_path) as harness:
         start_service(api, namespace, harness)
-        load = threading.Thread(target=run_load, args=(100.0, 25.0, harness.endpoints))
+        load = threading.Thread(target=run_load, args=(100.0, 60.0, harness.endpoints))
         load.start()
         wait_for("a scale-up under load", lambda: hpa_desired(api, namespace) >= 4, timeout=40)
-        load.join()
-        before = hpa_desired(api, namespace)
-        rps_before = status(api, namespace)["rps"]["stable"]
+        before = wait_for("replicas to settle under load", lambda: settled(api, namespace),
+                          timeout=40, interval=0)
+        # The outage, under load: every pod's metrics vanish and none come back.
         harness.kill_all()
         wait_for("MetricsAvailable=False",
                  lambda: metrics_condition(api, namespace).get("reason") == "ScrapeFailed",
                  timeout=20)
-        # Longer than the stable window and the scale-down stabilization together: with zeros
-        # reported instead of held values the HPA would be back at 2 by now.
+        rps_held = status(api, namespace)["rps"]
+        # Longer than the stable window and the scale-down stabilization together: were zeros
+        # reported instead of held values, the HPA would be back at 2 by now.
         lowest = before
         deadline = time.monotonic() + STABLE_WINDOW + SCALE_DOWN_STABILIZATION + 10
         while time.monotonic() < deadline:
             lowest = min(lowest, hpa_desired(api, namespace))
             time.sleep(1)
         condition = metrics_condition(api, namespace)
-        rps_after = status(api, namespace)["rps"]["stable"]
-        print(f"\noutage: replicas {before} before, lowest {lowest} during; rps {rps_before} -> "
+        rps_after = status(api, namespace)["rps"]
+        load.join()
+        print(f"\noutage: replicas {before} before, lowest {lowest} during; rps {rps_held} -> "
               f"{rps_after}; condition {condition.get('message')}")
 
-    assert lowest >= before - 1 and lowest > 2, (before, lowest)
+    assert lowest > 2 and lowest >= before - 1, (before, lowest)
+    assert rps_after == rps_held and float(rps_after["stable"]) > 0
     assert condition["status"] == "False"
     assert "holding" in condition["message"]
-    assert float(rps_after) > 0
+
+
+def settled(api: ApiClient, namespace: str, seconds: float = 6.0) -> int:
+    """The HPA's desired replicas once unchanged for `seconds`, else 0."""
+    first = hpa_desired(api, namespace)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if hpa_desired(api, namespace) != first:
+            return 0
+    return first
 
 
 def test_metrics_api_answers_only_the_front_proxy(
