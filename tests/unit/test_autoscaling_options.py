@@ -1,0 +1,57 @@
+"""Settings from the environment and flags, and which pods the collector counts as ready."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from djangoscale.autoscaling.handlers import pod_ready, rps_pods
+from djangoscale.autoscaling.options import AutoscalingOptions
+
+
+def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DJANGOSCALE_METRICS_API_PORT", "7443")
+    monkeypatch.setenv("DJANGOSCALE_METRICS_API_CERT_FILE", "/certs/tls.crt")
+    monkeypatch.setenv("DJANGOSCALE_STABLE_WINDOW", "30")
+    monkeypatch.setenv("DJANGOSCALE_METRICS_API_DNS_NAMES", "a.b.svc,a.b.svc.cluster.local")
+    options = AutoscalingOptions.from_env()
+    assert options.port == 7443
+    assert options.cert_file == Path("/certs/tls.crt")
+    assert options.key_file is None
+    assert options.stable_window == 30.0
+    assert options.panic_window == 6.0
+    assert options.cert_dns_names == ("a.b.svc", "a.b.svc.cluster.local")
+
+
+def test_flags_override_only_what_is_given() -> None:
+    options = AutoscalingOptions(port=7443, bind="127.0.0.1")
+    changed = options.with_overrides(port=9443, bind=None, stable_window=None)
+    assert (changed.port, changed.bind, changed.stable_window) == (9443, "127.0.0.1", 60.0)
+
+
+RUNNING_READY = {"phase": "Running", "podIP": "127.1.1.4",
+                 "conditions": [{"type": "Ready", "status": "True"}]}
+
+
+@pytest.mark.parametrize(("status", "meta", "expected"), [
+    (RUNNING_READY, {}, True),
+    (RUNNING_READY, {"deletionTimestamp": "2026-01-01T00:00:00Z"}, False),
+    ({**RUNNING_READY, "phase": "Pending"}, {}, False),
+    ({**RUNNING_READY, "conditions": [{"type": "Ready", "status": "False"}]}, {}, False),
+    ({"phase": "Running"}, {}, False),
+])
+def test_pod_ready(status: dict, meta: dict, expected: bool) -> None:
+    assert pod_ready(status, meta) is expected
+
+
+def test_pod_index_keys_pods_by_their_djangoservice() -> None:
+    labels = {"app.kubernetes.io/instance": "shop", "app.kubernetes.io/component": "web",
+              "app.kubernetes.io/managed-by": "djangoscale"}
+    fn = getattr(rps_pods, "__wrapped__", rps_pods)
+    entry = fn(name="shop-1", namespace="web", labels=labels, status=RUNNING_READY, meta={})
+    assert entry is not None
+    target = entry[("web", "shop")]
+    assert (target.name, target.ip, target.ready) == ("shop-1", "127.1.1.4", True)
+    assert target.label_dict == labels
+    assert fn(name="x", namespace="web", labels={}, status=RUNNING_READY, meta={}) is None
