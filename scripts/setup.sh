@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk)
+APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The Debian packages start their own servers; the tests run private ones on free ports.
-for service in postgresql pgbouncer; do
+for service in postgresql pgbouncer rabbitmq-server redis-server; do
   (command -v systemctl >/dev/null && systemctl disable --now "$service" >/dev/null 2>&1) || true
   service "$service" stop >/dev/null 2>&1 || true
 done
