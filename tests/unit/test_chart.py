@@ -289,3 +289,18 @@ def test_gitops_tools_sync_the_plain_install():
     assert kustomization["spec"]["sourceRef"]["name"] == flux["GitRepository"]["metadata"]["name"]
     assert (ROOT / kustomization["spec"]["path"] / "kustomization.yaml").is_file()
     assert flux["GitRepository"]["spec"]["url"] == source["repoURL"]
+
+
+def test_chart_readme_is_generated_from_values():
+    """charts/djangoscale/README.md is helm-docs' output for the current values.yaml."""
+    build = ROOT / "tests" / "tools" / "helm-docs" / "build.sh"
+    helm_docs = subprocess.run([str(build)], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    generated = subprocess.run(
+        [helm_docs, "--chart-search-root", str(CHART.parent), "--dry-run"],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout
+    readme = (CHART / "README.md").read_text()
+    assert generated == readme, (
+        "charts/djangoscale/README.md is stale: run helm-docs --chart-search-root charts")
+    assert "| metricsApi.tls.mode | string | `\"helm\"` |" in readme
