@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -139,88 +140,132 @@ def test_deployment_pods_run_with_loopback_ips_and_are_collected(
     assert rs == []
 
 
-def test_hpa_controller_acts_on_an_hpa(api: ApiClient, namespace: str) -> None:
-    """Below minReplicas the HPA controller scales up without any metric; with no metrics
-    API it then reports why it cannot compute one."""
-    api.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("hpa", 1))
-    hpa = {
+def hpa_manifest(target: str, metric: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "hpa"},
+        "metadata": {"name": target},
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hpa"},
-            "minReplicas": 2,
-            "maxReplicas": 4,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
             "metrics": [
                 {
                     "type": "Pods",
                     "pods": {
-                        "metric": {"name": "requests_per_second"},
+                        "metric": {"name": metric},
                         "target": {"type": "AverageValue", "averageValue": "10"},
                     },
                 }
             ],
         },
     }
-    path = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
-    api.create(path, hpa)
 
-    scaled = wait_for(
-        "HPA to scale the deployment to minReplicas",
-        lambda: (
-            api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/hpa")["spec"]["replicas"]
-            == 2
-        ),
+
+def replicas(api: ApiClient, namespace: str, name: str) -> int:
+    return int(
+        api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")["spec"]["replicas"]
     )
-    assert scaled
 
-    def conditions() -> dict[str, dict[str, Any]]:
-        status = api.get(f"{path}/hpa").get("status", {})
-        found = {c["type"]: c for c in status.get("conditions", [])}
-        return found if "ScalingActive" in found else {}
 
-    found = wait_for("HPA conditions", conditions)
+def hpa_conditions(api: ApiClient, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    path = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}"
+    status = api.get(path).get("status", {})
+    found = {c["type"]: c for c in status.get("conditions") or []}
+    return found if "ScalingActive" in found else {}
+
+
+def test_hpa_controller_acts_on_an_hpa(api: ApiClient, namespace: str) -> None:
+    """Below minReplicas the HPA controller scales up without any metric; for a metric that
+    nobody serves it then reports why it cannot compute one."""
+    api.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("hpa", 1))
+    api.create(
+        f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers",
+        hpa_manifest("hpa", "no_such_metric", 2, 4),
+    )
+    wait_for("scale-up to minReplicas", lambda: replicas(api, namespace, "hpa") == 2)
+    found = wait_for("HPA conditions", lambda: hpa_conditions(api, namespace, "hpa"))
     assert found["AbleToScale"]["status"] == "True"
     assert found["ScalingActive"]["status"] == "False"
     assert found["ScalingActive"]["reason"] == "FailedGetPodsMetric"
 
 
-class _MetricsBackend(BaseHTTPRequestHandler):
-    """Serves API discovery for one group/version and records who the aggregator says
-    is asking (front-proxy headers) and which cert it presented."""
+METRICS_GROUP, METRICS_VERSION = "custom.metrics.k8s.io", "v1beta2"
+METRICS_GV = f"{METRICS_GROUP}/{METRICS_VERSION}"
+RPS_PER_POD = 30
 
-    group_version = ""
+
+class _MetricsBackend(BaseHTTPRequestHandler):
+    """A minimal custom metrics API on the host: discovery, and `requests_per_second` =
+    RPS_PER_POD for every pod a selector matches. Records who the aggregator says is asking
+    (front-proxy headers) and which client cert it presented."""
+
+    api: ClassVar[ApiClient]
     seen: ClassVar[list[dict[str, str]]] = []
 
     def do_GET(self) -> None:
-        peer = self.connection.getpeercert() or {}
+        peer = self.connection.getpeercert() or {}  # type: ignore[attr-defined]
         subject = dict(item[0] for item in peer.get("subject", ()))
-        type(self).seen.append(
+        self.seen.append(
             {
                 "path": self.path,
                 "user": self.headers.get("X-Remote-User", ""),
                 "client_cn": subject.get("commonName", ""),
             }
         )
-        if self.path.split("?")[0] != f"/apis/{self.group_version}":
+        url = urllib.parse.urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if url.path.rstrip("/") == f"/apis/{METRICS_GV}":
+            self._json(
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": METRICS_GV,
+                    "resources": [
+                        {
+                            "name": "pods/requests_per_second",
+                            "singularName": "",
+                            "namespaced": True,
+                            "kind": "MetricValueList",
+                            "verbs": ["get"],
+                        }
+                    ],
+                }
+            )
+        # /apis/<group>/<version>/namespaces/<ns>/pods/<name or *>/requests_per_second
+        elif (
+            len(parts) == 8
+            and parts[3] == "namespaces"
+            and parts[5] == "pods"
+            and (parts[7] == "requests_per_second")
+        ):
+            self._json(self._pod_metrics(parts[4], urllib.parse.parse_qs(url.query)))
+        else:
             self.send_error(404)
-            return
-        body = json.dumps(
+
+    def _pod_metrics(self, namespace: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        selector = urllib.parse.quote(query.get("labelSelector", [""])[0])
+        listed = self.api.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        items = [
             {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": self.group_version,
-                "resources": [
-                    {
-                        "name": "pods/requests_per_second",
-                        "singularName": "",
-                        "namespaced": True,
-                        "kind": "MetricValueList",
-                        "verbs": ["get"],
-                    }
-                ],
+                "describedObject": {
+                    "kind": "Pod",
+                    "namespace": namespace,
+                    "name": pod["metadata"]["name"],
+                    "apiVersion": "/v1",
+                },
+                "metric": {"name": "requests_per_second"},
+                "timestamp": now,
+                "windowSeconds": 60,
+                "value": str(RPS_PER_POD),
             }
-        ).encode()
+            for pod in listed["items"]
+        ]
+        return {"kind": "MetricValueList", "apiVersion": METRICS_GV, "metadata": {}, "items": items}
+
+    def _json(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -231,13 +276,17 @@ class _MetricsBackend(BaseHTTPRequestHandler):
         pass
 
 
-def test_aggregated_api_served_from_the_host_is_reachable(
-    cluster: LocalCluster, api: ApiClient
-) -> None:
-    group, version, namespace = "custom.metrics.k8s.io", "v1beta2", "default"
+@pytest.fixture(scope="module")
+def metrics_api(cluster: LocalCluster, api: ApiClient) -> Iterator[type[_MetricsBackend]]:
+    """The backend above, on 127.0.0.1 with a cert from the cluster CA, registered as the
+    custom.metrics.k8s.io APIService through `register_local_apiservice`."""
+    namespace = "default"
     pki = PkiPaths(cluster.dir / "pki")
     cert, key = issue_serving_cert(
-        pki, "metrics-test", (f"{service_name_for(group)}.{namespace}.svc",), ("127.0.0.1",)
+        pki,
+        "metrics-test",
+        (f"{service_name_for(METRICS_GROUP)}.{namespace}.svc",),
+        ("127.0.0.1",),
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -245,9 +294,7 @@ def test_aggregated_api_served_from_the_host_is_reachable(
     context.load_verify_locations(pki.cert("front-proxy-ca"))
     context.verify_mode = ssl.CERT_OPTIONAL
 
-    handler = type(
-        "Backend", (_MetricsBackend,), {"group_version": f"{group}/{version}", "seen": []}
-    )
+    handler = type("Backend", (_MetricsBackend,), {"api": api, "seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -255,33 +302,70 @@ def test_aggregated_api_served_from_the_host_is_reachable(
     try:
         register_local_apiservice(
             api,
-            group,
-            version,
+            METRICS_GROUP,
+            METRICS_VERSION,
             server.server_address[1],
             namespace=namespace,
             ca_bundle=pki.ca.read_bytes(),
         )
 
         def available() -> bool:
-            status = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{version}.{group}")
+            status = api.get(
+                f"/apis/apiregistration.k8s.io/v1/apiservices/{METRICS_VERSION}.{METRICS_GROUP}"
+            )
             return any(
                 c["type"] == "Available" and c["status"] == "True"
                 for c in status.get("status", {}).get("conditions", [])
             )
 
         wait_for("APIService Available", available)
-        listed = api.get(f"/apis/{group}/{version}")
-        assert listed["groupVersion"] == f"{group}/{version}"
-        assert [r["name"] for r in listed["resources"]] == ["pods/requests_per_second"]
-        proxied = [s for s in handler.seen if s["user"]]
-        assert proxied, handler.seen
-        assert proxied[-1]["user"] == "kubernetes-admin"
-        assert proxied[-1]["client_cn"] == "front-proxy-client"
+        yield handler
     finally:
         with contextlib.suppress(ApiError):
-            unregister_local_apiservice(api, group, version, namespace)
+            unregister_local_apiservice(api, METRICS_GROUP, METRICS_VERSION, namespace)
         server.shutdown()
         server.server_close()
+
+
+def test_aggregated_api_served_from_the_host_is_reachable(
+    api: ApiClient, metrics_api: type[_MetricsBackend]
+) -> None:
+    listed = api.get(f"/apis/{METRICS_GV}")
+    assert listed["groupVersion"] == METRICS_GV
+    assert [r["name"] for r in listed["resources"]] == ["pods/requests_per_second"]
+    proxied = [s for s in metrics_api.seen if s["user"]]
+    assert proxied, metrics_api.seen
+    assert proxied[-1]["user"] == "kubernetes-admin"
+    assert proxied[-1]["client_cn"] == "front-proxy-client"
+
+
+def test_hpa_scales_on_a_custom_metric_served_from_the_host(
+    api: ApiClient, namespace: str, metrics_api: type[_MetricsBackend]
+) -> None:
+    """The whole chain the operator relies on: HPA controller -> aggregator -> a process on
+    this machine. 2 pods at 30 RPS each against a 10 RPS target want 6; max is 4."""
+    api.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("rps", 2))
+    api.create(
+        f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers",
+        hpa_manifest("rps", "requests_per_second", 1, 4),
+    )
+    wait_for(
+        "HPA to scale to maxReplicas on the metric", lambda: replicas(api, namespace, "rps") == 4
+    )
+    found = wait_for("HPA conditions", lambda: hpa_conditions(api, namespace, "rps"))
+    assert found["ScalingActive"]["status"] == "True"
+    assert found["ScalingLimited"]["status"] == "True"
+    status = api.get(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/rps")[
+        "status"
+    ]
+    current = status["currentMetrics"][0]["pods"]["current"]["averageValue"]
+    assert current == str(RPS_PER_POD)
+    asked = [
+        s
+        for s in metrics_api.seen
+        if s["path"].startswith(f"/apis/{METRICS_GV}/namespaces/{namespace}/")
+    ]
+    assert asked and asked[-1]["user"].startswith("system:serviceaccount:kube-system:")
 
 
 def _listening(port: int) -> bool:
