@@ -324,3 +324,17 @@ def test_hand_edits_of_owned_fields_are_put_back(kube, operator, namespace):
                        "Accept": "application/json"},
     )
     wait_for("the operator to put its value back", lambda: grace() == owned)
+
+
+def test_turning_autoscaling_off_prunes_the_hpa_and_holds_min(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace))
+    wait_for("the HPA", lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler",
+                                         namespace, "shop"))
+    kube.apply(djangoservice(namespace, autoscaling={"enabled": False},
+                             replicas={"min": 3, "max": 5}))
+    wait_for("the HPA to be pruned", lambda: kube.get(
+        "autoscaling/v2", "HorizontalPodAutoscaler", namespace, "shop") is None)
+    wait_for("replicas.min pods", lambda: kube.get(
+        "apps/v1", "Deployment", namespace, "shop")["spec"]["replicas"] == 3)
+    wait_for("Ready", lambda: ready(kube, namespace))

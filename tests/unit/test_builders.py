@@ -195,3 +195,12 @@ def test_conditions_keep_one_order_whoever_writes_them():
     again = merge_conditions(ours, [metrics], 1, "t2")
     assert [c["type"] for c in ours] == ["Ready", "MetricsAvailable"]
     assert again == ours  # no change, no new transition time, no reordering
+
+
+def test_pgbouncer_takes_the_clients_of_the_busiest_pod_web_or_worker():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["broker"] = {"secretName": "broker"}
+    body["spec"]["replicas"] = {"min": 2, "max": 10}
+    body["spec"]["workers"] = [{"name": "bulk", "app": "shop.celery", "concurrency": 300,
+                                "replicas": {"max": 4}}]
+    assert size_pool(spec.parse(body)).max_client_conn_per_pod == 300 + 10

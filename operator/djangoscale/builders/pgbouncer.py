@@ -104,7 +104,9 @@ def size_pool(ds: DjangoService) -> PoolSizing:
     # Web pods and Celery worker pods share one budget, each pod with its own pool.
     max_pods = ds.max_pods
     workers = ds.server.workers
-    clients = ds.pgbouncer.max_client_conn or ds.server.concurrency + CLIENT_HEADROOM
+    # Worker pods run the same pgbouncer config: it must take the busiest pod's clients.
+    busiest = max([ds.server.concurrency] + [group.concurrency for group in ds.workers])
+    clients = ds.pgbouncer.max_client_conn or busiest + CLIENT_HEADROOM
     if ds.uses_django_pool:
         # A process never needs more connections than threads it runs.
         per_process = min(

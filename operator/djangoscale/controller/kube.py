@@ -111,20 +111,28 @@ def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any
         raise
 
 
-def delete_owned(api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+def controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    owners = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners)
+
+
+def list_controlled(
+    api_version: str, kind: str, namespace: str, label_selector: str, owner_uid: str
+) -> list[dict[str, Any]]:
+    """Objects of a kind that carry the selector's labels AND are controlled by the owner."""
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+    result = _call("GET", path, query_params=[("labelSelector", label_selector)])
+    return [item for item in result.get("items", []) if controlled_by(item, owner_uid)]
+
+
+def delete_controlled(api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
     """Delete a child only if this DjangoService controls it: never someone else's object."""
     live = get(api_version, kind, namespace, name)
-    if live is None:
-        return False
-    owners = live.get("metadata", {}).get("ownerReferences", [])
-    if not any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners):
+    if live is None or not controlled_by(live, owner_uid):
         return False
     try:
-        _call(
-            "DELETE",
-            object_path(api_version, kind, namespace, name),
-            header_params={"Accept": "application/json"},
-        )
+        _call("DELETE", object_path(api_version, kind, namespace, name))
     except ApiException as error:
         if error.status != 404:
             raise

@@ -13,7 +13,7 @@ from typing import Any
 
 from djangoscale import spec
 from djangoscale.builders import build_children
-from djangoscale.builders.hpa import build_hpa
+from djangoscale.builders.labels import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
 from djangoscale.controller import kube
 from djangoscale.controller.conditions import Condition, failed, find, merge_conditions, now_rfc3339
@@ -97,10 +97,34 @@ def reconcile(body: dict[str, Any]) -> Outcome:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
         # outside the operator's applied configuration, so the HPA owns it from then on.
         kube.scale(ds.namespace, ds.name, ds.min_replicas)
-    if not ds.autoscaling.enabled and ds.uid:
-        hpa = build_hpa(ds)
-        kube.delete_owned(hpa["apiVersion"], hpa["kind"], ds.namespace, ds.name, ds.uid)
+    if ds.uid:
+        prune(ds, applied)
     return Outcome(status=current_status(body, ds), applied=applied)
+
+
+# Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
+# Deployment, PDB and HPA of a Celery worker group taken out of the spec.
+PRUNABLE = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("apps/v1", "Deployment"),
+)
+
+
+def prune(ds: spec.DjangoService, applied: list[str]) -> list[str]:
+    """Delete children this DjangoService controls that its spec no longer asks for."""
+    assert ds.uid is not None
+    selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{INSTANCE_LABEL}={ds.name}"
+    deleted = []
+    for api_version, kind in PRUNABLE:
+        for item in kube.list_controlled(api_version, kind, ds.namespace, selector, ds.uid):
+            name = item["metadata"]["name"]
+            if f"{kind}/{name}" not in applied:
+                kube.delete_controlled(api_version, kind, ds.namespace, name, ds.uid)
+                deleted.append(f"{kind}/{name}")
+    if deleted:
+        logger.info("pruned %s of %s/%s", ", ".join(deleted), ds.namespace, ds.name)
+    return deleted
 
 
 def current_status(body: dict[str, Any], ds: spec.DjangoService) -> dict[str, Any]:
