@@ -126,7 +126,9 @@ def list_controlled(
     return [item for item in result.get("items", []) if controlled_by(item, owner_uid)]
 
 
-def delete_controlled(api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+def delete_controlled(
+    api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+) -> bool:
     """Delete a child only if this DjangoService controls it: never someone else's object."""
     live = get(api_version, kind, namespace, name)
     if live is None or not controlled_by(live, owner_uid):
