@@ -378,6 +378,9 @@ def test_up_reuses_a_running_cluster_and_down_frees_every_port(tmp_path: Path) -
     """A second cluster beside the session's: `up` twice keeps the same processes, `down`
     stops them all and nothing listens on their ports any more."""
     local = LocalCluster(tmp_path / "second")
+    local.dir.mkdir()
+    foreign = local.dir / "notes.txt"
+    foreign.write_text("not the launcher's")
     try:
         kubeconfig = local.up(nodes=1)
         assert kubeconfig.is_file()
@@ -395,3 +398,4 @@ def test_up_reuses_a_running_cluster_and_down_frees_every_port(tmp_path: Path) -
     assert sorted(stopped) == ["apiserver", "controller-manager", "etcd", "kwok", "scheduler"]
     assert wait_for("ports closed", lambda: not any(_listening(p) for p in ports), 10)
     assert local.running() is None
+    assert foreign.read_text() == "not the launcher's"

@@ -10,7 +10,12 @@ import pytest
 
 from djangoscale.cluster import flags
 from djangoscale.cluster.apiservice import apiservice_manifests, service_name_for
-from djangoscale.cluster.local import kwok_config_text, node_is_ready, node_manifest
+from djangoscale.cluster.local import (
+    is_cluster_file,
+    kwok_config_text,
+    node_is_ready,
+    node_manifest,
+)
 
 
 @pytest.fixture
@@ -143,3 +148,21 @@ def test_apiservice_needs_exactly_one_trust_setting() -> None:
         apiservice_manifests("g.io", "v1", 1, ca_bundle=b"x", insecure_skip_tls_verify=True)
     _, api = apiservice_manifests("g.io", "v1", 1, insecure_skip_tls_verify=True)
     assert api["spec"]["insecureSkipTLSVerify"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "ours"),
+    [
+        ("pki", True),
+        ("etcd", True),
+        ("kubeconfig", True),
+        ("scheduler.kubeconfig", True),
+        ("apiserver-certs", True),
+        ("processes.json", True),
+        ("pyproject.toml", False),
+        ("operator", False),
+        ("logs.previous", False),
+    ],
+)
+def test_reset_only_touches_what_up_writes(name: str, ours: bool) -> None:
+    assert is_cluster_file(name) is ours

@@ -138,6 +138,16 @@ def kwok_config_text(stages_dir: Path) -> str:
     return "\n---\n".join(documents) + "\n"
 
 
+CLUSTER_FILES = frozenset(
+    {"pki", "etcd", "logs", "kwok.yaml", ADMIN_KUBECONFIG, STATE_FILE, processes.PIDS_FILE}
+)
+
+
+def is_cluster_file(name: str) -> bool:
+    """True for the names `up` writes in a cluster directory (and so may remove)."""
+    return name in CLUSTER_FILES or name.endswith((".kubeconfig", "-certs"))
+
+
 def _stderr(message: str) -> None:
     print(f"[cluster] {message}", file=sys.stderr, flush=True)
 
@@ -239,18 +249,20 @@ class LocalCluster:
 
     def _reset_dir(self) -> None:
         """Fresh PKI and etcd data each time: a leftover from a crashed run must not leak in.
-        Old logs are kept one generation back for post-mortems."""
+        Only what `up` itself writes is removed (so `--dir .` cannot wipe a checkout); old
+        logs are kept one generation back for post-mortems."""
         self.dir.mkdir(parents=True, exist_ok=True)
         for child in self.dir.iterdir():
+            if not is_cluster_file(child.name):
+                continue
             if child.name == "logs":
                 previous = self.dir / "logs.previous"
                 shutil.rmtree(previous, ignore_errors=True)
                 child.rename(previous)
-            elif child.name != "logs.previous":
-                if child.is_dir():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            elif child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     def _start(self, binaries: Binaries, nodes: int, deadline: float) -> ClusterState:
         ports = flags.Ports(*processes.free_ports(6))
