@@ -1,4 +1,4 @@
-"""`djangoscale cluster up|down|status`: the local control plane from a shell.
+"""`djangoscale cluster up|down|status|build`: the local control plane from a shell.
 
 Only argparse at import time: the dispatcher imports this module to build the parser.
 """
@@ -16,6 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", help="build (if needed) and start the cluster, print the kubeconfig")
     down = sub.add_parser("down", help="stop every process the cluster started")
     status = sub.add_parser("status", help="print the kubeconfig if the cluster is running")
+    sub.add_parser("build", help="build (or find cached) binaries and print their folder")
     for command in (up, down, status):
         command.add_argument(
             "--dir",
@@ -45,6 +46,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        from djangoscale.cluster.build import ensure_binaries
+
+        print(ensure_binaries().root)
+        return 0
+
     from djangoscale.cluster.local import LocalCluster
 
     cluster = LocalCluster(
