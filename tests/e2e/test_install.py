@@ -203,7 +203,7 @@ def operator_process(kubeconfig: Path, log: Path, *args: str) -> Iterator[subpro
     text = log.read_text(errors="replace")
     assert PASSWORD not in text
     # RBAC is enough: not one request was refused.
-    assert not re.search(r"\b403\b|Forbidden|forbidden", text), text[-4000:]
+    assert not re.search(r"[Ff]orbidden", text), text[-4000:]  # (a bare 403 matches timestamps)
 
 
 # -- the image's install step -------------------------------------------------------------
@@ -419,7 +419,8 @@ FORBIDDEN = [
     ("get", "", "configmaps", "", "kube-system", "kube-root-ca.crt"),
     ("list", "", "configmaps", "", "kube-system", ""),
     ("update", "apps", "deployments", "", "default", ""),
-    ("delete", "apps", "deployments", "", "default", ""),
+    ("update", "policy", "poddisruptionbudgets", "", "default", ""),
+    ("delete", "", "services", "", "default", ""),
     ("patch", "apps", "statefulsets", "", NAMESPACE, SERVICE_ACCOUNT),
     ("create", "djangoscale.io", "djangoservices", "", "default", ""),
     ("delete", "djangoscale.io", "djangoservices", "", "default", ""),
@@ -439,6 +440,7 @@ ALLOWED = [
     ("get", "", "secrets", "", "default", "shop-db"),
     ("patch", "apps", "deployments", "", "default", ""),
     ("patch", "apps", "deployments", "scale", "default", ""),
+    ("delete", "policy", "poddisruptionbudgets", "", "default", ""),
     ("update", "djangoscale.io", "djangoservices", "status", "default", ""),
     ("get", "", "configmaps", "", "kube-system", "extension-apiserver-authentication"),
     ("patch", "kopf.dev", "clusterkopfpeerings", "", "", "djangoscale"),

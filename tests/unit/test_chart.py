@@ -30,11 +30,11 @@ CRD_SOURCE = ROOT / "crds" / "djangoservices.djangoscale.io.yaml"
 ALLOWED = {
     ("djangoscale.io", "djangoservices"): {"get", "list", "watch", "patch"},
     ("djangoscale.io", "djangoservices/status"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "deployments/scale"): {"patch"},
     ("", "services"): {"get", "create", "patch"},
     ("", "secrets"): {"get", "create", "patch"},
-    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "create", "patch", "delete"},
     ("autoscaling", "horizontalpodautoscalers"): {
         "get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},

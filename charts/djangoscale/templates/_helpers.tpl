@@ -69,9 +69,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [djangoscale.io]
   resources: [djangoservices/status]
   verbs: [get, patch, update]
+# delete: pruning a Celery worker group taken out of the spec (only if the DjangoService
+# controls it; reconcile.prune).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
@@ -80,7 +82,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: [get, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, create, patch]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, delete]
