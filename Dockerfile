@@ -21,10 +21,12 @@ LABEL org.opencontainers.image.title="djangoscale" \
       org.opencontainers.image.source="https://github.com/djangoscale/djangoscale" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /opt/venv /opt/venv
-# No bytecode writes at run time: the chart mounts the root filesystem read-only.
+# No bytecode writes at run time: the chart mounts the root filesystem read-only, with /tmp
+# the one writable place (an emptyDir), so HOME points there for any library that caches.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
 # A numeric user, so the kubelet can check runAsNonRoot without an /etc/passwd entry.
 USER 10001:10001
 EXPOSE 8080 8081 6443
