@@ -21,6 +21,12 @@ for service in postgresql pgbouncer rabbitmq-server redis-server; do
   service "$service" stop >/dev/null 2>&1 || true
 done
 
+# The local control plane is built from Go modules on first use (tests/cluster/go.mod).
+if ! command -v go >/dev/null 2>&1; then
+  echo "setup: Go >= 1.26 is needed on PATH to build the local control plane" >&2
+  exit 1
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
