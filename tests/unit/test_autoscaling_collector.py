@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
 from djangoscale import spec
 from djangoscale.autoscaling.collector import (
     PodTarget,
@@ -20,7 +22,6 @@ from djangoscale.autoscaling.collector import (
     status_patch,
 )
 from djangoscale.autoscaling.windows import Decision, ServiceWindows
-from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 
 def service(metrics_port: int, prometheus: dict | None = None):
