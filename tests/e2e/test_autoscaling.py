@@ -501,12 +501,13 @@ def test_metrics_api_answers_only_the_front_proxy(
     pki = PkiPaths(cluster.dir / "pki")
     path = f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/{RPS_METRIC}"
 
-    def get_with(cert: str) -> int:
+    def get_with(cert: str | None) -> int:
         import http.client
 
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.check_hostname = False
-        context.load_cert_chain(str(pki.cert(cert)), str(pki.key(cert)))
+        if cert is not None:
+            context.load_cert_chain(str(pki.cert(cert)), str(pki.key(cert)))
         connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
         try:
             connection.request("GET", path)
@@ -515,6 +516,7 @@ def test_metrics_api_answers_only_the_front_proxy(
             connection.close()
 
     assert get_with("front-proxy-client") == 200
+    assert get_with(None) == 403  # no cert: TLS lets it in (for the kubelet's /readyz), no more
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         get_with("admin")  # a cluster-admin cert, but not from the front-proxy CA
     # Through the aggregator, the admin (authorized by RBAC) gets the list.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def _client_cert(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], cn: st
 
 
 class Server:
-    def __init__(self, port: int, ca_file: Path, tmp: Path, front_proxy_ca, other_ca) -> None:
+    def __init__(self, port: int, ca_file: Path, tmp: Path, front_proxy_ca, other_ca,
+                 store: MetricsStore) -> None:
+        self.store = store
         self.base = f"https://127.0.0.1:{port}"
         self.ca_file, self.tmp = ca_file, tmp
         self.front_proxy_ca, self.other_ca = front_proxy_ca, other_ca
@@ -82,6 +85,12 @@ class Server:
         if cert is not None:
             context.load_cert_chain(*map(str, cert))
         return context
+
+    async def get_text(self, path: str) -> tuple[int, str]:
+        connector = aiohttp.TCPConnector(ssl=self.client_context(None))
+        async with (aiohttp.ClientSession(connector=connector) as session,
+                    session.get(self.base + path) as response):
+            return response.status, await response.text()
 
     async def get(self, path: str, cert: tuple[Path, Path] | None) -> tuple[int, dict]:
         connector = aiohttp.TCPConnector(ssl=self.client_context(cert))
@@ -113,7 +122,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     context = server_ssl_context(cert_file, key_file, client_ca)
     runner, port = await start_server(build_app(store, allowed), context, "127.0.0.1", 0)
     try:
-        yield Server(port, tmp_path / "serving" / "ca.crt", tmp_path, front_proxy_ca, other_ca)
+        yield Server(port, tmp_path / "serving" / "ca.crt", tmp_path, front_proxy_ca, other_ca,
+                     store)
     finally:
         await runner.cleanup()
 
@@ -172,9 +182,21 @@ async def test_cert_from_another_ca_fails_the_handshake(server: Server) -> None:
         await server.get(_pods_path("web"), cert)
 
 
-async def test_no_client_cert_fails_the_handshake(server: Server) -> None:
-    with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
-        await server.get(_pods_path("web"), None)
+async def test_no_client_cert_gets_no_metrics(server: Server) -> None:
+    status, body = await server.get(_pods_path("web"), None)
+    assert status == 403
+    assert "items" not in body
+
+
+async def test_readyz_needs_no_cert_and_follows_the_collectors(server: Server) -> None:
+    status, _ = await server.get_text("/readyz")
+    assert status == 503  # no collector has run: a standby replica, out of the Service
+    server.store.beat()
+    status, text = await server.get_text("/readyz")
+    assert (status, text) == (200, "ok")
+    server.store.last_beat = time.monotonic() - 60  # collectors stopped (paused by peering)
+    status, _ = await server.get_text("/readyz")
+    assert status == 503
 
 
 @pytest.mark.parametrize(("selector", "labels", "expected"), [

@@ -21,6 +21,7 @@ import os
 import re
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,14 @@ class MetricsStore:
     window_seconds: int = 60
     services: dict[tuple[str, str], list[PodValue]] = field(default_factory=dict)
     updated: dict[tuple[str, str], datetime.datetime] = field(default_factory=dict)
+    last_beat: float | None = None  # time.monotonic() of a collector's latest round
+
+    def beat(self) -> None:
+        """A collector ran: this replica is the active one (kopf pauses a standby's daemons)."""
+        self.last_beat = time.monotonic()
+
+    def fresh(self, max_age: float) -> bool:
+        return self.last_beat is not None and time.monotonic() - self.last_beat <= max_age
 
     def put(self, namespace: str, service: str, values: list[PodValue]) -> None:
         self.services[(namespace, service)] = values
@@ -177,17 +186,31 @@ def client_common_name(request: web.Request) -> str | None:
     return None
 
 
-def build_app(store: MetricsStore, allowed_names: Iterable[str] = ()) -> web.Application:
+def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
+              ready_max_age: float = 10.0) -> web.Application:
+    """`ready_max_age`: /readyz fails unless a collector ran this recently (see `readyz`)."""
     allowed = set(allowed_names)
 
     @web.middleware
     async def front_proxy_only(request: web.Request, handler: Any) -> web.StreamResponse:
-        # TLS already required a cert from the request-header CA; this checks whose it is.
+        if request.path == "/readyz":
+            return await readyz(request)
+        # TLS verified any cert against the request-header CA; this demands one, and checks
+        # whose it is.
         name = client_common_name(request)
         if name is None or (allowed and name not in allowed):
             return status_error(403, "Forbidden", "only the API server's front proxy may ask")
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def readyz(_: web.Request) -> web.Response:
+        # For the kubelet (no client cert). With kopf peering only the active replica runs
+        # collectors; a standby's store is empty, so it must leave the Service, else the
+        # aggregator sends it every other HPA read and gets an empty list back.
+        if store.fresh(ready_max_age):
+            return web.Response(text="ok")
+        return web.Response(status=503, text="no collector running here (standby or no "
+                                             "DjangoService)")
 
     async def discovery(_: web.Request) -> web.Response:
         return web.json_response(resource_list())
@@ -241,12 +264,17 @@ def requestheader_settings(configmap: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def server_ssl_context(cert_file: Path, key_file: Path, client_ca_pem: str) -> ssl.SSLContext:
-    """TLS that demands a client certificate signed by the request-header CA."""
+    """TLS that verifies a client certificate against the request-header CA.
+
+    Optional at the TLS layer only so the kubelet's readiness probe (no client cert) gets
+    through; every other path refuses a request without one (`build_app`), and a cert from
+    another CA fails the handshake.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(cert_file), str(key_file))
     context.load_verify_locations(cadata=client_ca_pem)
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 

@@ -85,6 +85,7 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
     STORE.window_seconds = int(opts.stable_window)
     try:
         while not stopped:
+            STORE.beat()
             try:
                 ds = spec.parse(dict(body))
             except spec.SpecError:
@@ -145,9 +146,10 @@ async def start_metrics_api(logger: kopf.Logger, **_: Any) -> None:
         logger.info("serving with a generated certificate (APIService needs "
                     "insecureSkipTLSVerify, or give --metrics-api-cert-file/--key-file)")
     context = server_ssl_context(cert_file, key_file, client_ca)
+    # Ready while collectors run; a few missed rounds (a slow API) do not flap it.
+    app = build_app(STORE, allowed_names, ready_max_age=max(10.0, 5 * opts.scrape_interval))
     try:
-        runner, port = await start_server(build_app(STORE, allowed_names), context, opts.bind,
-                                          opts.port)
+        runner, port = await start_server(app, context, opts.bind, opts.port)
     except OSError as error:
         # Not fatal for reconciling, and kopf would retry a failed startup handler forever.
         logger.error("not serving custom.metrics.k8s.io on %s:%d: %s", opts.bind, opts.port,
