@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from djangoscale.spec import GROUP, VERSION, crd
+from djangoscale.spec import crd
+from tests.e2e.helpers import (
+    API,
+    condition,
+    djangoservice,
+    ready,
+    secret,
+    start_operator,
+    wait_for,
+)
+from tests.fixtures.invalid_specs import INVALID_FIELDS
 
 pytestmark = pytest.mark.e2e
-API = f"{GROUP}/{VERSION}"
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
-    """Poll until `probe` returns something truthy; the timeout only bounds a broken run."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +54,11 @@ def kube(cluster) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def operator(kube, cluster, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
-             "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1"],
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
-                 "DJANGOSCALE_RESYNC_SECONDS": "3"},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with start_operator(cluster.kubeconfig, log) as process:
+        yield process
     text = log.read_text(errors="replace")
     # The operator never logs a password, whatever happened in the tests.
     assert "e2e-secret-password" not in text
-    assert "Traceback" not in text or process.returncode in (0, -15), text[-4000:]
 
 
 @pytest.fixture
@@ -86,49 +67,6 @@ def namespace(kube) -> Iterator[str]:
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     kube._call("DELETE", f"/api/v1/namespaces/{name}", header_params={"Accept": "application/json"})
-
-
-def secret(namespace: str, password: str = "e2e-secret-password") -> dict[str, Any]:
-    values = {"host": "127.0.0.1", "port": "5432", "dbname": "shop", "user": "shop",
-              "password": password}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "shop-db", "namespace": namespace},
-        "type": "Opaque",
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
-    }
-
-
-def djangoservice(namespace: str, **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": API,
-        "kind": "DjangoService",
-        "metadata": {"name": "shop", "namespace": namespace},
-        "spec": {
-            "image": "registry.example.com/shop:1.4.2",
-            "wsgiApp": "shop.wsgi:application",
-            "server": {"type": "cherrypy", "threads": 20, "maxThreads": 30},
-            "replicas": {"min": 2, "max": 5},
-            "autoscaling": {"targetRPSPerPod": 20},
-            "database": {"secretName": "shop-db", "maxConnections": 40},
-        },
-    }
-    body["spec"].update(spec)
-    return body
-
-
-def condition(kube, namespace: str, type_: str = "Ready") -> dict[str, Any]:
-    live = kube.get(API, "DjangoService", namespace, "shop") or {}
-    status = live.get("status", {})
-    found = next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-    return {**found, "generation": live.get("metadata", {}).get("generation"),
-            "observedGeneration": status.get("observedGeneration")}
-
-
-def ready(kube, namespace: str) -> bool:
-    found = condition(kube, namespace)
-    return found.get("status") == "True" and found["observedGeneration"] == found["generation"]
 
 
 def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace):
@@ -191,6 +129,66 @@ def test_admission_refuses_bad_specs_naming_the_field(kube, namespace, spec, mes
         assert any(message in problem for problem in parsed.value.problems)
 
 
+@pytest.mark.parametrize(("fields", "expected"), INVALID_FIELDS)
+def test_the_api_server_refuses_every_invalid_spec_naming_the_field(
+    kube, namespace, fields, expected
+):
+    body = djangoservice(namespace)
+    body["spec"] = {"image": "shop:1", "wsgiApp": "shop.wsgi:application", **fields}
+    with pytest.raises(ApiException) as raised:
+        kube._call(
+            "POST", f"/apis/{API}/namespaces/{namespace}/djangoservices", body=body,
+            query_params=[("fieldValidation", "Strict")],
+        )
+    assert raised.value.status == 422
+    message = json.loads(raised.value.body)["message"]
+    field = expected.split(":")[0]
+    assert field in message or field.replace("[0]", "[]") in message, message
+
+
+def test_unknown_fields_are_refused_with_strict_validation(kube, namespace):
+    body = djangoservice(namespace)
+    body["spec"]["server"]["thread"] = 10
+    with pytest.raises(ApiException) as raised:
+        kube._call(
+            "POST", f"/apis/{API}/namespaces/{namespace}/djangoservices", body=body,
+            query_params=[("fieldValidation", "Strict")],
+        )
+    assert 'unknown field "spec.server.thread"' in json.loads(raised.value.body)["message"]
+
+
+def test_pods_are_admitted_in_a_restricted_namespace(kube, operator, namespace):
+    kube._call(
+        "PATCH", f"/api/v1/namespaces/{namespace}",
+        body={"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+        header_params={"Content-Type": "application/merge-patch+json",
+                       "Accept": "application/json"},
+    )
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace))
+    wait_for("Ready under the restricted Pod Security Standard", lambda: ready(kube, namespace))
+    pods = kube._call("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+    assert len(pods) >= 2 and all(p["status"]["phase"] == "Running" for p in pods)
+
+
+def test_invalid_secret_is_judged_by_the_operator_others_keep_working(kube, operator, namespace):
+    broken = secret(namespace)
+    del broken["data"]["password"]
+    broken["metadata"]["name"] = "broken-db"
+    kube.apply(broken)
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace, name="bad", database={"secretName": "broken-db",
+                                                              "maxConnections": 40}))
+    kube.apply(djangoservice(namespace, name="good"))
+    found = wait_for(
+        "InvalidDatabaseSecret",
+        lambda: (c := condition(kube, namespace, name="bad")).get("reason")
+        == "InvalidDatabaseSecret" and c,
+    )
+    assert "no key(s) password" in found["message"]
+    wait_for("the valid one Ready", lambda: ready(kube, namespace, name="good"))
+
+
 def test_missing_secret_is_a_condition_and_an_event_then_recovers(kube, operator, namespace):
     kube.apply(djangoservice(namespace))
     found = wait_for(
@@ -228,8 +226,22 @@ def test_changes_roll_out_and_secret_rotation_rolls_pods(kube, operator, namespa
         (app,) = template()["spec"]["containers"]
         return next((e.get("value") for e in app["env"] if e["name"] == name), None)
 
-    body = djangoservice(namespace, server={"type": "gunicorn-gthread", "threads": 8})
-    kube.apply(body)
+    def replicasets() -> set[str]:
+        items = kube._call(
+            "GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets",
+            query_params=[("labelSelector", "app.kubernetes.io/instance=shop")],
+        )["items"]
+        return {item["metadata"]["name"] for item in items}
+
+    first = replicasets()
+    kube.apply(djangoservice(namespace, server={"type": "cherrypy", "threads": 24,
+                                                "maxThreads": 30}))
+    wait_for("the new thread count", lambda: env("DJANGOSCALE_THREADS") == "24")
+    wait_for("a new ReplicaSet", lambda: replicasets() - first)
+    wait_for("Ready after the rollout", lambda: ready(kube, namespace))
+    assert condition(kube, namespace)["observedGeneration"] == 2
+
+    kube.apply(djangoservice(namespace, server={"type": "gunicorn-gthread", "threads": 8}))
     wait_for("the new server type", lambda: env("DJANGOSCALE_SERVER") == "gunicorn-gthread")
     assert env("DJANGOSCALE_THREADS") == "8"
 
@@ -310,20 +322,21 @@ def test_hand_edits_of_owned_fields_are_put_back(kube, operator, namespace):
     kube.apply(djangoservice(namespace))
     wait_for("Ready", lambda: ready(kube, namespace))
 
-    def grace() -> int:
+    def args() -> list[str]:
         deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
-        return deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
-    owned = grace()
+    owned = args()
     kube._call(
         "PATCH",
         f"/apis/apps/v1/namespaces/{namespace}/deployments/shop",
-        body={"spec": {"template": {"spec": {"terminationGracePeriodSeconds": owned + 100}}}},
+        body=[{"op": "replace", "path": "/spec/template/spec/containers/0/args",
+               "value": ["sleep", "infinity"]}],
         query_params=[("fieldManager", "kubectl-edit")],
-        header_params={"Content-Type": "application/merge-patch+json",
+        header_params={"Content-Type": "application/json-patch+json",
                        "Accept": "application/json"},
     )
-    wait_for("the operator to put its value back", lambda: grace() == owned)
+    wait_for("the operator to put its args back", lambda: args() == owned, timeout=30)
 
 
 def test_turning_autoscaling_off_prunes_the_hpa_and_holds_min(kube, operator, namespace):

@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from djangoscale import spec
+from tests.fixtures.invalid_specs import INVALID_FIELDS
 
 MINIMAL = {
     "apiVersion": "djangoscale.io/v1alpha1",
@@ -56,58 +57,7 @@ def test_min_above_max_names_both_fields():
     ]
 
 
-@pytest.mark.parametrize(
-    ("fields", "expected"),
-    [
-        ({"port": 0}, "spec.port: must be >= 1"),
-        ({"wsgiApp": "not a callable"}, "spec.wsgiApp: must match"),
-        ({"server": {"type": "uwsgi"}}, "spec.server.type: must be one of cherrypy"),
-        ({"server": {"threads": 10, "maxThreads": 5}}, "spec.server.maxThreads: must be >="),
-        ({"server": {"type": "gunicorn-sync", "threads": 4}},
-         "spec.server.threads: gunicorn-sync and"),
-        ({"replicas": {"max": 5000}}, "spec.replicas.max: must be <= 1000"),
-        ({"database": {"secretName": "db"}}, "spec.database.maxConnections: required"),
-        ({"image": ""}, "spec.image: must be at least 1 characters"),
-        ({"metricsPort": 8000}, "spec.metricsPort: must differ from spec.port"),
-        ({"port": 65536}, "spec.port: must be <= 65535"),
-        ({"port": "8000"}, "spec.port: must be of type integer"),
-        ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy: must be one of Always"),
-        ({"wsgiApp": "shop.wsgi"}, "spec.wsgiApp: must match"),
-        ({"server": {"workers": 0}}, "spec.server.workers: must be >= 1"),
-        ({"server": {"workers": 65}}, "spec.server.workers: must be <= 64"),
-        ({"server": {"threads": 0}}, "spec.server.threads: must be >= 1"),
-        ({"server": {"queueSize": 0}}, "spec.server.queueSize: must be >= 1"),
-        ({"server": {"timeoutSeconds": 3601}}, "spec.server.timeoutSeconds: must be <= 3600"),
-        ({"server": {"type": "bjoern", "threads": 2}}, "spec.server.threads: gunicorn-sync and"),
-        ({"server": {"type": "waitress", "threads": 8, "maxThreads": 16}},
-         "spec.server.maxThreads: only cherrypy grows its pool"),
-        ({"replicas": {"min": 0}}, "spec.replicas.min: must be >= 1"),
-        ({"autoscaling": {"targetRPSPerPod": 0}}, "spec.autoscaling.targetRPSPerPod: must be >= 1"),
-        ({"autoscaling": {"behavior": {"scaleDown": {"maxPercentPerPeriod": 101}}}},
-         "spec.autoscaling.behavior.scaleDown.maxPercentPerPeriod: must be <= 100"),
-        ({"autoscaling": {"prometheus": {"address": "prometheus:9090"}}},
-         "spec.autoscaling.prometheus.address: must match"),
-        ({"database": {"secretName": "Bad_Name", "maxConnections": 400}},
-         "spec.database.secretName: must match"),
-        ({"database": {"secretName": "db", "maxConnections": 0}},
-         "spec.database.maxConnections: must be >= 1"),
-        ({"database": {"secretName": "db", "maxConnections": 400},
-          "pgbouncer": {"poolMode": "statement"}}, "spec.pgbouncer.poolMode: must be one of"),
-        ({"database": {"secretName": "db", "maxConnections": 400},
-          "pooling": {"mode": "pgbouncer"}, "pgbouncer": {"enabled": False}},
-         "spec.pooling.mode: pgbouncer contradicts"),
-        ({"pooling": {"mode": "pgpool"}}, "spec.pooling.mode: must be one of"),
-        ({"env": [{"value": "x"}]}, "spec.env[0].name: required"),
-        ({"imagePullSecrets": ["a"] * 17}, "spec.imagePullSecrets: must have at most 16 items"),
-        ({"workers": [{"name": "Default", "app": "shop.celery"}], "broker": {"secretName": "b"}},
-         "spec.workers[0].name: must match"),
-        ({"workers": [{"name": "a", "app": "shop.celery", "prefetchMultiplier": 0}],
-          "broker": {"secretName": "b"}}, "spec.workers[0].prefetchMultiplier: must be >= 1"),
-        ({"workers": [{"name": "a", "app": "shop.celery", "replicas": {"min": 5, "max": 2}}],
-          "broker": {"secretName": "b"}}, "spec.workers[0].replicas.min: must be <= replicas.max"),
-        ({"broker": {"type": "sqs", "secretName": "b"}}, "spec.broker.type: must be one of"),
-    ],
-)
+@pytest.mark.parametrize(("fields", "expected"), INVALID_FIELDS)
 def test_bad_fields_are_named(fields, expected):
     problems = problems_of(with_spec(**fields))
     assert any(problem.startswith(expected) for problem in problems), problems

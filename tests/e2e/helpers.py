@@ -1,0 +1,100 @@
+"""Shared pieces of the operator's end-to-end tests: objects, polling, an operator process."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from djangoscale.spec import GROUP, VERSION
+
+API = f"{GROUP}/{VERSION}"
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """Poll until `probe` returns something truthy; the timeout only bounds a broken run."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+@contextlib.contextmanager
+def start_operator(
+    kubeconfig: Path, log: Path, *args: str, resync_seconds: int = 3
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`djangoscale run` as a real process, stopped (SIGTERM, then SIGKILL) at the end."""
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
+             "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1", *args],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig),
+                 "DJANGOSCALE_RESYNC_SECONDS": str(resync_seconds)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def secret(namespace: str, password: str = "e2e-secret-password") -> dict[str, Any]:
+    values = {"host": "127.0.0.1", "port": "5432", "dbname": "shop", "user": "shop",
+              "password": password}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "shop-db", "namespace": namespace},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
+
+
+def djangoservice(namespace: str, name: str = "shop", **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": API,
+        "kind": "DjangoService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "image": "registry.example.com/shop:1.4.2",
+            "wsgiApp": "shop.wsgi:application",
+            "server": {"type": "cherrypy", "threads": 20, "maxThreads": 30},
+            "replicas": {"min": 2, "max": 5},
+            "autoscaling": {"targetRPSPerPod": 20},
+            "database": {"secretName": "shop-db", "maxConnections": 40},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def condition(
+    kube: Any, namespace: str, type_: str = "Ready", name: str = "shop"
+) -> dict[str, Any]:
+    live = kube.get(API, "DjangoService", namespace, name) or {}
+    status = live.get("status", {})
+    found = next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+    return {**found, "generation": live.get("metadata", {}).get("generation"),
+            "observedGeneration": status.get("observedGeneration")}
+
+
+def ready(kube: Any, namespace: str, name: str = "shop") -> bool:
+    found = condition(kube, namespace, name=name)
+    return found.get("status") == "True" and found["observedGeneration"] == found["generation"]
