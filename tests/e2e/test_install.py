@@ -198,7 +198,7 @@ def djangoservice(namespace: str, name: str = "shop", threads: int = 20,
 def expected_health(obj: dict[str, Any]) -> str:
     """The rule the Lua implements, stated independently."""
     status = obj.get("status") or {}
-    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     if status.get("observedGeneration") != obj["metadata"]["generation"] or not conditions:
         return "Progressing"
     if conditions.get("Degraded") == "True":
@@ -232,7 +232,7 @@ def test_operator_with_the_chart_service_account_converges(
 
     def observe(name: str) -> dict[str, Any] | None:
         live = admin.get("DjangoService", namespace, name)
-        if live and live.get("status", {}).get("conditions"):
+        if live and (live.get("status") or {}).get("conditions"):
             samples.append(live)
         return live
 

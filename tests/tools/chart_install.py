@@ -163,8 +163,9 @@ def install_chart(admin: Api, *values: str, apply_apiservice: bool = False
 
     def established(name: str) -> bool:
         live = admin.get("CustomResourceDefinition", None, name) or {}
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in live.get("status", {}).get("conditions", []))
+        # Right after creation the API server returns `conditions: null`.
+        conditions = (live.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     for crd in crds:
         name = crd["metadata"]["name"]
