@@ -18,6 +18,9 @@ from djangoscale.serve.middleware import DjangoscaleMiddleware
 APP_ENV = "DJANGOSCALE_WSGI_APP"
 CHECK_DB_ENV = "DJANGOSCALE_READY_CHECK_DB"
 THREADS_ENV = "DJANGOSCALE_PROCESS_THREADS"  # slots per process, for djangoscale_threads_total
+# "off": serve the user's app bare, without the launcher's middleware (no metrics, health,
+# readiness or connection hygiene). For measuring what the middleware costs, never for a pod.
+MIDDLEWARE_ENV = "DJANGOSCALE_MIDDLEWARE"
 
 
 def load_wsgi(target: str) -> Any:
@@ -32,7 +35,13 @@ def load_wsgi(target: str) -> Any:
     return app
 
 
-def wrap(app: Any) -> DjangoscaleMiddleware:
+def middleware_enabled() -> bool:
+    return os.environ.get(MIDDLEWARE_ENV, "on").lower() not in ("off", "0", "false", "no")
+
+
+def wrap(app: Any) -> Any:
+    if not middleware_enabled():
+        return app
     from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
 
     install_spawn_hooks()
@@ -43,6 +52,6 @@ def wrap(app: Any) -> DjangoscaleMiddleware:
     return DjangoscaleMiddleware(app, metrics=metrics, check_database=check_db)
 
 
-def create_application() -> DjangoscaleMiddleware:
+def create_application() -> Any:
     """The wrapped app named by DJANGOSCALE_WSGI_APP (a factory for granian and gunicorn)."""
     return wrap(load_wsgi(os.environ[APP_ENV]))

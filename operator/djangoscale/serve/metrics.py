@@ -167,7 +167,29 @@ class _SweepingCollector:
 
     def collect(self) -> Any:
         sweep_dead_processes(self.path)
-        return self.inner.collect()
+        # A worker creates its file empty, then sizes it: reading it in between fails with
+        # struct.error (a 500 from /metrics). A file still empty holds no value yet: skip it.
+        # A file can also go between the glob and the read (a worker's exit): read again.
+        import struct
+
+        for attempt in range(3):
+            files = [
+                name for name in glob.glob(os.path.join(self.path, "*.db"))
+                if _size(name) >= 8
+            ]
+            try:
+                return self.inner.merge(files, accumulate=True)
+            except (struct.error, FileNotFoundError):
+                if attempt == 2:
+                    raise
+        return []
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # removed since the glob: a dead process's live gauge
+        return 0
 
 
 def start_metrics_server(host: str, port: int, path: str) -> Any:
