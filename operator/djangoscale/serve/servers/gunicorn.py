@@ -56,7 +56,14 @@ def slots_per_worker(config: ServeConfig) -> int:
 def _post_worker_init(worker: Any) -> None:
     """Readiness turns false, and accepting stops, as soon as the worker is told to stop."""
     previous = signal.getsignal(signal.SIGTERM)
-    stop_accepting = _track_gevent_servers() if worker.__class__.__name__ == "GeventWorker" else None
+    kind = worker.__class__.__name__
+    stop_accepting = None
+    if kind == "GeventWorker":
+        stop_accepting = _track_gevent_servers()
+    elif kind == "ThreadWorker":
+        # gthread closes its listeners only once its loop ends; until then (up to the
+        # graceful timeout) new connections land in the backlog and are reset at exit.
+        stop_accepting = lambda: [sock.close() for sock in worker.sockets]  # noqa: E731
 
     def on_sigterm(signum: int, frame: Any) -> None:
         STATE.begin_drain()
