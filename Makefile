@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what they need (scripts/setup.sh).
-.PHONY: dev test setup unit
+.PHONY: dev test setup unit manifests
 
 setup:
 	./scripts/setup.sh
@@ -10,8 +10,16 @@ dev: setup
 
 # Every test: unit and end-to-end (local control plane, PostgreSQL, pgbouncer, WSGI servers).
 test: setup
+	.venv/bin/ruff check operator tests bench
+	.venv/bin/mypy
+	.venv/bin/djangoscale cluster build
 	.venv/bin/python -m pytest tests
 
 # Only the fast unit tests, for the edit loop.
 unit: setup
 	.venv/bin/python -m pytest tests/unit
+
+# Regenerate manifests/install/ and the chart README from the chart (tests check both are current).
+manifests: setup
+	.venv/bin/python tests/tools/install_manifests.py
+	$$(tests/tools/helm-docs/build.sh) --chart-search-root charts

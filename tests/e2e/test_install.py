@@ -360,9 +360,9 @@ def paused(log: Path) -> bool:
 
 # SIGTERM is what the kubelet sends a deleted, evicted or drained pod: kopf leaves the peering
 # and the standby resumes at once. SIGKILL (OOM kill, lost node) leaves a keep-alive behind that
-# the standby honours until it expires: kopf's peering lifetime, 60 s unless the operator sets
-# settings.peering.lifetime.
-SIGKILL_BOUND = float(os.environ.get("DJANGOSCALE_E2E_SIGKILL_TAKEOVER_BOUND", "90"))
+# the standby honours until it expires: kopf's peering lifetime, which the operator sets to 20 s
+# (controller/settings.py); the bound is 60 s.
+SIGKILL_BOUND = float(os.environ.get("DJANGOSCALE_E2E_SIGKILL_TAKEOVER_BOUND", "60"))
 
 
 @pytest.mark.parametrize(("kill", "bound"), [(signal.SIGTERM, 60.0),

@@ -25,6 +25,7 @@ from tests.e2e.helpers import (
     wait_for,
 )
 from tests.fixtures.invalid_specs import INVALID_FIELDS
+from tests.tools.chart_install import operator_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -53,12 +54,17 @@ def kube(cluster) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def operator(kube, cluster, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with start_operator(cluster.kubeconfig, log) as process:
+    """The operator with exactly the Helm chart's RBAC: its ServiceAccount's token."""
+    directory = tmp_path_factory.mktemp("operator")
+    log = directory / "operator.log"
+    kubeconfig = operator_kubeconfig(cluster.kubeconfig, directory / "sa" / "kubeconfig")
+    with start_operator(kubeconfig, log) as process:
         yield process
     text = log.read_text(errors="replace")
     # The operator never logs a password, whatever happened in the tests.
     assert "e2e-secret-password" not in text
+    # The chart's RBAC was enough for every scenario.
+    assert "Forbidden" not in text and " 403" not in text, text[-3000:]
 
 
 @pytest.fixture

@@ -204,3 +204,12 @@ def test_pgbouncer_takes_the_clients_of_the_busiest_pod_web_or_worker():
     body["spec"]["workers"] = [{"name": "bulk", "app": "shop.celery", "concurrency": 300,
                                 "replicas": {"max": 4}}]
     assert size_pool(spec.parse(body)).max_client_conn_per_pod == 300 + 10
+
+
+def test_kstatus_reads_reconciling_and_stalled_mirroring_ours():
+    from djangoscale.controller.conditions import failed
+
+    by_type = {c.type: c for c in failed("InvalidSpec", "spec.port: must be >= 1")}
+    assert by_type["Stalled"].status == by_type["Degraded"].status == "True"
+    assert by_type["Reconciling"].status == by_type["Progressing"].status == "False"
+    assert by_type["Stalled"].reason == "InvalidSpec"

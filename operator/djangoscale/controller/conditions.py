@@ -10,7 +10,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,27 @@ def condition_order(item: dict[str, Any]) -> tuple[int, str]:
     return rank, type_
 
 
+def with_kstatus(conditions: list[Condition]) -> list[Condition]:
+    """Add the two abnormal-true conditions Flux's kstatus reads: Reconciling mirrors
+    Progressing, Stalled mirrors Degraded (kstatus ignores both of ours)."""
+    by_type = {condition.type: condition for condition in conditions}
+    extra = []
+    for ours, theirs in (("Progressing", "Reconciling"), ("Degraded", "Stalled")):
+        if ours in by_type:
+            source = by_type[ours]
+            extra.append(Condition(theirs, source.status, source.reason, source.message))
+    return conditions + extra
+
+
 def failed(reason: str, message: str) -> list[Condition]:
     """The object cannot be run as written: nothing will change until someone edits it."""
-    return [
-        Condition("Ready", "False", reason, message),
-        Condition("Progressing", "False", reason, message),
-        Condition("Degraded", "True", reason, message),
-    ]
+    return with_kstatus(
+        [
+            Condition("Ready", "False", reason, message),
+            Condition("Progressing", "False", reason, message),
+            Condition("Degraded", "True", reason, message),
+        ]
+    )
 
 
 def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:

@@ -6,17 +6,17 @@ from typing import Any
 
 from djangoscale.builders.pgbouncer import size_pool
 from djangoscale.builders.workers import GEVENT_CONDITION, gevent_warning
-from djangoscale.controller.conditions import Condition
+from djangoscale.controller.conditions import Condition, with_kstatus
 from djangoscale.spec import DjangoService
 
 
 def rollout_conditions(ds: DjangoService, deployment: dict[str, Any] | None) -> list[Condition]:
     if deployment is None:
-        return [
+        return with_kstatus([
             Condition("Ready", "False", "Creating", "the Deployment does not exist yet"),
             Condition("Progressing", "True", "Creating", "creating the Deployment"),
             Condition("Degraded", "False", "Creating", "no failure observed"),
-        ]
+        ])
     status = deployment.get("status", {})
     desired = deployment.get("spec", {}).get("replicas", 0)
     updated = status.get("updatedReplicas", 0)
@@ -47,7 +47,7 @@ def rollout_conditions(ds: DjangoService, deployment: dict[str, Any] | None) -> 
         progress = Condition("Progressing", "False", failure[0], failure[1])
     else:
         degraded = Condition("Degraded", "False", "AsExpected", "no failure observed")
-    return [ready, progress, degraded]
+    return with_kstatus([ready, progress, degraded])
 
 
 def worker_conditions(ds: DjangoService) -> list[Condition]:
