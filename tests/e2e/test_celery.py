@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures import brokers
+from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -42,16 +43,6 @@ WORKERS = 4
 CONCURRENCY = 4
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0,
-              every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +204,7 @@ def run_spread(broker: brokers.RabbitMQ, prefetch: int, tmp_path: Path) -> dict[
         began = time.monotonic()
         ids = publish(broker.url, queue, durations)
         wait_for(f"{TASKS} tasks done", lambda: len(Trace.read(trace).done()) >= TASKS,
-                 timeout=180, every=0.5)
+                 timeout=180, interval=0.5)
         elapsed = time.monotonic() - began
     result = Trace.read(trace)
     figures = {

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,19 +28,11 @@ from djangoscale.cluster import LocalCluster, processes, register_local_apiservi
 from djangoscale.cluster.api import ApiClient, ApiError
 from djangoscale.cluster.apiservice import service_name_for, unregister_local_apiservice
 from djangoscale.cluster.pki import PkiPaths, issue_serving_cert
+from tests.fixtures.polling import wait_for
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from djangoscale.spec import crd
-from tests.e2e.helpers import (
-    API,
-    condition,
-    djangoservice,
-    ready,
-    secret,
-    start_operator,
-    wait_for,
-)
+from tests.e2e.helpers import API, condition, djangoservice, ready, secret, start_operator
 from tests.fixtures.invalid_specs import INVALID_FIELDS
+from tests.fixtures.polling import wait_for
 from tests.tools.chart_install import operator_kubeconfig
 
 pytestmark = pytest.mark.e2e

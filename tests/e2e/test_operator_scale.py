@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from djangoscale.spec import crd
-from tests.e2e.helpers import API, djangoservice, secret, start_operator, wait_for
+from tests.e2e.helpers import API, djangoservice, secret, start_operator
+from tests.fixtures.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,6 @@ Any e2e test can run the operator with exactly the chart's RBAC:
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,8 @@ import yaml
 from kubernetes import config
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+
+from tests.fixtures.polling import wait_for
 
 NAMESPACE = install_manifests.NAMESPACE
 SERVICE_ACCOUNT = install_manifests.RELEASE  # the chart's fullname for release "djangoscale"
@@ -47,16 +47,6 @@ KINDS = {
 }
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
-    """Poll until `probe` returns something truthy; the timeout only bounds a broken run."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 class Api:
