@@ -405,11 +405,28 @@ def pod_metrics(api: ApiClient, namespace: str) -> dict[str, Any]:
 # -- the tests -------------------------------------------------------------------------------
 
 
+def readyz(port: int) -> int:
+    """The metrics API's readiness, asked as the kubelet asks: HTTPS, no client cert."""
+    import http.client
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def test_load_step_scales_up_through_the_burst_path_and_back_down(
     api: ApiClient, operator: subprocess.Popen[bytes], namespace: str, tmp_path: Path,
+    metrics_api: tuple[int, Path, Path],
 ) -> None:
     with PodHarness(api, namespace, tmp_path) as harness:
         start_service(api, namespace, harness)
+        assert readyz(metrics_api[0]) == 200  # a collector runs here
         # Idle for a whole stable window first, so that window holds zero traffic and only
         # the panic window can see the step at once.
         time.sleep(STABLE_WINDOW)
