@@ -9,12 +9,16 @@ a cluster already running there is reused and left running.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from djangoscale.cluster import LocalCluster
+from djangoscale.spec import crd
+from tests.fixtures.polling import wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
 NODES = 2
@@ -40,3 +44,33 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     finally:
         if not reused:
             local.down()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster) -> Iterator[Any]:
+    """The operator's own API module, pointed at the local cluster, with the CRD installed."""
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    from djangoscale.controller import kube as kube_module
+
+    kube_module.api_client.cache_clear()
+    kube_module.apply(crd())
+
+    def established() -> bool:
+        live = kube_module.get(
+            "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, crd()["metadata"]["name"]
+        )
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in ((live or {}).get("status") or {}).get("conditions") or []
+        )
+
+    wait_for("the CRD to be established", established)
+    yield kube_module
+
+
+@pytest.fixture
+def namespace(kube) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    kube._call("DELETE", f"/api/v1/namespaces/{name}")

@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from djangoscale.spec import crd
 from tests.e2e.helpers import API, condition, djangoservice, ready, secret, start_operator
 from tests.fixtures.invalid_specs import INVALID_FIELDS
 from tests.fixtures.polling import wait_for
 from tests.tools.chart_install import operator_kubeconfig
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def kube(cluster) -> Iterator[Any]:
-    """The operator's own API module, pointed at the local cluster, with the CRD installed."""
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    from djangoscale.controller import kube as kube_module
-
-    kube_module.api_client.cache_clear()
-    kube_module.apply(crd())
-
-    def established() -> bool:
-        live = kube_module.get(
-            "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, crd()["metadata"]["name"]
-        )
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in ((live or {}).get("status") or {}).get("conditions") or []
-        )
-
-    wait_for("the CRD to be established", established)
-    yield kube_module
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +32,9 @@ def operator(kube, cluster, tmp_path_factory) -> Iterator[subprocess.Popen[bytes
     # The operator never logs a password, whatever happened in the tests.
     assert "e2e-secret-password" not in text
     # The chart's RBAC was enough for every scenario.
-    assert "Forbidden" not in text and " 403" not in text, text[-3000:]
-
-
-@pytest.fixture
-def namespace(kube) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    kube._call("DELETE", f"/api/v1/namespaces/{name}", header_params={"Accept": "application/json"})
+    # (A 403 for writing into a terminating namespace is the namespace's doing, not RBAC's.)
+    refused = [line for line in text.splitlines() if "is forbidden: User" in line]
+    assert not refused, "\n".join(refused[:10])
 
 
 def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace):

@@ -6,38 +6,16 @@ stopped by then, so what converges here is this module's operator's doing.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from djangoscale.spec import crd
 from tests.e2e.helpers import API, djangoservice, secret, start_operator
 from tests.fixtures.polling import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def kube(cluster) -> Iterator[Any]:
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    from djangoscale.controller import kube as kube_module
-
-    kube_module.api_client.cache_clear()
-    kube_module.apply(crd())
-    yield kube_module
-
-
-@pytest.fixture
-def namespace(kube) -> Iterator[str]:
-    name = f"scale-{uuid.uuid4().hex[:8]}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    kube._call("DELETE", f"/api/v1/namespaces/{name}")
 
 
 def create_services(kube: Any, namespace: str, count: int) -> list[str]:
