@@ -161,3 +161,37 @@ def test_status_patch_only_when_the_rounded_value_or_condition_changes() -> None
     changed = status_patch(body, _reading(50.3, 50.6, failed=["a"]))
     assert changed is not None
     assert {c["type"]: c for c in changed["conditions"]}["MetricsAvailable"]["status"] == "False"
+
+
+async def test_prometheus_source_gives_per_pod_rates() -> None:
+    seen: list[str] = []
+
+    async def query(request: web.Request) -> web.Response:
+        seen.append(request.query["query"])
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"pod": "shop-a"}, "value": [1, "42.5"]},
+            {"metric": {"pod": "shop-gone"}, "value": [1, "9"]},
+        ]}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    template = 'sum by (pod) (rate(x{namespace="{namespace}",pod=~"{name}-.*"}[1m]))'
+    ds = service(9100, {"address": f"http://127.0.0.1:{port}/", "query": template})
+    scraper = Scraper(timeout=1.0)
+    try:
+        reading = await collect(ds, [PodTarget("shop-a", "127.0.0.1", True),
+                                     PodTarget("shop-b", "127.0.0.1", True)],
+                                ServiceWindows(), scraper)
+    finally:
+        await scraper.close()
+        await runner.cleanup()
+    assert seen == ['sum by (pod) (rate(x{namespace="web",pod=~"shop-.*"}[1m]))']
+    # Only ready pods of this service count; a pod Prometheus has not seen yet has no value.
+    assert reading.decision.per_pod == {"shop-a": 42.5}
+    assert reading.failed == []
+    condition = metrics_condition(reading)
+    assert (condition.status, condition.message) == ("True", "read from Prometheus")
