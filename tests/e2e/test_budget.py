@@ -25,8 +25,14 @@ import pytest
 
 from djangoscale import spec
 from djangoscale.builders import build_children
-from djangoscale.builders.deployment import serve_env
-from djangoscale.builders.pgbouncer import INI_KEY, USERLIST_KEY, DatabaseCredentials, size_pool
+from djangoscale.builders.deployment import build_deployment, serve_env
+from djangoscale.builders.pgbouncer import (
+    INI_KEY,
+    USERLIST_KEY,
+    DatabaseCredentials,
+    build_database_secret,
+    size_pool,
+)
 from tests.fixtures import services
 
 pytestmark = pytest.mark.e2e
@@ -127,6 +133,12 @@ def simulated_pods(pooling: str, pg: services.Postgres, pgbouncer_factory, tmp: 
                 env = {"DATABASE_HOST": pg.host, "DATABASE_PORT": str(pg.port),
                        "DATABASE_NAME": services.APP_DB, "DATABASE_USER": services.APP_USER,
                        "DATABASE_PASSWORD": services.APP_PASSWORD}
+            if pooling == "django":
+                # What the Deployment builder gives the app container in this mode.
+                secret = build_database_secret(ds, credentials)
+                (app,) = build_deployment(ds, secret)["spec"]["template"]["spec"]["containers"]
+                given = {item["name"]: item.get("value") for item in app["env"]}
+                env["DATABASE_POOL_MAX_SIZE"] = given["DATABASE_POOL_MAX_SIZE"]
             urls.append(stack.enter_context(serve_pod(ds, env, tmp)))
         yield ds, urls
 
@@ -144,10 +156,11 @@ def small_postgres(postgres_factory, tmp_path):
         yield pg
 
 
-def test_max_replicas_of_pgbouncer_pods_stay_within_the_budget(
-    small_postgres, pgbouncer_factory, tmp_path
+@pytest.mark.parametrize("pooling", ["pgbouncer", "django"])
+def test_max_replicas_of_pooled_pods_stay_within_the_budget(
+    pooling, small_postgres, pgbouncer_factory, tmp_path
 ):
-    with simulated_pods("pgbouncer", small_postgres, pgbouncer_factory, tmp_path) as (ds, urls):
+    with simulated_pods(pooling, small_postgres, pgbouncer_factory, tmp_path) as (ds, urls):
         sizing = size_pool(ds)
         assert len(urls) == 6 and sizing.pool_size_per_pod == 4  # (30 - 3) // (5 + 1)
         sampler = services.PeakSampler(small_postgres)
@@ -156,7 +169,7 @@ def test_max_replicas_of_pgbouncer_pods_stay_within_the_budget(
         ok, errors = drive(urls)
         elapsed = time.monotonic() - started
         peak = sampler.stop()
-    print(f"\npgbouncer pods: {ok} ok, {len(errors)} errors, {ok / elapsed:.0f} RPS, "
+    print(f"\n{pooling} pods: {ok} ok, {len(errors)} errors, {ok / elapsed:.0f} RPS, "
           f"peak server connections {peak} (budget {sizing.connections_at_max} of "
           f"{ds.database.max_connections}; PostgreSQL max_connections {PG_MAX_CONNECTIONS})")
     assert errors == []

@@ -33,6 +33,14 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
         name = env.get("DATABASE_NAME", "app")
         user = env.get("DATABASE_USER", "app")
         password = env.get("DATABASE_PASSWORD", "")
+    options: dict[str, object] = {"connect_timeout": 5}
+    # pooling.mode: django: Django's own psycopg pool, sized by the operator (docs/pooling.md).
+    if env.get("DATABASE_POOL_MAX_SIZE"):
+        options["pool"] = {
+            "min_size": 1,
+            "max_size": int(env["DATABASE_POOL_MAX_SIZE"]),
+            "timeout": 30,
+        }
     return {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": host,
@@ -42,7 +50,7 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
         "PASSWORD": password,
         "CONN_MAX_AGE": 0,
         "DISABLE_SERVER_SIDE_CURSORS": True,
-        "OPTIONS": {"connect_timeout": 5},
+        "OPTIONS": options,
     }
 
 
