@@ -96,6 +96,24 @@ def summary_lines(services: list[dict[str, Any]]) -> tuple[list[str], bool]:
     return lines, all_ready
 
 
+def metrics_api_flags(cluster: Any) -> list[str]:
+    """On the local cluster, serve custom.metrics.k8s.io to its HPA controller; against a
+    cluster of your own, the chart's APIService does that and the dev operator serves none."""
+    if cluster is None:
+        return ["--metrics-api-port", "-1"]
+    import socket
+
+    from djangoscale.autoscaling.registration import register_metrics_apiservice
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cert, key = register_metrics_apiservice(cluster.client(), cluster.dir, port)
+    print(f"metrics API (custom.metrics.k8s.io) on 127.0.0.1:{port}")
+    return ["--metrics-api-port", str(port), "--metrics-api-cert-file", str(cert),
+            "--metrics-api-key-file", str(key)]
+
+
 def start_cluster(args: argparse.Namespace) -> tuple[str, Any]:
     if args.kubeconfig:
         return args.kubeconfig, None
@@ -126,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"operator log: {log_path}")
         operator = subprocess.Popen(
             [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
-             "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1"],
+             "--metrics-port", "0", "--bind", "127.0.0.1", *metrics_api_flags(cluster)],
             env={**os.environ, "DJANGOSCALE_RESYNC_SECONDS": "10"},
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
