@@ -44,3 +44,16 @@ def test_an_object_controlled_by_someone_else_is_never_ours():
     assert not kube.controlled_by(theirs, "owner-uid")
     assert kube.controlled_by(ours, "owner-uid")
     assert not kube.controlled_by({"metadata": {}}, "owner-uid")
+
+
+def test_a_namespace_being_deleted_is_not_an_error_to_retry():
+    from kubernetes.client.exceptions import ApiException
+
+    from djangoscale.controller.handlers import namespace_terminating
+
+    terminating = ApiException(status=403, reason="Forbidden")
+    terminating.body = '{"details": {"causes": [{"reason": "NamespaceTerminating"}]}}'
+    rbac = ApiException(status=403, reason="Forbidden")
+    rbac.body = '{"message": "deployments.apps is forbidden: User \\"x\\" cannot patch"}'
+    assert namespace_terminating(terminating)
+    assert not namespace_terminating(rbac)

@@ -40,12 +40,21 @@ def _reconcile(body: kopf.Body, logger: logging.Logger) -> None:
     with metrics.reconcile_timer():
         try:
             outcome = reconcile(dict(body))
+            _write(body, outcome, logger)
         except ApiException as error:
+            if namespace_terminating(error):
+                # The namespace and everything in it are going away: nothing to converge.
+                logger.info("namespace %s is being deleted", body.metadata.namespace)
+                return
             metrics.RECONCILE_ERRORS.inc()
             raise kopf.TemporaryError(
                 f"API error {error.status}: {error.reason}", delay=10
             ) from error
-        _write(body, outcome, logger)
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """The API server refuses new objects in a namespace being deleted (403, not RBAC's)."""
+    return error.status == 403 and "NamespaceTerminating" in str(error.body or "")
 
 
 @kopf.on.resume(*RESOURCE)
