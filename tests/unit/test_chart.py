@@ -168,6 +168,9 @@ def test_operator_pods_are_hardened_peers():
     assert security["capabilities"]["drop"] == ["ALL"]
     tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
     assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+    assert container["readinessProbe"]["httpGet"] == {
+        "scheme": "HTTPS", "path": "/readyz", "port": "metrics-api"
+    }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # Each peer's priority is its own pod index: kopf pauses peers of equal priority.
     assert "--priority=$(POD_INDEX)" in container["args"]
