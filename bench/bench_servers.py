@@ -16,11 +16,12 @@ Runs, in this order:
    --metrics-bind off: the user's app with none of the launcher's middleware) against the
    launcher, interleaved bare/launcher/bare/launcher so drift of a shared machine hits both.
 
-Then the ratios: each threaded setup's `/slow/` (and `/sleep/`) RPS against min(threads / view latency,
-its `/hello/` RPS) (target >= 90%, zero errors), metrics cost (target <= 3%), cherrypy with
-pool growth against gunicorn-gthread at equal threads (target >= 100%).
+Then the ratios: each threaded setup's `/slow/` (and `/sleep/`) RPS against
+min(threads / view latency, its `/hello/` RPS) (target >= 90%, zero errors), metrics cost
+(target <= 3%), cherrypy with pool growth against gunicorn-gthread at equal threads
+(target >= 100%). `--cost-only /slow/` runs only the metrics-cost pairs, on that view.
 
-    nice -n -5 .venv/bin/python bench/bench_servers.py --duration 8 --out /tmp/bench.json
+    nice -n -5 .venv/bin/python bench/bench_servers.py --duration 7 --out /tmp/bench.json
 
 Not a test: figures depend on the machine. Record them in docs/benchmarks.md.
 """
@@ -43,7 +44,7 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from djangoscale.serve.config import ServeConfig  # noqa: E402
 from tests.fixtures import services  # noqa: E402
-from tests.fixtures.launcher import SAMPLEAPP, get, metric_sum, serve  # noqa: E402
+from tests.fixtures.launcher import SAMPLEAPP, metric_sum, serve  # noqa: E402
 
 SLEEP_VIEW = "/sleep/?s=0.05"  # 50 ms without the database: the server's own capacity
 QUEUE = 1000  # listen backlog / accepted queue: the story's request queue
@@ -95,26 +96,55 @@ class Result:
 
 def run_wrk(url: str, connections: int, duration: int, script: Path) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
     ).stdout
-    line = next(l for l in out.splitlines() if l.startswith("JSON"))
+    line = next(x for x in out.splitlines() if x.startswith("JSON"))
     return json.loads(line[4:])
 
 
 def concurrency(server: str, flags: dict[str, object]) -> int:
     threads = int(flags.get("threads", 1))
-    return ServeConfig("x:y", server=server, workers=int(flags.get("workers", 1)), threads=threads,
-                       max_threads=int(flags.get("max_threads", threads))).max_concurrency
+    return ServeConfig(
+        "x:y",
+        server=server,
+        workers=int(flags.get("workers", 1)),
+        threads=threads,
+        max_threads=int(flags.get("max_threads", threads)),
+    ).max_concurrency
 
 
-def bench_one(label: str, server: str, flags: dict[str, object], path: str, bare: bool,
-              pg: services.Postgres, args: argparse.Namespace, workdir: Path, script: Path) -> Result:
+def bench_one(
+    label: str,
+    server: str,
+    flags: dict[str, object],
+    path: str,
+    bare: bool,
+    pg: services.Postgres,
+    args: argparse.Namespace,
+    workdir: Path,
+    script: Path,
+) -> Result:
     flags = {"timeout": 30, "queue_size": QUEUE, **flags}
     pool = concurrency(server, flags) + 5
     config = services.pgbouncer_config_for(pg, pool_size=pool, max_client_conn=2000)
-    with services.pgbouncer(config, services.pgbouncer_auth_for(), workdir) as bouncer, \
-            serve(server, bouncer.database_env(), workdir, bare=bare, **flags) as served:
+    with (
+        services.pgbouncer(config, services.pgbouncer_auth_for(), workdir) as bouncer,
+        serve(server, bouncer.database_env(), workdir, bare=bare, **flags) as served,
+    ):
         url = f"http://{served.host}:{served.port}{path}"
         view_ms = statistics.median(served.get(path).seconds for _ in range(10)) * 1e3
         run_wrk(url, min(args.connections, 20), 1, script)  # warm up: imports, connections
@@ -127,14 +157,29 @@ def bench_one(label: str, server: str, flags: dict[str, object], path: str, bare
         if before is not None:
             time.sleep(0.5)
             counted = metric_sum(served.metrics(), "djangoscale_requests_total") - before
-    errors = int(report["connect"] + report["read"] + report["write"] + report["status"] + report["timeout"])
-    return Result(label, path, bare, report["requests"] / report["seconds"], report["p50"], report["p95"],
-                  report["p99"], report["mean"], errors, counted, peak, view_ms)
+    errors = int(
+        report["connect"] + report["read"] + report["write"] + report["status"] + report["timeout"]
+    )
+    return Result(
+        label,
+        path,
+        bare,
+        report["requests"] / report["seconds"],
+        report["p50"],
+        report["p95"],
+        report["p99"],
+        report["mean"],
+        errors,
+        counted,
+        peak,
+        view_ms,
+    )
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| server | view | launcher | RPS | p50 ms | p95 ms | p99 ms | mean ms | errors | counted by /metrics | peak DB conns |",
+        "| server | view | launcher | RPS | p50 ms | p95 ms | p99 ms | mean ms | errors "
+        "| counted by /metrics | peak DB conns |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
@@ -146,12 +191,19 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def runs(values: list[float]) -> str:
+    return ", ".join(f"{x:.0f}" for x in values)
+
+
 def ratios(results: list[Result]) -> str:
     def find(label: str, path: str, bare: bool = False) -> list[Result]:
         return [r for r in results if r.label == label and r.path == path and r.bare == bare]
 
-    lines = ["| threaded setup, view | RPS | threads / view latency | /hello/ RPS | ceiling | ratio | errors | target >= 90%, 0 errors |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| threaded setup, view | RPS | threads / view latency | /hello/ RPS | ceiling | ratio "
+        "| errors | target >= 90%, 0 errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for view in ("/slow/", SLEEP_VIEW):
         for label, server, flags, threaded in SETUPS:
             slow, hello = find(label, view), find(label, "/hello/")
@@ -164,10 +216,15 @@ def ratios(results: list[Result]) -> str:
             ceiling = min(theory, hello_rps)
             ratio = s.rps / ceiling
             ok = "met" if ratio >= 0.9 and s.errors == 0 else "**missed**"
-            lines.append(f"| {label} {view} | {s.rps:.0f} | {theory:.0f} ({s.view_ms:.0f} ms) | "
-                         f"{hello_rps:.0f} | {ceiling:.0f} | {ratio:.0%} | {s.errors} | {ok} |")
-    lines += ["", "| metrics cost | bare RPS (runs) | launcher RPS (runs) | cost | target <= 3% |",
-              "| --- | ---: | ---: | ---: | --- |"]
+            lines.append(
+                f"| {label} {view} | {s.rps:.0f} | {theory:.0f} ({s.view_ms:.0f} ms) | "
+                f"{hello_rps:.0f} | {ceiling:.0f} | {ratio:.0%} | {s.errors} | {ok} |"
+            )
+    lines += [
+        "",
+        "| metrics cost | bare RPS (runs) | launcher RPS (runs) | cost | target <= 3% |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     for label in METRICS_COST:
         for view in sorted({r.path for r in results if r.bare}):
             bare = [r.rps for r in find(label, view, bare=True)]
@@ -176,24 +233,33 @@ def ratios(results: list[Result]) -> str:
                 continue
             cost = 1 - statistics.mean(full) / statistics.mean(bare)
             lines.append(
-                f"| {label} {view} | {statistics.mean(bare):.0f} ({', '.join(f'{x:.0f}' for x in bare)}) | "
-                f"{statistics.mean(full):.0f} ({', '.join(f'{x:.0f}' for x in full)}) | {cost:+.1%} | "
-                f"{'met' if cost <= 0.03 else '**missed**'} |")
+                f"| {label} {view} | {statistics.mean(bare):.0f} ({runs(bare)}) | "
+                f"{statistics.mean(full):.0f} ({runs(full)}) | {cost:+.1%} | "
+                f"{'met' if cost <= 0.03 else '**missed**'} |"
+            )
     a, b = find(GROWTH_VS[0], "/slow/"), find(GROWTH_VS[1], "/slow/")
     if a and b:
         ratio = a[0].rps / b[0].rps
-        lines += ["", f"cherrypy with pool growth vs gunicorn-gthread at equal threads (100), /slow/: "
-                  f"{a[0].rps:.0f} / {b[0].rps:.0f} RPS = {ratio:.0%} "
-                  f"(target >= 100%: {'met' if ratio >= 1 else 'missed'})"]
+        lines += [
+            "",
+            f"cherrypy with pool growth vs gunicorn-gthread at equal threads (100), /slow/: "
+            f"{a[0].rps:.0f} / {b[0].rps:.0f} RPS = {ratio:.0%} "
+            f"(target >= 100%: {'met' if ratio >= 1 else 'missed'})",
+        ]
     return "\n".join(lines)
 
 
-def plan(only: list[str] | None, cost_only: str | None = None
-         ) -> list[tuple[str, str, dict[str, object], str, bool]]:
+def plan(
+    only: list[str] | None, cost_only: str | None = None
+) -> list[tuple[str, str, dict[str, object], str, bool]]:
     chosen = [s for s in SETUPS if not only or s[0] in only or s[1] in only]
     if cost_only:  # only the metrics-cost pairs, on this view
-        return [(label, server, flags, cost_only, bare) for label, server, flags, _ in chosen
-                if label in METRICS_COST for bare in (True, False, True, False)]
+        return [
+            (label, server, flags, cost_only, bare)
+            for label, server, flags, _ in chosen
+            if label in METRICS_COST
+            for bare in (True, False, True, False)
+        ]
     runs = [(label, server, flags, "/slow/", False) for label, server, flags, _ in chosen]
     for label, server, flags, threaded in chosen:
         if threaded:
@@ -211,11 +277,16 @@ def plan(only: list[str] | None, cost_only: str | None = None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per run (max 60)")
-    parser.add_argument("--connections", type=int, default=200, help="concurrent connections (max 1000)")
+    parser.add_argument(
+        "--connections", type=int, default=200, help="concurrent connections (max 1000)"
+    )
     parser.add_argument("--only", nargs="*", help="labels or server types to run")
     parser.add_argument("--out", help="also write the results as JSON here")
-    parser.add_argument("--cost-only", metavar="VIEW",
-                        help="run only the metrics-cost pairs (bare/launcher x2), on VIEW")
+    parser.add_argument(
+        "--cost-only",
+        metavar="VIEW",
+        help="run only the metrics-cost pairs (bare/launcher x2), on VIEW",
+    )
     args = parser.parse_args()
     args.duration = max(1, min(args.duration, 60))
     args.connections = max(1, min(args.connections, 1000))
@@ -233,13 +304,23 @@ def main() -> int:
             with services.pgbouncer(config, services.pgbouncer_auth_for(), workdir) as bouncer:
                 services.migrate_sample_app(bouncer.database_env(), SAMPLEAPP, sys.executable)
             for label, server, flags, path, bare in plan(args.only, args.cost_only):
-                print(f"-- {label} {path} {'bare' if bare else 'launcher'}: {args.connections} "
-                      f"connections, {args.duration}s", file=sys.stderr, flush=True)
+                print(
+                    f"-- {label} {path} {'bare' if bare else 'launcher'}: {args.connections} "
+                    f"connections, {args.duration}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 try:
-                    results.append(bench_one(label, server, flags, path, bare, pg, args, workdir, script))
+                    results.append(
+                        bench_one(label, server, flags, path, bare, pg, args, workdir, script)
+                    )
                     r = results[-1]
-                    print(f"   {r.rps:.0f} RPS p95 {r.p95:.0f} ms errors {r.errors} peak db {r.peak_db}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"   {r.rps:.0f} RPS p95 {r.p95:.0f} ms errors {r.errors} "
+                        f"peak db {r.peak_db}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 except Exception as error:  # one server failing must not hide the others
                     print(f"   {label} failed: {error}", file=sys.stderr, flush=True)
                 if args.out:

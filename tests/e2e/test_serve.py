@@ -9,13 +9,12 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from djangoscale.serve.config import SERVER_TYPES, ServeConfig
-from tests.fixtures.launcher import Response, get, metric_sum, plain_gunicorn, serve
 from tests.fixtures import services
+from tests.fixtures.launcher import Response, get, metric_sum, plain_gunicorn, serve
 from tests.fixtures.services import PeakSampler
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,7 +29,8 @@ def concurrency_of(server: str) -> int:
                        max_threads=THREADS).max_concurrency
 
 
-def fire(host: str, port: int, paths: list[str], clients: int, timeout: float = 30) -> list[Response]:
+def fire(host: str, port: int, paths: list[str], clients: int,
+         timeout: float = 30) -> list[Response]:
     with ThreadPoolExecutor(max_workers=clients) as pool:
         return list(pool.map(lambda p: get(host, port, p, timeout), paths))
 

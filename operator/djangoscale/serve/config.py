@@ -154,7 +154,8 @@ def resolve(args: argparse.Namespace | Mapping[str, object], env: Mapping[str, s
     if timeout <= 0:
         raise ConfigError("timeout must be > 0")
     metrics_text = pick("metrics_bind")
-    metrics_bind = None if metrics_text.lower() in ("off", "none", "") else parse_address(metrics_text)
+    metrics_off = metrics_text.lower() in ("off", "none", "")
+    metrics_bind = None if metrics_off else parse_address(metrics_text)
     wsgi_app = str(given.get("wsgi_app") or "")
     if ":" not in wsgi_app:
         raise ConfigError(f"WSGI_APP must be module:attribute, got {wsgi_app!r}")

@@ -66,7 +66,7 @@ def sweep_dead_processes(path: str) -> list[int]:
         if match and not _pid_alive(int(match.group(1))):
             dead.add(int(match.group(1)))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, path)
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
     return sorted(dead)
 
 
@@ -163,7 +163,7 @@ class _SweepingCollector:
         from prometheus_client import multiprocess
 
         self.path = path
-        self.inner = multiprocess.MultiProcessCollector(None, path=path)
+        self.inner = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
 
     def collect(self) -> Any:
         sweep_dead_processes(self.path)
@@ -178,7 +178,7 @@ class _SweepingCollector:
                 if _size(name) >= 8
             ]
             try:
-                return self.inner.merge(files, accumulate=True)
+                return self.inner.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             except (struct.error, FileNotFoundError):
                 if attempt == 2:
                     raise
@@ -197,5 +197,5 @@ def start_metrics_server(host: str, port: int, path: str) -> Any:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(_SweepingCollector(path))  # type: ignore[arg-type]
+    registry.register(_SweepingCollector(path))
     return start_http_server(port, addr=host, registry=registry)

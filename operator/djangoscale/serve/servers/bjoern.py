@@ -6,6 +6,7 @@ loop on SIGINT, so the parent turns SIGTERM into SIGINT for every child and wait
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,10 +34,8 @@ def _child(config: ServeConfig) -> None:
         # connections from the backlog. shutdown() (not close: libev still watches the fd)
         # takes the socket out of LISTEN: new connects are refused at once. Runs while a
         # request is in the view; an idle process stops on the SIGINT straight away.
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
 
     signal.signal(signal.SIGTERM, stop_listening)
     try:
@@ -77,10 +76,8 @@ def run(config: ServeConfig) -> int:
         STATE.begin_drain()
         for sig in (signal.SIGTERM, signal.SIGINT):
             for pid in children:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
@@ -105,7 +102,7 @@ def run(config: ServeConfig) -> int:
         if os.environ.get(MULTIPROC_ENV):
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(pid)
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
         if not stopping:
             if os.waitstatus_to_exitcode(status) != 0:
                 failed = True

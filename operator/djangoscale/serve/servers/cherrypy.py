@@ -15,7 +15,7 @@ from typing import Any
 from cheroot import wsgi
 from cheroot.workers import threadpool
 
-from djangoscale.serve.app import wrap, load_wsgi
+from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ServeConfig
 from djangoscale.serve.drain import STATE
 from djangoscale.serve.metrics import process_metrics

@@ -84,7 +84,7 @@ def _track_gevent_servers() -> Any:
 
     servers: list[Any] = []
 
-    class RecordingStreamServer(ggevent.StreamServer):  # type: ignore[misc,name-defined]
+    class RecordingStreamServer(ggevent.StreamServer):  # type: ignore[misc]
         def start(self) -> None:
             servers.append(self)
             super().start()
@@ -105,7 +105,7 @@ def _child_exit(server: Any, worker: Any) -> None:
     if path:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid, path)
+        multiprocess.mark_process_dead(worker.pid, path)  # type: ignore[no-untyped-call]
 
 
 class LauncherApplication(BaseApplication):  # type: ignore[misc]

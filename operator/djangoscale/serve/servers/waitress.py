@@ -8,6 +8,7 @@ the loop.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import signal
 import threading
 import time
@@ -39,8 +40,9 @@ def run(config: ServeConfig) -> int:
         clear_untrusted_proxy_headers=True,
         ident="djangoscale",
     )
-    from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
     import os
+
+    from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
 
     if os.environ.get(MULTIPROC_ENV):
         process_metrics().threads_total.set(config.threads)
@@ -66,8 +68,6 @@ def run(config: ServeConfig) -> int:
         threading.Thread(target=drain, name="djangoscale-drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:
-        pass
     return 0
