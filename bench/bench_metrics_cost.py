@@ -1,0 +1,175 @@
+"""What RPS collection costs the operator: N pod metrics endpoints scraped every 5 s.
+
+Each of the N endpoints listens on its own loopback address (127.2.x.y, every address in
+127.0.0.0/8 is local on Linux) and serves the launcher's real metrics payload: a registry built
+by `djangoscale.serve.metrics.Metrics` (`djangoscale_requests_total`, the latency histogram,
+the in-flight/threads/queue gauges), in which a few requests are recorded before every scrape,
+so the counter rises from one round to the next as a served pod's does. The endpoints run in a
+child process, so the CPU measured is the collector's alone.
+
+The collector is the operator's own code: `djangoscale.autoscaling.collector` (`PodTarget`,
+`Scraper`, `collect`, which also feeds `ServiceWindows` and runs `decide`), one round every 5 s
+as the operator's loop does. Each N runs in a fresh process (its peak RSS is its own):
+
+    python bench/bench_metrics_cost.py [--pods 100 500 1000] [--rounds 12] [--interval 5]
+
+Printed per N: CPU time of the collecting process over the measured rounds as a share of one
+core, the mean and max wall time of a round, the process's peak RSS (and its RSS before the
+first scrape), failed reads, and how many pods had a rate in the last decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+PORT = 39911
+
+
+def addresses(n: int) -> list[str]:
+    return [f"127.2.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
+# -- the pods (child process) -----------------------------------------------------------------
+
+
+async def serve(n: int) -> None:
+    """N launcher metrics endpoints; each scrape first records a few requests in that pod."""
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # one plain registry per pod
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from djangoscale.serve.metrics import Metrics
+
+    pods: dict[str, tuple[CollectorRegistry, Metrics]] = {}
+    for ip in addresses(n):
+        registry = CollectorRegistry()
+        metrics = Metrics(registry=registry)
+        metrics.set_pool(total=20, busy=3, queued=0)
+        pods[ip] = (registry, metrics)
+
+    async def handler(request: web.Request) -> web.Response:
+        registry, metrics = pods[request.transport.get_extra_info("sockname")[0]]
+        for i in range(7):  # 7 requests between scrapes: 1.4 RPS at a 5 s interval
+            metrics.request_started()
+            metrics.request_finished("GET" if i % 3 else "POST", "200 OK" if i else "404", 0.04)
+        return web.Response(body=generate_latest(registry),
+                            content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    for ip in addresses(n):
+        await web.TCPSite(runner, ip, PORT, backlog=1024).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+# -- the collector (measured process) ---------------------------------------------------------
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
+    from djangoscale import spec
+    from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
+    from djangoscale.autoscaling.windows import ServiceWindows
+
+    ds = spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 1, "max": 1000}, "metricsPort": PORT,
+                 "autoscaling": {"targetRPSPerPod": 20}},
+    })
+    pods = [PodTarget(f"shop-{i}", ip, True, (("app.kubernetes.io/instance", "shop"),))
+            for i, ip in enumerate(addresses(n))]
+    windows, scraper = ServiceWindows(), Scraper()  # the operator's defaults
+    rss_before = rss_mib()
+    await collect(ds, pods, windows, scraper)  # first round: connections opened, not measured
+    await asyncio.sleep(interval)
+    usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    durations, failed, reading = [], 0, None
+    for _ in range(rounds):
+        start = time.monotonic()
+        reading = await collect(ds, pods, windows, scraper)
+        durations.append(time.monotonic() - start)
+        failed += len(reading.failed)
+        await asyncio.sleep(max(0.0, interval - durations[-1]))
+    usage1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    await scraper.close()
+    cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
+    assert reading is not None
+    return {
+        "pods": n, "rounds": rounds, "interval": interval,
+        "cpu_share": cpu / (t1 - t0), "cpu_per_round_ms": 1000 * cpu / rounds,
+        "round_avg_ms": 1000 * sum(durations) / len(durations),
+        "round_max_ms": 1000 * max(durations),
+        "rss_before_mib": rss_before, "peak_rss_mib": usage1.ru_maxrss / 1024,
+        "failed": failed, "with_rate": len(reading.decision.per_pod),
+        "stable_per_pod": reading.decision.stable_per_pod,
+    }
+
+
+def measure_with_pods(n: int, rounds: int, interval: float) -> dict[str, float]:
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(n)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError("the metrics endpoints did not start")
+        return asyncio.run(measure(n, rounds, interval))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve))
+        return
+    if args.measure:
+        print(json.dumps(measure_with_pods(args.measure, args.rounds, args.interval)))
+        return
+
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; {args.rounds} measured rounds "
+          f"every {args.interval:g} s per N, after one warm-up round", flush=True)
+    results = []
+    for n in args.pods:
+        output = subprocess.run(
+            [sys.executable, __file__, "--measure", str(n), "--rounds", str(args.rounds),
+             "--interval", str(args.interval)],
+            check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(output.strip().splitlines()[-1]))
+        print(f"  N={n} done (load {os.getloadavg()[0]:.2f})", flush=True)
+    print()
+    print("| pods | CPU (share of one core) | CPU per round | round avg / max "
+          "| RSS before / peak | failed reads | pods with a rate |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| {r['pods']} | {100 * r['cpu_share']:.1f} % | {r['cpu_per_round_ms']:.0f} ms "
+              f"| {r['round_avg_ms']:.0f} / {r['round_max_ms']:.0f} ms "
+              f"| {r['rss_before_mib']:.0f} / {r['peak_rss_mib']:.0f} MiB "
+              f"| {r['failed']} | {r['with_rate']} |")
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
