@@ -83,6 +83,7 @@ def rss_mib() -> float:
 async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
     from djangoscale import spec
     from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
+    from djangoscale.autoscaling.options import AutoscalingOptions
     from djangoscale.autoscaling.windows import ServiceWindows
 
     ds = spec.parse({
@@ -94,7 +95,9 @@ async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
     })
     pods = [PodTarget(f"shop-{i}", ip, True, (("app.kubernetes.io/instance", "shop"),))
             for i, ip in enumerate(addresses(n))]
-    windows, scraper = ServiceWindows(), Scraper()  # the operator's defaults
+    opts = AutoscalingOptions()  # the operator's defaults: 64 scrapes at a time, 1.5 s timeout
+    windows = ServiceWindows(opts.stable_window, opts.panic_window)
+    scraper = Scraper(opts.scrape_concurrency, opts.scrape_timeout)
     rss_before = rss_mib()
     await collect(ds, pods, windows, scraper)  # first round: connections opened, not measured
     await asyncio.sleep(interval)
