@@ -42,6 +42,7 @@ from djangoscale.cluster.api import ApiClient, ApiError
 from djangoscale.cluster.pki import PkiPaths
 from djangoscale.spec import GROUP, VERSION, crd
 from tests.fixtures.launcher import SAMPLE_WSGI, SAMPLEAPP, launcher_env
+from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port
 from tests.tools.chart_install import operator_kubeconfig
 
@@ -55,18 +56,6 @@ SCALE_DOWN_STABILIZATION = 10
 # sessions on one machine from colliding.
 HTTP_PORT = random.randrange(20000, 30000)
 METRICS_PORT = HTTP_PORT + 10000
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0,
-             interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 # -- fixtures: CRD, APIService, operator ------------------------------------------------------
