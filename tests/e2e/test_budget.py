@@ -89,11 +89,7 @@ def serve_pod(ds: spec.DjangoService, database_env: dict[str, str], tmp: Path):
         services.wait_for_port("127.0.0.1", port, timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        services.stop_process(process)
 
 
 def drive(urls: list[str]) -> tuple[int, list[str]]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures import brokers
+from tests.fixtures import brokers, services
 from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port
 
@@ -431,11 +431,7 @@ def operator(cluster: Any, rabbitmq: brokers.RabbitMQ,
         wait_for("the metrics APIService to be Available", available, timeout=60)
         yield api
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        services.stop_process(process)
         with contextlib.suppress(ApiError):
             unregister_metrics_apiservice(api)
         text = log.read_text(errors="replace")
