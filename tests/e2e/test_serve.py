@@ -150,8 +150,9 @@ def test_cherrypy_pool_grows_under_load_and_shrinks_back(pgbouncer_server, tmp_p
         responses = fire(served.host, served.port, ["/sleep/?s=1"] * 10, clients=10)
         elapsed = time.monotonic() - started
         assert all(r.status == 200 for r in responses)
-        # 10 one-second requests on 2 fixed threads would take 5 s.
-        assert elapsed < 3.5, f"pool did not grow: {elapsed:.1f}s"
+        # 10 one-second requests on 2 fixed threads cannot take less than 5 s: anything less
+        # means more than 2 ran at once (a slow machine only makes this harder to pass).
+        assert elapsed < 5.0, f"pool did not grow: {elapsed:.1f}s"
         assert served.metrics()["djangoscale_threads_total"] > 2
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and served.metrics()["djangoscale_threads_total"] > 2:
