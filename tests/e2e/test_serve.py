@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from djangoscale.serve.config import SERVER_TYPES, ServeConfig
+from djangoscale.serve.metrics import FLUSH_INTERVAL
 from tests.fixtures import services
 from tests.fixtures.launcher import Response, get, metric_sum, plain_gunicorn, serve
 from tests.fixtures.services import PeakSampler
@@ -92,7 +93,10 @@ def test_views_metrics_and_bounded_connections(server, own_pgbouncer, postgres_s
 
         # Every request counted once, health probes and /metrics not at all.
         sent = 4 + len(paths)  # items, slow, hello, the 404, then the load; /readyz excluded
-        samples = served.metrics()
+        samples = served.metrics_until(lambda s: (
+            metric_sum(s, "djangoscale_requests_total") >= sent
+            and metric_sum(s, "djangoscale_request_duration_seconds_count") >= sent
+            and s.get("djangoscale_requests_in_flight") == 0))
         assert metric_sum(samples, "djangoscale_requests_total") == sent
         assert samples['djangoscale_requests_total{method="GET",status_class="4xx"}'] == 1
         assert metric_sum(samples, "djangoscale_request_duration_seconds_count") == sent
@@ -206,12 +210,17 @@ def test_sigterm_under_load_loses_no_accepted_request(server, pgbouncer_server, 
         # SIGTERM once the server has taken what it will take: all it can run, or a count
         # that has stopped rising (gunicorn-gthread lets one worker accept every connection
         # and queue the excess in its own thread pool: accepted, not yet in the app).
+        # The gauge is published every FLUSH_INTERVAL s: "stopped rising" means unchanged
+        # for longer than two of those.
         deadline = time.monotonic() + 10
-        in_flight, seen = 0, []
+        in_flight, seen, changed_at = 0, [], time.monotonic()
         while time.monotonic() < deadline:
             in_flight = int(served.metrics().get("djangoscale_requests_in_flight", 0))
+            if not seen or seen[-1] != in_flight:
+                changed_at = time.monotonic()
             seen.append(in_flight)
-            if in_flight >= expected or (in_flight > 0 and seen[-4:] == [in_flight] * 4):
+            steady = time.monotonic() - changed_at >= 2 * FLUSH_INTERVAL + 0.1
+            if in_flight >= expected or (in_flight > 0 and steady):
                 break
             time.sleep(0.05)
         assert in_flight > 0, f"nothing in flight: {seen}\n{served.log()[-2000:]}"
@@ -234,6 +243,36 @@ def test_sigterm_under_load_loses_no_accepted_request(server, pgbouncer_server, 
     assert not [e for e in failed if isinstance(e, (socket.timeout, TimeoutError))], failed[:3]
     if capacity >= LOAD_CLIENTS:
         assert len(ok) == LOAD_CLIENTS, (len(ok), failed[:3])
+
+
+@pytest.mark.parametrize("server", SERVER_TYPES)
+def test_sigterm_counts_the_last_requests_before_exit(server, pgbouncer_server, tmp_path):
+    """Request metrics are buffered per process and flushed periodically; a process that
+    exits flushes first, so the requests it finished while draining are still counted."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    from tests.fixtures.launcher import parse_metrics
+
+    metrics_dir = tmp_path / "metrics"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           "DJANGOSCALE_METRICS_FLUSH_INTERVAL": "600"}  # no periodic flush in this test
+    with serve(server, pgbouncer_server.database_env(), tmp_path, env=env,
+               workers=WORKERS, threads=THREADS, timeout=10) as served:
+        for _ in range(3):
+            assert served.get("/hello/").status == 200
+        result: list[Response] = []
+        in_flight = threading.Thread(target=lambda: result.append(served.get("/sleep/?s=1")))
+        in_flight.start()
+        time.sleep(0.4)
+        served.terminate()
+        in_flight.join(10)
+        assert result and result[0].status == 200
+        assert served.process.wait(15) == 0, served.log()[-2000:]
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    samples = parse_metrics(generate_latest(registry).decode())
+    assert metric_sum(samples, "djangoscale_requests_total") == 4, served.log()[-2000:]
+    assert metric_sum(samples, "djangoscale_request_duration_seconds_count") == 4
 
 
 # The gevent leak from the story, shown against a direct PostgreSQL connection (no pooler

@@ -104,6 +104,83 @@ def test_exception_in_app_is_counted_as_5xx_and_not_left_in_flight(metrics):
         "djangoscale_requests_total", {"method": "GET", "status_class": "5xx"}) == 1
 
 
+def test_buffered_histogram_matches_observe_including_bucket_bounds():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from djangoscale.serve.metrics import LATENCY_BUCKETS
+
+    reference_registry = CollectorRegistry()
+    reference = Histogram("ref", "ref", buckets=LATENCY_BUCKETS, registry=reference_registry)
+    registry = CollectorRegistry()
+    m = Metrics(registry=registry)
+    values = [0.0, 0.001, *LATENCY_BUCKETS, *(b + 1e-9 for b in LATENCY_BUCKETS), 11.0, 99.0]
+    for value in values:
+        m.request_started()
+        m.request_finished("GET", "200 OK", value)
+        reference.observe(value)
+    for bound in [*LATENCY_BUCKETS, float("inf")]:
+        le = "+Inf" if bound == float("inf") else str(bound)
+        assert registry.get_sample_value(
+            "djangoscale_request_duration_seconds_bucket", {"le": le}
+        ) == reference_registry.get_sample_value("ref_bucket", {"le": le}), le
+    assert registry.get_sample_value("djangoscale_request_duration_seconds_sum") == \
+        pytest.approx(sum(values))
+    assert registry.get_sample_value("djangoscale_requests_total",
+                                     {"method": "GET", "status_class": "2xx"}) == len(values)
+
+
+def test_updates_are_buffered_until_a_flush_and_in_flight_is_published_then():
+    from prometheus_client import CollectorRegistry
+
+    m = Metrics(registry=CollectorRegistry())
+    m.request_started()
+    m.request_started()
+    m.request_finished("GET", "200 OK", 0.01)
+    # Not yet in the prometheus values: those are written by flush (or a registry read).
+    assert m.requests.labels(method="GET", status_class="2xx")._value.get() == 0
+    m.flush()
+    assert m.requests.labels(method="GET", status_class="2xx")._value.get() == 1
+    assert m.in_flight._value.get() == 1 and m.threads_busy._value.get() == 1
+    m.flush()  # nothing new: nothing added twice
+    assert m.requests.labels(method="GET", status_class="2xx")._value.get() == 1
+
+
+def test_background_flush_publishes_without_a_read():
+    from prometheus_client import CollectorRegistry
+
+    m = Metrics(registry=CollectorRegistry())
+    m.start_flushing(interval=0.02)
+    m.request_started()
+    m.request_finished("POST", "201 Created", 0.01)
+    deadline = time.monotonic() + 5
+    while m.requests.labels(method="POST", status_class="2xx")._value.get() == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_django_handler_does_its_own_hygiene(monkeypatch):
+    from django.core.handlers.wsgi import WSGIHandler
+
+    # Django's close_old_connections receivers are connected when django.db is imported.
+    assert mw.django_closes_connections(WSGIHandler.__new__(WSGIHandler))
+    assert not mw.django_closes_connections(app_with_status("200 OK"))
+
+    closed = []
+    monkeypatch.setattr(mw, "close_old_connections", lambda: closed.append(1))
+    monkeypatch.setattr(mw, "django_closes_connections", lambda app: True)
+    state = DrainState()
+    app = mw.DjangoscaleMiddleware(app_with_status("200 OK"), state=state)
+    call(app)
+    assert closed == [] and state.in_flight == 0
+
+    def broken(environ, start_response):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        mw.DjangoscaleMiddleware(broken, state=state)({"PATH_INFO": "/"}, None)
+    assert closed == [1]  # no response for Django to close: the middleware cleans up
+
+
 def test_wait_idle_returns_when_last_request_finishes():
     state = DrainState()
     state.request_started()

@@ -16,7 +16,11 @@ class DrainState:
     def __init__(self) -> None:
         self._draining = False
         self._in_flight = 0
-        self._cond = threading.Condition()
+        self._waiting = 0  # threads in wait_idle: only they need the notification
+        # An RLock: begin_drain may run in a signal handler, in a thread inside request_*.
+        # The hot path takes it directly (a C call), not through the Condition's methods.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
 
     @property
     def draining(self) -> bool:
@@ -36,24 +40,28 @@ class DrainState:
             self._cond.notify_all()
 
     def request_started(self) -> None:
-        with self._cond:
+        with self._lock:
             self._in_flight += 1
 
     def request_finished(self) -> None:
-        with self._cond:
+        with self._lock:
             self._in_flight = max(self._in_flight - 1, 0)
-            if self._in_flight == 0:
+            if self._in_flight == 0 and self._waiting:
                 self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is in flight; False if the timeout passed first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._in_flight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._waiting += 1
+            try:
+                while self._in_flight > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
         return True
 
 

@@ -13,11 +13,14 @@ level and `prepare_multiprocess_dir` runs first.
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import glob
 import os
 import re
 import shutil
 import tempfile
+import threading
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -76,13 +79,52 @@ def status_class(status: str | int) -> str:
     return f"{text[:1]}xx" if text[:1].isdigit() else "unknown"
 
 
+FLUSH_INTERVAL = 0.25  # seconds between flushes of a process's buffered request metrics
+FLUSH_INTERVAL_ENV = "DJANGOSCALE_METRICS_FLUSH_INTERVAL"  # to override it (tests)
+
+_STATUS_CLASSES: dict[str, str] = {}
+
+
+def _status_class_of(status: str) -> str:
+    """status_class, memoised for the few status lines a server sends."""
+    cls = _STATUS_CLASSES.get(status)
+    if cls is None:
+        cls = status_class(status)
+        if len(_STATUS_CLASSES) < 256:
+            _STATUS_CLASSES[status] = cls
+    return cls
+
+
+class _FlushOnCollect:
+    """Registered first in the Metrics' registry: collecting it flushes the buffers, so a
+    registry read in this process always sees every request that has finished."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self.metrics.flush()
+        return []
+
+
 class Metrics:
-    """The metric objects one process updates."""
+    """The metric objects one process updates.
+
+    A request costs one cheap in-process lock on each end: counts, histogram buckets and
+    the number in flight are kept in this object and added to the prometheus values (in
+    multiprocess mode, locked writes into mmap'd files) by `flush`, which a background
+    thread calls every FLUSH_INTERVAL seconds, a read of this process's registry or of the
+    top process's /metrics calls first, and the process calls on its way out.
+    """
 
     def __init__(self, registry: Any = None) -> None:
         from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
         registry = REGISTRY if registry is None else registry
+        registry.register(_FlushOnCollect(self))
         self.requests = Counter(
             "djangoscale_requests",
             "HTTP requests served by the app (health endpoints excluded).",
@@ -121,18 +163,86 @@ class Metrics:
         )
         # Servers without a pool supervisor count busy threads as requests in flight.
         self.pool_supervised = False
+        # The histogram's bounds as prometheus-client stores them (the last one +Inf):
+        # a value goes to the first bucket whose bound is >= it, as in Histogram.observe.
+        self._bounds: list[float] = list(self.duration._upper_bounds)
+        self._lock = threading.Lock()  # guards the buffers below (held for a few bytecodes)
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._in_flight = 0
+        self._published_in_flight: int | None = None
+        self._counts: dict[tuple[str, str], int] = {}
+        self._buckets = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._flusher: threading.Thread | None = None
 
     def request_started(self) -> None:
-        self.in_flight.inc()
-        if not self.pool_supervised:
-            self.threads_busy.inc()
+        with self._lock:
+            self._in_flight += 1
 
     def request_finished(self, method: str, status: str, seconds: float) -> None:
-        self.in_flight.dec()
-        if not self.pool_supervised:
-            self.threads_busy.dec()
-        self.requests.labels(method=method, status_class=status_class(status)).inc()
-        self.duration.observe(seconds)
+        key = (method, _status_class_of(status))
+        bucket = bisect.bisect_left(self._bounds, seconds)
+        with self._lock:
+            self._in_flight -= 1
+            counts = self._counts
+            counts[key] = counts.get(key, 0) + 1
+            self._buckets[bucket] += 1
+            self._sum += seconds
+
+    def flush(self) -> None:
+        """Add what was buffered since the last flush to the prometheus values, and set the
+        in-flight gauges (idempotent: a second call with nothing new only sets gauges)."""
+        with self._flush_lock:
+            with self._lock:
+                counts, self._counts = self._counts, {}
+                buckets, self._buckets = self._buckets, [0] * len(self._bounds)
+                total, self._sum = self._sum, 0.0
+                in_flight = max(self._in_flight, 0)
+            for (method, cls), count in counts.items():
+                self.requests.labels(method=method, status_class=cls).inc(count)
+            if counts:
+                # Histogram.observe, a bucket at a time: prometheus-client keeps the
+                # per-bucket (not cumulative) counts in _buckets and the total in _sum.
+                for index, count in enumerate(buckets):
+                    if count:
+                        self.duration._buckets[index].inc(count)
+                self.duration._sum.inc(total)
+            if in_flight != self._published_in_flight:
+                self.in_flight.set(in_flight)
+                if not self.pool_supervised:
+                    self.threads_busy.set(in_flight)
+                self._published_in_flight = in_flight
+
+    def start_flushing(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every `interval` s from a daemon thread, and once more at process exit."""
+        if self._flusher is not None:
+            return
+
+        def loop() -> None:
+            stop = threading.Event()
+            while not stop.wait(interval):
+                try:
+                    self.flush()
+                except Exception:  # a failed flush must not end the flushing
+                    continue
+
+        self._flusher = threading.Thread(target=loop, name="djangoscale-metrics-flush",
+                                         daemon=True)
+        self._flusher.start()
+        owner = os.getpid()
+
+        def flush_at_exit() -> None:
+            # A child forked from this process inherits the atexit list and a copy of the
+            # buffers: only the process that counted them may add them.
+            if os.getpid() == owner:
+                self.flush()
+
+        atexit.register(flush_at_exit)
+        # multiprocessing's children (granian's workers) end in os._exit, past atexit,
+        # but after running the finalizers that have an exit priority.
+        from multiprocessing import util
+
+        util.Finalize(None, flush_at_exit, exitpriority=100)
 
     def set_pool(self, total: int, busy: int, queued: int) -> None:
         self.pool_supervised = True
@@ -146,7 +256,8 @@ _process_metrics_pid: int | None = None
 
 
 def process_metrics() -> Metrics:
-    """The Metrics of this process (re-created after a fork, so no value is shared)."""
+    """The Metrics of this process (re-created after a fork, so no value is shared), with
+    its flusher started."""
     global _process_metrics, _process_metrics_pid
     if _process_metrics is None or _process_metrics_pid != os.getpid():
         from prometheus_client import CollectorRegistry
@@ -155,7 +266,17 @@ def process_metrics() -> Metrics:
         # live in files, and only the top process's MultiProcessCollector reads them.
         _process_metrics = Metrics(registry=CollectorRegistry())
         _process_metrics_pid = os.getpid()
+        _process_metrics.start_flushing(
+            float(os.environ.get(FLUSH_INTERVAL_ENV) or FLUSH_INTERVAL)
+        )
     return _process_metrics
+
+
+def flush_process_metrics() -> None:
+    """Flush this process's buffered request metrics, if it has any (servers call this on
+    their way out; the top process's /metrics before reading the files)."""
+    if _process_metrics is not None and _process_metrics_pid == os.getpid():
+        _process_metrics.flush()
 
 
 class _SweepingCollector:
@@ -166,6 +287,7 @@ class _SweepingCollector:
         self.inner = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
 
     def collect(self) -> Any:
+        flush_process_metrics()  # this process's own requests (cherrypy, waitress)
         sweep_dead_processes(self.path)
         # A worker creates its file empty, then sizes it: reading it in between fails with
         # struct.error (a 500 from /metrics). A file still empty holds no value yet: skip it.

@@ -37,6 +37,30 @@ def database_ready() -> bool:
         close_old_connections()
 
 
+def django_closes_connections(app: Any) -> bool:
+    """True if `app` is Django's own WSGI handler and Django's `close_old_connections`
+    receivers are connected: then Django runs that cleanup itself at the start of the
+    request (`request_started`, sent by the handler) and at its end (`request_finished`,
+    sent by the response's close(), which the server calls in the request's own thread or
+    greenlet), and the middleware need not run it again."""
+    try:
+        from django.core import signals
+        from django.core.handlers.wsgi import WSGIHandler
+        from django.db import close_old_connections as django_close
+    except ImportError:
+        return False
+    if not isinstance(app, WSGIHandler):
+        return False
+    target = id(django_close)
+    try:
+        return all(
+            any(receiver[0][0] == target for receiver in signal.receivers)
+            for signal in (signals.request_started, signals.request_finished)
+        )
+    except (AttributeError, IndexError, TypeError):  # a Django whose signals look different
+        return False
+
+
 class _ClosingResponse:
     """Runs `on_close` once, after the server has closed the app's response."""
 
@@ -70,6 +94,10 @@ class DjangoscaleMiddleware:
         self.metrics = metrics
         self.state = state
         self.check_database = check_database
+        # Connection hygiene at the start and end of each request, unless Django's own
+        # signal handlers already do it (threads and greenlets started by hand are covered
+        # by hygiene.install_spawn_hooks either way).
+        self.hygiene = not django_closes_connections(app)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -107,20 +135,26 @@ class DjangoscaleMiddleware:
                 return start_response(status_line, headers, exc_info)
             return start_response(status_line, headers)
 
+        hygiene = self.hygiene
+
         def finish() -> None:
             # End-of-request hygiene: this runs in the request's own thread or greenlet.
-            close_old_connections()
+            if hygiene:
+                close_old_connections()
             if self.metrics is not None:
                 self.metrics.request_finished(
                     method, status[0] if status else "500", time.perf_counter() - started
                 )
             self.state.request_finished()
 
-        close_old_connections()
+        if hygiene:
+            close_old_connections()
         try:
             body = self.app(environ, record_status)
         except BaseException:
             status[:] = ["500"]
+            if not hygiene:  # the response Django closes never came: clean up here
+                close_old_connections()
             finish()
             raise
         return _ClosingResponse(body, finish)

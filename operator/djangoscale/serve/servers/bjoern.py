@@ -44,8 +44,10 @@ def _child(config: ServeConfig) -> None:
         pass
     finally:
         from djangoscale.serve.hygiene import close_all_connections
+        from djangoscale.serve.metrics import flush_process_metrics
 
         close_all_connections()
+        flush_process_metrics()  # the child ends in os._exit: atexit would not run
 
 
 def _spawn(config: ServeConfig) -> int:

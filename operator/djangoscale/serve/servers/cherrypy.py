@@ -18,7 +18,7 @@ from cheroot.workers import threadpool
 from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ServeConfig
 from djangoscale.serve.drain import STATE
-from djangoscale.serve.metrics import process_metrics
+from djangoscale.serve.metrics import flush_process_metrics, process_metrics
 from djangoscale.serve.pool import PoolLimits, PoolSupervisor
 
 
@@ -75,4 +75,5 @@ def run(config: ServeConfig) -> int:
         supervisor.stop()
         for thread in stopper:
             thread.join(config.timeout + 5)
+        flush_process_metrics()  # the drained requests, before the process exits
     return 0

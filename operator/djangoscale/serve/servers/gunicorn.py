@@ -98,6 +98,13 @@ def _track_gevent_servers() -> Any:
     return stop_accepting
 
 
+def _worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, as it exits: its last requests' metrics reach the files first."""
+    from djangoscale.serve.metrics import flush_process_metrics
+
+    flush_process_metrics()
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     from djangoscale.serve.metrics import MULTIPROC_ENV
 
@@ -118,6 +125,7 @@ class LauncherApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("child_exit", _child_exit)
+        self.cfg.set("worker_exit", _worker_exit)
 
     def load(self) -> Any:
         return create_application()

@@ -68,6 +68,11 @@ def run(config: ServeConfig) -> int:
         threading.Thread(target=drain, name="djangoscale-drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    from djangoscale.serve.metrics import flush_process_metrics
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    finally:
+        flush_process_metrics()  # the drained requests, before the process exits
     return 0
