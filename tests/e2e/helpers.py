@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from djangoscale.spec import GROUP, VERSION
+from tests.fixtures.services import stop_process
 
 API = f"{GROUP}/{VERSION}"
 
@@ -35,13 +36,7 @@ def start_operator(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process)
 
 
 def secret(namespace: str, password: str = "e2e-secret-password") -> dict[str, Any]:

@@ -47,6 +47,8 @@ from chart_install import (  # noqa: E402
 )
 from lua_health import health  # noqa: E402
 
+from tests.fixtures.services import stop_process  # noqa: E402
+
 pytestmark = pytest.mark.e2e
 PASSWORD = "e2e-install-password"
 
@@ -74,13 +76,7 @@ def operator_process(kubeconfig: Path, log: Path, *args: str) -> Iterator[subpro
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
     text = log.read_text(errors="replace")
     assert PASSWORD not in text
     # RBAC is enough: not one request was refused.
