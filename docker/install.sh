@@ -1,6 +1,7 @@
 #!/usr/bin/env sh
-# The operator image's only install step, kept in one script so that a test
-# (tests/e2e/test_install.py::test_image_install_script_works_in_a_clean_venv) runs exactly what the Dockerfile runs, in a clean venv.
+# The operator image's only install step, kept in one script so that a test runs exactly
+# what the Dockerfile runs, in a clean venv
+# (tests/e2e/test_install.py::test_image_install_script_works_in_a_clean_venv).
 #
 # Usage: install.sh VENV SRC     build VENV from the source tree SRC (pyproject.toml at its root)
 #
