@@ -196,3 +196,20 @@ def test_wait_idle_returns_when_last_request_finishes():
                                          (503, "5xx"), ("", "unknown")])
 def test_status_class(status, cls):
     assert status_class(status) == cls
+
+
+def test_when_drained_runs_once_after_the_last_request_or_at_once_if_idle():
+    calls: list[str] = []
+    busy = DrainState()
+    busy.request_started()
+    busy.begin_drain()
+    busy.when_drained(lambda: calls.append("busy"))
+    assert calls == []  # a request is still in hand
+    busy.request_finished()
+    busy.request_started()
+    busy.request_finished()
+    assert calls == ["busy"]  # once, when the last one finished
+    idle = DrainState()
+    idle.begin_drain()
+    idle.when_drained(lambda: calls.append("idle"))
+    assert calls == ["busy", "idle"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class DrainState:
@@ -21,6 +22,9 @@ class DrainState:
         # The hot path takes it directly (a C call), not through the Condition's methods.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        # Called once, in the thread that finished the last request, when draining and idle
+        # (bjoern: only then may its loop stop, after the response has been written).
+        self._on_idle: Callable[[], None] | None = None
 
     @property
     def draining(self) -> bool:
@@ -48,6 +52,24 @@ class DrainState:
             self._in_flight = max(self._in_flight - 1, 0)
             if self._in_flight == 0 and self._waiting:
                 self._cond.notify_all()
+            idle_callback = self._take_idle_callback()
+        if idle_callback is not None:
+            idle_callback()
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once draining has begun and no request is in flight: now if that
+        is already so, else when the last request in flight finishes."""
+        with self._lock:
+            self._on_idle = callback
+            idle_callback = self._take_idle_callback()
+        if idle_callback is not None:
+            idle_callback()
+
+    def _take_idle_callback(self) -> Callable[[], None] | None:
+        if not (self._draining and self._in_flight == 0 and self._on_idle):
+            return None
+        callback, self._on_idle = self._on_idle, None
+        return callback
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is in flight; False if the timeout passed first."""

@@ -1,7 +1,8 @@
 """bjoern: single-threaded libev server, so several processes share the port (SO_REUSEPORT).
 
-Each process serves one request at a time; `workers` is the concurrency. bjoern stops its
-loop on SIGINT, so the parent turns SIGTERM into SIGINT for every child and waits.
+Each process serves one request at a time; `workers` is the concurrency. On SIGTERM the
+parent passes it to every child, which stops listening and, once its request in hand is
+answered, ends bjoern's loop with a SIGINT to itself; the parent waits for them.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ def _child(config: ServeConfig) -> None:
     )
 
     def stop_listening(signum: int, frame: Any) -> None:
-        # The parent sends SIGTERM, then SIGINT (which bjoern's loop handles once the
-        # request in hand is done). Without this, that loop first accepts and serves more
-        # connections from the backlog. shutdown() (not close: libev still watches the fd)
-        # takes the socket out of LISTEN: new connects are refused at once. Runs while a
-        # request is in the view; an idle process stops on the SIGINT straight away.
+        # shutdown() (not close: libev still watches the fd) takes the socket out of LISTEN:
+        # new connects are refused at once, nothing more is taken from the backlog.
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
+        STATE.begin_drain()
+        # bjoern's loop stops on SIGINT, but its response write and its SIGINT watcher can be
+        # due in the same loop turn: a SIGINT sent with a request in hand could end the process
+        # before the response is written. So SIGINT comes only once the response is closed
+        # (after its last byte was sent): at once if idle, else from the request's end.
+        STATE.when_drained(lambda: os.kill(os.getpid(), signal.SIGINT))
 
     signal.signal(signal.SIGTERM, stop_listening)
     try:
@@ -76,10 +80,10 @@ def run(config: ServeConfig) -> int:
         nonlocal stopping
         stopping = True
         STATE.begin_drain()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+        # Each child stops listening at once and ends its loop when its request is done.
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
