@@ -190,3 +190,31 @@ def test_worker_children_validate_against_the_kubernetes_schemas():
     for (_, name), child in built.items():
         if "-worker-" in name:
             kubernetes_validate.validate(child, "1.35", strict=True)
+
+
+def test_without_autoscaling_worker_groups_hold_min_replicas_and_get_no_hpa():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["autoscaling"] = {"enabled": False}
+    rendered = build_children(spec.parse(body), CREDENTIALS)
+    assert not [c for c in rendered if c["kind"] == "HorizontalPodAutoscaler"]
+    deployments = {c["metadata"]["name"]: c for c in rendered if c["kind"] == "Deployment"}
+    assert deployments["shop-worker-default"]["spec"]["replicas"] == 2
+    assert deployments["shop-worker-reports"]["spec"]["replicas"] == 0  # no HPA: zero is fine
+
+
+def test_ready_waits_for_every_worker_deployment():
+    from djangoscale.controller.status import rollout_conditions
+
+    def deployment(desired: int, available: int) -> dict:
+        return {"metadata": {"generation": 1}, "spec": {"replicas": desired},
+                "status": {"observedGeneration": 1, "updatedReplicas": available,
+                           "availableReplicas": available, "replicas": desired}}
+
+    ds = spec.parse(SHOP)
+    web = deployment(2, 2)
+    rolling = {"default": deployment(2, 1), "reports": deployment(1, 1)}
+    ready = {c.type: c for c in rollout_conditions(ds, web, rolling)}["Ready"]
+    assert (ready.status, ready.reason) == ("False", "WorkersRollingOut")
+    assert "default" in ready.message and "reports" not in ready.message
+    done = {"default": deployment(2, 2), "reports": deployment(1, 1)}
+    assert {c.type: c for c in rollout_conditions(ds, web, done)}["Ready"].status == "True"

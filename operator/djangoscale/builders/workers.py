@@ -107,21 +107,25 @@ def build_worker_deployment(
     # The user's pod labels stay; the selector labels name this group, not the web pods.
     labels = template["metadata"]["labels"]
     template["metadata"]["labels"] = {**labels, **common_labels(ds, worker_component(group))}
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(ds, worker_component(group))},
+        "strategy": {
+            "type": "RollingUpdate",
+            # The budget counts one surge pod per group, as for the web pods.
+            "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
+        },
+        "revisionHistoryLimit": 5,
+        "template": template,
+    }
+    # With autoscaling the group's HPA owns `replicas` (no fight with the operator or GitOps);
+    # without it the group runs replicas.min pods, as the web pods do.
+    if not ds.autoscaling.enabled:
+        spec["replicas"] = group.min_replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": child_metadata(ds, worker_name(ds, group), worker_component(group)),
-        "spec": {
-            "selector": {"matchLabels": selector_labels(ds, worker_component(group))},
-            "strategy": {
-                "type": "RollingUpdate",
-                # The budget counts one surge pod per group, as for the web pods.
-                "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
-            },
-            "revisionHistoryLimit": 5,
-            "template": template,
-            # No `replicas`: the group's HPA owns them (no fight with the operator or GitOps).
-        },
+        "spec": spec,
     }
 
 
@@ -178,11 +182,9 @@ def build_workers(ds: DjangoService, secret: dict[str, Any] | None = None) -> li
     """Every worker group's children, in apply order."""
     children = []
     for group in ds.workers:
-        children += [
-            build_worker_deployment(ds, group, secret),
-            build_worker_pdb(ds, group),
-            build_worker_hpa(ds, group),
-        ]
+        children += [build_worker_deployment(ds, group, secret), build_worker_pdb(ds, group)]
+        if ds.autoscaling.enabled:
+            children.append(build_worker_hpa(ds, group))
     return children
 
 

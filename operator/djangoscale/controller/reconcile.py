@@ -15,6 +15,7 @@ from djangoscale import spec
 from djangoscale.builders import build_children
 from djangoscale.builders.labels import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
+from djangoscale.builders.workers import worker_name
 from djangoscale.controller import kube
 from djangoscale.controller.conditions import Condition, failed, find, merge_conditions, now_rfc3339
 from djangoscale.controller.status import observed_status, rollout_conditions, worker_conditions
@@ -134,9 +135,13 @@ def current_status(body: dict[str, Any], ds: spec.DjangoService) -> dict[str, An
         if ds.autoscaling.enabled
         else None
     )
+    workers = {
+        group.name: kube.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
+        for group in ds.workers
+    }
     return _status_with(
         body,
-        rollout_conditions(ds, deployment) + worker_conditions(ds),
+        rollout_conditions(ds, deployment, workers) + worker_conditions(ds),
         observed_status(ds, deployment, hpa),
     )
 

@@ -10,7 +10,24 @@ from djangoscale.controller.conditions import Condition, with_kstatus
 from djangoscale.spec import DjangoService
 
 
-def rollout_conditions(ds: DjangoService, deployment: dict[str, Any] | None) -> list[Condition]:
+def rolled_out(deployment: dict[str, Any]) -> bool:
+    """The Deployment's controller saw its latest spec and every pod it wants is up to date."""
+    status = deployment.get("status", {})
+    desired = deployment.get("spec", {}).get("replicas", 0)
+    observed = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    return bool(
+        observed
+        and status.get("updatedReplicas", 0) == desired
+        and status.get("availableReplicas", 0) >= desired
+    )
+
+
+def rollout_conditions(
+    ds: DjangoService,
+    deployment: dict[str, Any] | None,
+    worker_deployments: dict[str, dict[str, Any] | None] | None = None,
+) -> list[Condition]:
+    """Ready when the web Deployment and every worker group's Deployment have rolled out."""
     if deployment is None:
         return with_kstatus([
             Condition("Ready", "False", "Creating", "the Deployment does not exist yet"),
@@ -21,7 +38,6 @@ def rollout_conditions(ds: DjangoService, deployment: dict[str, Any] | None) -> 
     desired = deployment.get("spec", {}).get("replicas", 0)
     updated = status.get("updatedReplicas", 0)
     available = status.get("availableReplicas", 0)
-    observed = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
     by_type = {item["type"]: item for item in status.get("conditions", [])}
 
     failure = None
@@ -33,9 +49,17 @@ def rollout_conditions(ds: DjangoService, deployment: dict[str, Any] | None) -> 
         failure = ("ReplicaFailure", replica_failure.get("message", "pods cannot be created"))
 
     counts = f"{available}/{desired} pods available, {updated} up to date"
-    done = observed and updated == desired and available >= desired
+    done = rolled_out(deployment)
     enough = available >= ds.min_replicas
-    if done and enough:
+    pending = sorted(
+        name for name, live in (worker_deployments or {}).items()
+        if live is None or not rolled_out(live)
+    )
+    if done and enough and pending:
+        message = f"{counts}; worker Deployment(s) still rolling out: {', '.join(pending)}"
+        ready = Condition("Ready", "False", "WorkersRollingOut", message)
+        progress = Condition("Progressing", "True", "WorkersRollingOut", message)
+    elif done and enough:
         ready = Condition("Ready", "True", "Available", counts)
         progress = Condition("Progressing", "False", "RolloutComplete", counts)
     else:
