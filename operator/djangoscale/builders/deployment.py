@@ -185,26 +185,31 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
     labels = {**ds.pod_options.get("podLabels", {}), **common_labels(ds)}
     annotations = {**ds.pod_options.get("podAnnotations", {}), **annotations}
 
+    template = {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+    return deployment_object(ds, ds.name, "web", template, ds.min_replicas)
+
+
+def deployment_object(
+    ds: DjangoService, name: str, component: str, template: dict[str, Any], min_replicas: int
+) -> dict[str, Any]:
+    """A Deployment of the web pods or of a worker group: same rollout, same replicas rule."""
     spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector_labels(ds)},
+        "selector": {"matchLabels": selector_labels(ds, component)},
         "strategy": {
             "type": "RollingUpdate",
             # The pool sizing counts exactly this one surge pod against the budget.
             "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
         },
         "revisionHistoryLimit": 5,
-        "template": {
-            "metadata": {"labels": labels, "annotations": annotations},
-            "spec": pod_spec,
-        },
+        "template": template,
     }
     # With an HPA the replicas belong to it: leaving the field out is what keeps the operator
-    # and GitOps re-applies from fighting it.
+    # and GitOps re-applies from fighting it. Without one, replicas.min pods run.
     if not ds.autoscaling.enabled:
-        spec["replicas"] = ds.min_replicas
+        spec["replicas"] = min_replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(ds, ds.name),
+        "metadata": child_metadata(ds, name, component),
         "spec": spec,
     }

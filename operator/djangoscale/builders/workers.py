@@ -18,11 +18,12 @@ from typing import Any
 from djangoscale.builders.deployment import (
     build_deployment,
     database_env,
+    deployment_object,
     restricted_container_security,
 )
 from djangoscale.builders.hpa import _rules
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
-from djangoscale.spec import ROLLOUT_SURGE, DjangoService, WorkerGroup
+from djangoscale.spec import DjangoService, WorkerGroup
 
 QUEUE_LENGTH_METRIC = "djangoscale_celery_queue_length"
 # Keys of the user's broker Secret.
@@ -107,26 +108,9 @@ def build_worker_deployment(
     # The user's pod labels stay; the selector labels name this group, not the web pods.
     labels = template["metadata"]["labels"]
     template["metadata"]["labels"] = {**labels, **common_labels(ds, worker_component(group))}
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector_labels(ds, worker_component(group))},
-        "strategy": {
-            "type": "RollingUpdate",
-            # The budget counts one surge pod per group, as for the web pods.
-            "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
-        },
-        "revisionHistoryLimit": 5,
-        "template": template,
-    }
-    # With autoscaling the group's HPA owns `replicas` (no fight with the operator or GitOps);
-    # without it the group runs replicas.min pods, as the web pods do.
-    if not ds.autoscaling.enabled:
-        spec["replicas"] = group.min_replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_metadata(ds, worker_name(ds, group), worker_component(group)),
-        "spec": spec,
-    }
+    return deployment_object(
+        ds, worker_name(ds, group), worker_component(group), template, group.min_replicas
+    )
 
 
 def build_worker_pdb(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
