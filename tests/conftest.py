@@ -42,9 +42,7 @@ def services_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres_server(services_dir: Path) -> Iterator[services.Postgres]:
-    reason = _services_available()
-    if reason:
-        pytest.skip(reason)
+    services.require(_services_available())
     with services.postgres(services_dir, max_connections=PG_MAX_CONNECTIONS) as pg:
         yield pg
 
@@ -64,9 +62,7 @@ def pgbouncer_server(
 @pytest.fixture
 def postgres_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`with postgres_factory(max_connections=20) as pg:` for a test that needs its own cluster."""
-    reason = _services_available()
-    if reason:
-        pytest.skip(reason)
+    services.require(_services_available())
     return lambda **kwargs: services.postgres(tmp_path, **kwargs)
 
 

@@ -47,18 +47,14 @@ CONCURRENCY = 4
 
 @pytest.fixture(scope="module")
 def rabbitmq() -> Iterator[brokers.RabbitMQ]:
-    reason = brokers.rabbitmq_available()
-    if reason:
-        pytest.skip(reason)
+    services.require(brokers.rabbitmq_available())
     with brokers.rabbitmq() as broker:
         yield broker
 
 
 @pytest.fixture(scope="module")
 def redis_broker() -> Iterator[brokers.Redis]:
-    reason = brokers.redis_available()
-    if reason:
-        pytest.skip(reason)
+    services.require(brokers.redis_available())
     with brokers.redis() as broker:
         yield broker
 
