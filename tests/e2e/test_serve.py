@@ -330,8 +330,10 @@ def test_gevent_naive_setup_leaks_connections_launcher_does_not(
     time.sleep(0.5)
     assert postgres_server.server_connections(dbname) == 0  # freed only by the process exit
 
-    # The launcher, same worker class and greenlets: every greenlet closes its connection.
-    with serve("gunicorn-gevent", env, tmp_path, workers=1, threads=50) as served:
+    # The launcher, same worker class and greenlets: every greenlet closes its connection,
+    # even when the settings ask Django to keep connections (CONN_MAX_AGE=60).
+    with serve("gunicorn-gevent", {**env, "DATABASE_CONN_MAX_AGE": "60"}, tmp_path,
+               workers=1, threads=50) as served:
         sampler = PeakSampler(postgres_server, dbname=dbname)
         sampler.start()
         _spawn_queries(served)
@@ -340,3 +342,71 @@ def test_gevent_naive_setup_leaks_connections_launcher_does_not(
         assert _settled_connections(postgres_server, dbname) == 0
         # At most one request connection plus one greenlet connection per client at a time.
         assert peak <= 2 * SPAWN_CLIENTS, peak
+
+
+def _backend_pids(responses: list[Response]) -> set[int]:
+    assert all(r.status == 200 for r in responses), [r.status for r in responses]
+    return {json.loads(r.body)["backend_pid"] for r in responses}
+
+
+@pytest.mark.parametrize("server", ["gunicorn-gthread", "granian", "waitress"])
+def test_persistent_connections_stay_one_per_thread(server, leak_database, postgres_server,
+                                                    tmp_path):
+    """CONN_MAX_AGE=60, straight to PostgreSQL: each thread keeps and reuses one connection,
+    so 200 clients never get more than workers x threads of them."""
+    dbname, env = leak_database
+    with serve(server, {**env, "DATABASE_CONN_MAX_AGE": "60"}, tmp_path,
+               workers=WORKERS, threads=THREADS, queue_size=300) as served:
+        bound = concurrency_of(server)
+        sampler = PeakSampler(postgres_server, dbname=dbname)
+        sampler.start()
+        first = _backend_pids(fire(served.host, served.port, ["/slow/"] * CLIENTS, CLIENTS))
+        second = _backend_pids(fire(served.host, served.port, ["/slow/"] * CLIENTS, CLIENTS))
+        peak = sampler.stop()
+        assert peak <= bound and len(first | second) <= bound, (peak, first | second)
+        # Kept and reused: the second round ran on connections the first one opened.
+        assert first & second
+        assert 0 < _settled_connections(postgres_server, dbname, 0.5) <= bound
+    time.sleep(0.5)
+    assert postgres_server.server_connections(dbname) == 0
+
+
+def test_cherrypy_threads_close_kept_connections_when_the_pool_shrinks(
+        leak_database, postgres_server, tmp_path):
+    dbname, env = leak_database
+    with serve("cherrypy", {**env, "DATABASE_CONN_MAX_AGE": "60"}, tmp_path,
+               workers=1, threads=2, max_threads=10, queue_size=50) as served:
+        # 10 clients on 2 threads: the accepted queue backs up and the pool grows.
+        responses = fire(served.host, served.port, ["/slow/"] * 100, clients=10)
+        grown = len(_backend_pids(responses))
+        assert served.metrics()["djangoscale_threads_total"] > 2
+        assert 2 < grown <= 10
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and served.metrics()["djangoscale_threads_total"] > 2:
+            time.sleep(0.25)
+        assert served.metrics()["djangoscale_threads_total"] == 2
+        # The threads that left closed theirs; the two that stay may keep one each.
+        assert _settled_connections(postgres_server, dbname, 0.5) <= 2
+
+
+def test_gevent_closes_kept_connections_while_clients_keep_alive(
+        leak_database, postgres_server, tmp_path):
+    """A greenlet lives as long as its client's keep-alive connection: with CONN_MAX_AGE=60
+    each idle client would hold a database connection, so the launcher closes every
+    request's connections under gevent."""
+    dbname, env = leak_database
+    with serve("gunicorn-gevent", {**env, "DATABASE_CONN_MAX_AGE": "60"}, tmp_path,
+               workers=1, threads=50) as served:
+        clients = [http.client.HTTPConnection(served.host, served.port, timeout=10)
+                   for _ in range(10)]
+        try:
+            for client in clients:
+                client.request("GET", "/slow/")
+                response = client.getresponse()
+                assert response.status == 200 and not response.will_close
+                response.read()
+            # Ten idle keep-alive connections, their greenlets still alive.
+            assert postgres_server.server_connections(dbname) == 0
+        finally:
+            for client in clients:
+                client.close()

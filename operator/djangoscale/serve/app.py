@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from djangoscale.serve.hygiene import install_spawn_hooks
+from djangoscale.serve.hygiene import greenlets_patched, install_spawn_hooks
 from djangoscale.serve.middleware import DjangoscaleMiddleware
 
 APP_ENV = "DJANGOSCALE_WSGI_APP"
@@ -49,7 +49,9 @@ def wrap(app: Any) -> Any:
     if metrics is not None and os.environ.get(THREADS_ENV):
         metrics.threads_total.set(int(os.environ[THREADS_ENV]))
     check_db = os.environ.get(CHECK_DB_ENV, "").lower() in ("1", "true", "yes")
-    return DjangoscaleMiddleware(app, metrics=metrics, check_database=check_db)
+    return DjangoscaleMiddleware(
+        app, metrics=metrics, check_database=check_db, close_every_request=greenlets_patched()
+    )
 
 
 def create_application() -> Any:

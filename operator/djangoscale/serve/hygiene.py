@@ -6,6 +6,10 @@ itself never sends it, and under gevent every such greenlet keeps a connection o
 that is how the story behind this product ran its database out of connections. So the
 launcher closes connections at the start and end of every request, and at the end of every
 thread or greenlet started by hand.
+
+Persistent connections (CONN_MAX_AGE > 0) are kept per thread, so a threaded server holds
+at most one per thread. A greenlet lives for one connection of one client, so under gevent
+the launcher closes every request's connections whatever CONN_MAX_AGE says.
 """
 
 from __future__ import annotations
@@ -38,6 +42,15 @@ def close_all_connections() -> None:
         connections.close_all()
     except Exception:
         return
+
+
+def greenlets_patched() -> bool:
+    """True if gevent has monkey-patched threading: thread-locals are then per greenlet."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("threading"))
 
 
 def closing_connections(func: Callable[..., Any]) -> Callable[..., Any]:

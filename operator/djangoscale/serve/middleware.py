@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from djangoscale.serve.drain import STATE, DrainState
-from djangoscale.serve.hygiene import close_old_connections
+from djangoscale.serve.hygiene import close_all_connections, close_old_connections
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -89,6 +89,7 @@ class DjangoscaleMiddleware:
         metrics: Any = None,
         state: DrainState = STATE,
         check_database: bool = False,
+        close_every_request: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -98,6 +99,8 @@ class DjangoscaleMiddleware:
         # signal handlers already do it (threads and greenlets started by hand are covered
         # by hygiene.install_spawn_hooks either way).
         self.hygiene = not django_closes_connections(app)
+        # Under gevent a persistent connection would outlive its greenlet (hygiene.py).
+        self.close_every_request = close_every_request
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -135,11 +138,13 @@ class DjangoscaleMiddleware:
                 return start_response(status_line, headers, exc_info)
             return start_response(status_line, headers)
 
-        hygiene = self.hygiene
+        hygiene, close_every_request = self.hygiene, self.close_every_request
 
         def finish() -> None:
             # End-of-request hygiene: this runs in the request's own thread or greenlet.
-            if hygiene:
+            if close_every_request:
+                close_all_connections()
+            elif hygiene:
                 close_old_connections()
             if self.metrics is not None:
                 self.metrics.request_finished(

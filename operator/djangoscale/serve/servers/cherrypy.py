@@ -18,8 +18,25 @@ from cheroot.workers import threadpool
 from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ServeConfig
 from djangoscale.serve.drain import STATE
+from djangoscale.serve.hygiene import closing_connections
 from djangoscale.serve.metrics import flush_process_metrics, process_metrics
 from djangoscale.serve.pool import PoolLimits, PoolSupervisor
+
+
+class ClosingWorkerThread(threadpool.WorkerThread):
+    """A pool thread that closes its persistent database connections when the pool shrinks
+    (cheroot's threads override run(), so the hook on threading.Thread.run misses them)."""
+
+    run = closing_connections(threadpool.WorkerThread.run)
+
+
+class ClosingThreadPool(threadpool.ThreadPool):
+    def _spawn_worker(self) -> threadpool.WorkerThread:
+        # cheroot's own body, with our thread class (it names WorkerThread directly).
+        worker = ClosingWorkerThread(self.server)  # type: ignore[no-untyped-call]
+        worker.name = f"CP Server {worker.name!s}"
+        worker.start()
+        return worker
 
 
 def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
@@ -33,7 +50,7 @@ def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
         shutdown_timeout=int(config.timeout),
     )
     # Bound the accepted queue and never wait on it: a full queue is a 503 now.
-    server.requests = threadpool.ThreadPool(
+    server.requests = ClosingThreadPool(
         server,
         min=config.threads,
         max=config.max_threads,
