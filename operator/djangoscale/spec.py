@@ -293,6 +293,10 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         )
     if spec["metricsPort"] == spec["port"]:
         problems.append("spec.metricsPort: must differ from spec.port")
+    env_names = [item["name"] for item in spec.get("env", [])]
+    for index, name in enumerate(env_names):
+        if name in env_names[:index]:
+            problems.append(f"spec.env[{index}]: duplicate name {name!r} (set each variable once)")
     problems += _worker_problems(spec)
     explicit_mode = spec["pooling"].get("mode")
     mode = pooling_mode(spec)

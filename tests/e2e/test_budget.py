@@ -112,6 +112,9 @@ def drive(urls: list[str]) -> tuple[int, list[str]]:
     return len(results) - len(errors), errors
 
 
+POOLING_ENV = ("DATABASE_POOL_MAX_SIZE", "DATABASE_CONN_MAX_AGE")
+
+
 @contextlib.contextmanager
 def simulated_pods(pooling: str, pg: services.Postgres, pgbouncer_factory, tmp: Path):
     ds = spec.parse(djangoservice(pooling))
@@ -129,12 +132,12 @@ def simulated_pods(pooling: str, pg: services.Postgres, pgbouncer_factory, tmp: 
                 env = {"DATABASE_HOST": pg.host, "DATABASE_PORT": str(pg.port),
                        "DATABASE_NAME": services.APP_DB, "DATABASE_USER": services.APP_USER,
                        "DATABASE_PASSWORD": services.APP_PASSWORD}
-            if pooling == "django":
-                # What the Deployment builder gives the app container in this mode.
-                secret = build_database_secret(ds, credentials)
-                (app,) = build_deployment(ds, secret)["spec"]["template"]["spec"]["containers"]
-                given = {item["name"]: item.get("value") for item in app["env"]}
-                env["DATABASE_POOL_MAX_SIZE"] = given["DATABASE_POOL_MAX_SIZE"]
+            # What the Deployment builder gives the app container in this mode: the
+            # pool size (django) and how long a thread keeps its connection.
+            secret = build_database_secret(ds, credentials)
+            (app,) = build_deployment(ds, secret)["spec"]["template"]["spec"]["containers"]
+            given = {item["name"]: item.get("value") for item in app["env"]}
+            env.update({name: given[name] for name in POOLING_ENV if name in given})
             urls.append(stack.enter_context(serve_pod(ds, env, tmp)))
         yield ds, urls
 

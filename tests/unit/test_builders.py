@@ -213,3 +213,32 @@ def test_kstatus_reads_reconciling_and_stalled_mirroring_ours():
     assert by_type["Stalled"].status == by_type["Degraded"].status == "True"
     assert by_type["Reconciling"].status == by_type["Progressing"].status == "False"
     assert by_type["Stalled"].reason == "InvalidSpec"
+
+
+def app_env(body) -> dict[str, str | None]:
+    pod = children_by_kind(body)["Deployment"]["spec"]["template"]["spec"]
+    return {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+
+
+def test_threads_keep_their_connection_to_the_local_pgbouncer_only():
+    # Behind the pod's own pgbouncer a kept client connection holds no server connection.
+    assert app_env(SHOP)["DATABASE_CONN_MAX_AGE"] == "60"
+    gevent = copy.deepcopy(SHOP)
+    gevent["spec"]["server"] = {"type": "gunicorn-gevent", "threads": 100}
+    assert app_env(gevent)["DATABASE_CONN_MAX_AGE"] == "0"  # it would outlive its greenlet
+    for mode in ("django", "none"):  # Django's pool needs 0; direct ones are server connections
+        body = copy.deepcopy(SHOP)
+        body["spec"]["pooling"] = {"mode": mode}
+        body["spec"]["database"]["maxConnections"] = 4000
+        assert app_env(body)["DATABASE_CONN_MAX_AGE"] == "0", mode
+
+
+def test_spec_env_replaces_the_operators_variable_of_the_same_name():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["env"] = [{"name": "DATABASE_CONN_MAX_AGE", "value": "0"},
+                           {"name": "SENTRY_DSN", "value": "https://sentry.example"}]
+    pod = children_by_kind(body)["Deployment"]["spec"]["template"]["spec"]
+    names = [item["name"] for item in pod["containers"][0]["env"]]
+    assert len(names) == len(set(names))  # server-side apply refuses a name twice
+    assert app_env(body)["DATABASE_CONN_MAX_AGE"] == "0"
+    assert names[-2:] == ["DATABASE_CONN_MAX_AGE", "SENTRY_DSN"]

@@ -218,3 +218,19 @@ def test_ready_waits_for_every_worker_deployment():
     assert "default" in ready.message and "reports" not in ready.message
     done = {"default": deployment(2, 2), "reports": deployment(1, 1)}
     assert {c.type: c for c in rollout_conditions(ds, web, done)}["Ready"].status == "True"
+
+
+def test_worker_threads_keep_connections_gevent_workers_do_not():
+    body = copy.deepcopy(SHOP)
+    body["spec"]["workers"][1].update(pool="gevent", allowGevent=True)
+    body["spec"]["env"] = [{"name": "DJANGOSCALE_WORKER_HEALTH_BIND", "value": "0.0.0.0:9999"}]
+
+    def env(name: str) -> dict[str, str | None]:
+        container = worker_deployment(name, body)["spec"]["template"]["spec"]["containers"][0]
+        names = [item["name"] for item in container["env"]]
+        assert len(names) == len(set(names))
+        return {item["name"]: item.get("value") for item in container["env"]}
+
+    assert env("default")["DATABASE_CONN_MAX_AGE"] == "60"
+    assert env("reports")["DATABASE_CONN_MAX_AGE"] == "0"
+    assert env("default")["DJANGOSCALE_WORKER_HEALTH_BIND"] == "0.0.0.0:9999"

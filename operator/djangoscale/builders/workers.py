@@ -20,6 +20,7 @@ from djangoscale.builders.deployment import (
     database_env,
     deployment_object,
     restricted_container_security,
+    with_user_env,
 )
 from djangoscale.builders.hpa import _rules
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
@@ -72,8 +73,8 @@ def build_worker_container(
     env = [{"name": "DJANGOSCALE_WORKER_HEALTH_BIND", "value": f"0.0.0.0:{ds.metrics_port}"}]
     env += broker_env(ds)
     if secret is not None:
-        env += database_env(ds, secret)
-    env += [dict(item) for item in ds.env]
+        env += database_env(ds, secret, greenlets=group.pool == "gevent")
+    env = with_user_env(ds, env)
     health = {"httpGet": {"path": HEALTH_PATH, "port": "health"}}
     container: dict[str, Any] = {
         "name": "worker",

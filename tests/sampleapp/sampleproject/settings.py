@@ -1,6 +1,7 @@
 """Settings read from the environment, as in a container built for djangoscale.
 
-CONN_MAX_AGE=0: a connection per request, closed at its end (pgbouncer does the pooling).
+DATABASE_CONN_MAX_AGE (set by the operator): seconds a thread keeps its connection to the
+local pgbouncer between requests (0: a new one per request).
 DISABLE_SERVER_SIDE_CURSORS: required behind pgbouncer in transaction pool mode.
 """
 
@@ -48,7 +49,8 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
         "NAME": name,
         "USER": user,
         "PASSWORD": password,
-        "CONN_MAX_AGE": 0,
+        "CONN_MAX_AGE": 0 if "pool" in options else int(env.get("DATABASE_CONN_MAX_AGE", "0")),
+        "CONN_HEALTH_CHECKS": True,
         "DISABLE_SERVER_SIDE_CURSORS": True,
         "OPTIONS": options,
     }
