@@ -410,3 +410,34 @@ def test_gevent_closes_kept_connections_while_clients_keep_alive(
         finally:
             for client in clients:
                 client.close()
+
+
+def _all_ok(served, requests: int = 40, clients: int = 8) -> list[int]:
+    responses = fire(served.host, served.port, ["/slow/"] * requests, clients)
+    return [r.status for r in responses if r.status != 200]
+
+
+def test_kept_connections_survive_a_pgbouncer_crash(own_pgbouncer, tmp_path):
+    """The sidecar restarts: every kept client connection is dead. The launcher sees the
+    hang-up before the request uses it (no CONN_HEALTH_CHECKS round trip), so no 500."""
+    with serve("gunicorn-gthread", {**own_pgbouncer.database_env(),
+                                    "DATABASE_CONN_MAX_AGE": "60"},
+               tmp_path, workers=WORKERS, threads=THREADS) as served:
+        assert _all_ok(served) == []
+        own_pgbouncer.crash_and_restart()
+        assert _all_ok(served) == [], served.log()[-2000:]
+
+
+def test_kept_connections_survive_terminated_backends(leak_database, postgres_server,
+                                                      tmp_path):
+    dbname, env = leak_database
+    with serve("cherrypy", {**env, "DATABASE_CONN_MAX_AGE": "60"}, tmp_path,
+               threads=THREADS, max_threads=THREADS) as served:
+        assert _all_ok(served) == []
+        assert postgres_server.server_connections(dbname) > 0  # kept between requests
+        postgres_server.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{dbname}'"
+        )
+        time.sleep(0.2)
+        assert _all_ok(served) == [], served.log()[-2000:]

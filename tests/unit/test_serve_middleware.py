@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 from djangoscale.serve import middleware as mw
 from djangoscale.serve.drain import DrainState
+from djangoscale.serve.hygiene import peer_hung_up
 from djangoscale.serve.metrics import Metrics, status_class
 
 
@@ -213,3 +215,13 @@ def test_when_drained_runs_once_after_the_last_request_or_at_once_if_idle():
     idle.begin_drain()
     idle.when_drained(lambda: calls.append("idle"))
     assert calls == ["busy", "idle"]
+
+
+def test_an_idle_socket_is_readable_only_once_the_other_end_hangs_up():
+    ours, theirs = socket.socketpair()
+    try:
+        assert not peer_hung_up(ours.fileno())  # idle and open: keep the connection
+        theirs.close()
+        assert peer_hung_up(ours.fileno())  # hung up: close it before a request uses it
+    finally:
+        ours.close()

@@ -12,7 +12,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from djangoscale.serve.drain import STATE, DrainState
-from djangoscale.serve.hygiene import close_all_connections, close_old_connections
+from djangoscale.serve.hygiene import (
+    close_all_connections,
+    close_broken_connections,
+    close_old_connections,
+)
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -27,6 +31,7 @@ def database_ready() -> bool:
         from django.db import connection
     except ImportError:
         return True
+    close_broken_connections()  # a restarted pgbouncer is not an unready pod
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -154,6 +159,8 @@ class DjangoscaleMiddleware:
 
         if hygiene:
             close_old_connections()
+        if not close_every_request:  # kept connections exist only outside gevent
+            close_broken_connections()
         try:
             body = self.app(environ, record_status)
         except BaseException:

@@ -50,7 +50,8 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
         "USER": user,
         "PASSWORD": password,
         "CONN_MAX_AGE": 0 if "pool" in options else int(env.get("DATABASE_CONN_MAX_AGE", "0")),
-        "CONN_HEALTH_CHECKS": True,
+        # No CONN_HEALTH_CHECKS: a round trip per request; the launcher polls the socket.
+        "CONN_HEALTH_CHECKS": False,
         "DISABLE_SERVER_SIDE_CURSORS": True,
         "OPTIONS": options,
     }
