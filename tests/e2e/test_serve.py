@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -193,8 +194,6 @@ LOAD_CLIENTS = 100
 
 
 def _load_flags(server: str) -> dict[str, object]:
-    if server in ("cherrypy", "waitress"):
-        return {"threads": LOAD_CLIENTS, "queue_size": 300}
     return {"workers": WORKERS, "threads": LOAD_CLIENTS // WORKERS, "queue_size": 300}
 
 
@@ -441,3 +440,29 @@ def test_kept_connections_survive_terminated_backends(leak_database, postgres_se
         )
         time.sleep(0.2)
         assert _all_ok(served) == [], served.log()[-2000:]
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("server", ["cherrypy", "waitress"])
+def test_thread_pool_servers_run_worker_processes_on_one_port(server, pgbouncer_server,
+                                                              tmp_path):
+    """One GIL per process: `workers` processes share the port (SO_REUSEPORT)."""
+    with serve(server, pgbouncer_server.database_env(), tmp_path,
+               workers=WORKERS, threads=THREADS) as served:
+        assert len(_children_of(served.process.pid)) == WORKERS
+        responses = fire(served.host, served.port, ["/hello/"] * 100, clients=20)
+        assert all(r.status == 200 for r in responses)
+        samples = served.metrics_until(
+            lambda s: metric_sum(s, "djangoscale_requests_total") >= 100)
+        assert metric_sum(samples, "djangoscale_requests_total") == 100
+        assert samples["djangoscale_threads_total"] == WORKERS * THREADS

@@ -83,7 +83,7 @@ def test_parse_address_ipv6():
 
 @pytest.mark.parametrize(
     "server, expected", [("gunicorn-sync", 4), ("bjoern", 4), ("gunicorn-gthread", 40),
-                         ("cherrypy", 15), ("waitress", 15), ("granian", 40)],
+                         ("cherrypy", 60), ("waitress", 60), ("granian", 40)],
 )
 def test_max_concurrency_bounds_database_connections(server, expected):
     config = parse(["a:b", "--server", server, "--workers", "4", "--threads", "10",

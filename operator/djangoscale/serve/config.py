@@ -21,9 +21,6 @@ SERVER_TYPES: tuple[str, ...] = (
     "granian",
 )
 
-# One process with a thread pool: `workers` does not apply (run more pods instead).
-SINGLE_PROCESS: frozenset[str] = frozenset({"cherrypy", "waitress"})
-
 # flag dest -> environment variable the Deployment sets
 ENV_VARS: dict[str, str] = {
     "server": "DJANGOSCALE_SERVER",
@@ -80,8 +77,6 @@ class ServeConfig:
         """Requests one pod can run at once: the bound on its database connections."""
         if self.server in ("gunicorn-sync", "bjoern"):
             return self.workers
-        if self.server in SINGLE_PROCESS:
-            return max(self.threads, self.max_threads)
         return self.workers * max(self.threads, self.max_threads)
 
 

@@ -21,6 +21,7 @@ from djangoscale.serve.drain import STATE
 from djangoscale.serve.hygiene import closing_connections
 from djangoscale.serve.metrics import flush_process_metrics, process_metrics
 from djangoscale.serve.pool import PoolLimits, PoolSupervisor
+from djangoscale.serve.prefork import run_processes
 
 
 class ClosingWorkerThread(threadpool.WorkerThread):
@@ -48,6 +49,7 @@ def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
         request_queue_size=config.queue_size,  # listen backlog
         timeout=int(config.timeout),
         shutdown_timeout=int(config.timeout),
+        reuse_port=config.workers > 1,  # one listener per process (serve.prefork)
     )
     # Bound the accepted queue and never wait on it: a full queue is a 503 now.
     server.requests = ClosingThreadPool(
@@ -61,6 +63,12 @@ def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
 
 
 def run(config: ServeConfig) -> int:
+    if config.workers > 1:
+        return run_processes(config, run_one_process)
+    return run_one_process(config)
+
+
+def run_one_process(config: ServeConfig) -> int:
     app = wrap(load_wsgi(config.wsgi_app))
     server = build_server(config, app)
     server.prepare()

@@ -19,6 +19,7 @@ import waitress.server
 from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ServeConfig
 from djangoscale.serve.drain import STATE
+from djangoscale.serve.prefork import reuse_port_socket, run_processes
 
 
 def _pending_output(server: Any) -> int:
@@ -28,11 +29,19 @@ def _pending_output(server: Any) -> int:
 
 
 def run(config: ServeConfig) -> int:
+    if config.workers > 1:
+        return run_processes(config, run_one_process)
+    return run_one_process(config)
+
+
+def run_one_process(config: ServeConfig) -> int:
     app = wrap(load_wsgi(config.wsgi_app))
+    where: dict[str, Any] = {"host": config.bind.host, "port": config.bind.port}
+    if config.workers > 1:  # one listener per process (serve.prefork)
+        where = {"sockets": [reuse_port_socket(config)]}
     server = waitress.server.create_server(
         app,
-        host=config.bind.host,
-        port=config.bind.port,
+        **where,
         threads=config.threads,
         backlog=config.queue_size,
         connection_limit=max(config.queue_size, config.threads),
