@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from djangoscale.serve.hygiene import greenlets_patched, install_spawn_hooks
+from djangoscale.serve.hygiene import greenlets_patched, install_spawn_hooks, track_connections
 from djangoscale.serve.middleware import DjangoscaleMiddleware
 
 APP_ENV = "DJANGOSCALE_WSGI_APP"
@@ -45,6 +45,7 @@ def wrap(app: Any) -> Any:
     from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
 
     install_spawn_hooks()
+    track_connections()
     metrics = process_metrics() if os.environ.get(MULTIPROC_ENV) else None
     if metrics is not None and os.environ.get(THREADS_ENV):
         metrics.threads_total.set(int(os.environ[THREADS_ENV]))

@@ -45,6 +45,27 @@ def close_all_connections() -> None:
         return
 
 
+# The Django connection wrappers this thread (or greenlet) has connected, recorded from
+# Django's connection_created signal: asking Django for them costs more than the poll.
+_connected = threading.local()
+
+
+def _remember_connected(sender: Any, connection: Any, **kwargs: Any) -> None:
+    wrappers = getattr(_connected, "wrappers", None)
+    if wrappers is None:
+        wrappers = _connected.wrappers = set()
+    wrappers.add(connection)
+
+
+def track_connections() -> None:
+    """Record the connections each thread opens (for `close_broken_connections`)."""
+    try:
+        from django.db.backends.signals import connection_created
+    except ImportError:
+        return
+    connection_created.connect(_remember_connected, weak=False, dispatch_uid=__name__)
+
+
 def close_broken_connections() -> None:
     """Close this thread's kept connections whose other end has hung up.
 
@@ -52,15 +73,10 @@ def close_broken_connections() -> None:
     pod's pgbouncer (restarted) closed it, and the request would fail on it. One poll()
     instead of the round trip Django's CONN_HEALTH_CHECKS makes on every request.
     """
-    try:
-        from django.db import connections
-    except ImportError:
+    wrappers = getattr(_connected, "wrappers", None)
+    if not wrappers:
         return
-    try:
-        kept = connections.all(initialized_only=True)
-    except Exception:  # settings not configured: not a Django app
-        return
-    for wrapper in kept:
+    for wrapper in wrappers:
         raw = wrapper.connection
         if raw is None or wrapper.in_atomic_block:
             continue
