@@ -79,8 +79,12 @@ def operator_process(kubeconfig: Path, log: Path, *args: str) -> Iterator[subpro
         stop_process(process)
     text = log.read_text(errors="replace")
     assert PASSWORD not in text
-    # RBAC is enough: not one request was refused.
-    assert not re.search(r"[Ff]orbidden", text), text[-4000:]  # (a bare 403 matches timestamps)
+    # RBAC is enough: not one request was refused. (A bare 403 would match timestamps; a
+    # write into another test's namespace while it terminates is refused for that reason,
+    # NamespaceTerminating, not for RBAC: kopf logs its event posts there as Forbidden.)
+    refused = [line for line in text.splitlines()
+               if re.search(r"[Ff]orbidden", line) and "NamespaceTerminating" not in line]
+    assert not refused, "\n".join(refused[:5])
 
 
 # -- the image's install step -------------------------------------------------------------

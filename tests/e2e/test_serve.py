@@ -114,21 +114,35 @@ def test_sigterm_finishes_in_flight_and_refuses_new(server, pgbouncer_server, tm
     with serve(server, pgbouncer_server.database_env(), tmp_path,
                workers=WORKERS, threads=THREADS, timeout=10) as served:
         result: list[Response] = []
-        in_flight = threading.Thread(target=lambda: result.append(served.get("/sleep/?s=1.5")))
+        in_flight = threading.Thread(target=lambda: result.append(served.get("/sleep/?s=8")))
         in_flight.start()
         time.sleep(0.4)
         served.terminate()
-        time.sleep(0.3)
-        assert not _new_request_succeeds(served.host, served.port)
+        # New requests are refused while the accepted one is still running. Polled, not a
+        # fixed wait: every process of the server must have run its signal handler first (an
+        # idle bjoern process runs Python, and so its handler, only when a request comes).
+        assert _refuses_new_requests(served.host, served.port, within=4)
+        assert in_flight.is_alive()
         in_flight.join(10)
         assert result and result[0].status == 200, served.log()[-2000:]
-        assert json.loads(result[0].body) == {"slept": 1.5}
+        assert json.loads(result[0].body) == {"slept": 8}
         assert served.process.wait(15) == 0, served.log()[-2000:]
 
 
-def _new_request_succeeds(host: str, port: int) -> bool:
+def _refuses_new_requests(host: str, port: int, within: float) -> bool:
+    """True once three requests in a row fail, polling for `within` seconds."""
+    deadline, failed_in_a_row = time.monotonic() + within, 0
+    while time.monotonic() < deadline:
+        failed_in_a_row = 0 if _new_request_succeeds(host, port, timeout=1) else failed_in_a_row + 1
+        if failed_in_a_row == 3:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _new_request_succeeds(host: str, port: int, timeout: float = 3) -> bool:
     try:
-        return get(host, port, "/hello/", timeout=3).status == 200
+        return get(host, port, "/hello/", timeout=timeout).status == 200
     except (OSError, http.client.HTTPException):
         return False
 
