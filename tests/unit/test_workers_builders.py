@@ -220,7 +220,7 @@ def test_ready_waits_for_every_worker_deployment():
     assert {c.type: c for c in rollout_conditions(ds, web, done)}["Ready"].status == "True"
 
 
-def test_worker_threads_keep_connections_gevent_workers_do_not():
+def test_workers_open_a_connection_per_task_and_spec_env_wins():
     body = copy.deepcopy(SHOP)
     body["spec"]["workers"][1].update(pool="gevent", allowGevent=True)
     body["spec"]["env"] = [{"name": "DJANGOSCALE_WORKER_HEALTH_BIND", "value": "0.0.0.0:9999"}]
@@ -231,6 +231,7 @@ def test_worker_threads_keep_connections_gevent_workers_do_not():
         assert len(names) == len(set(names))
         return {item["name"]: item.get("value") for item in container["env"]}
 
-    assert env("default")["DATABASE_CONN_MAX_AGE"] == "60"
+    # Unlike the web pods (60): nothing drops a kept connection before a task.
+    assert env("default")["DATABASE_CONN_MAX_AGE"] == "0"
     assert env("reports")["DATABASE_CONN_MAX_AGE"] == "0"
     assert env("default")["DJANGOSCALE_WORKER_HEALTH_BIND"] == "0.0.0.0:9999"

@@ -57,7 +57,7 @@ def conn_max_age(ds: DjangoService, greenlets: bool) -> int:
 
 
 def database_env(
-    ds: DjangoService, secret: dict[str, Any], greenlets: bool
+    ds: DjangoService, secret: dict[str, Any], max_age: int
 ) -> list[dict[str, Any]]:
     """Django settings read these; the password only ever comes from a Secret reference."""
     assert ds.database is not None and ds.database.secret_name is not None
@@ -85,7 +85,7 @@ def database_env(
                 "value": str(pgbouncer.size_pool(ds).pool_size_per_process),
             }
         )
-    env.append({"name": "DATABASE_CONN_MAX_AGE", "value": str(conn_max_age(ds, greenlets))})
+    env.append({"name": "DATABASE_CONN_MAX_AGE", "value": str(max_age)})
     env += [
         from_secret("DATABASE_NAME", user_secret, "dbname"),
         from_secret("DATABASE_USER", user_secret, "user"),
@@ -105,7 +105,8 @@ def with_user_env(ds: DjangoService, env: list[dict[str, Any]]) -> list[dict[str
 def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dict[str, Any]:
     env = serve_env(ds)
     if secret is not None:
-        env += database_env(ds, secret, greenlets=ds.server.type == "gunicorn-gevent")
+        greenlets = ds.server.type == "gunicorn-gevent"
+        env += database_env(ds, secret, max_age=conn_max_age(ds, greenlets))
     env = with_user_env(ds, env)
     container: dict[str, Any] = {
         "name": "app",

@@ -73,7 +73,9 @@ def build_worker_container(
     env = [{"name": "DJANGOSCALE_WORKER_HEALTH_BIND", "value": f"0.0.0.0:{ds.metrics_port}"}]
     env += broker_env(ds)
     if secret is not None:
-        env += database_env(ds, secret, greenlets=group.pool == "gevent")
+        # 0: no launcher runs before a task to drop a connection a restarted pgbouncer closed,
+        # and a task is long next to a connect to the pod's own pgbouncer.
+        env += database_env(ds, secret, max_age=0)
     env = with_user_env(ds, env)
     health = {"httpGet": {"path": HEALTH_PATH, "port": "health"}}
     container: dict[str, Any] = {
