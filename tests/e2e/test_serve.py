@@ -480,3 +480,20 @@ def test_thread_pool_servers_run_worker_processes_on_one_port(server, pgbouncer_
             lambda s: metric_sum(s, "djangoscale_requests_total") >= 100)
         assert metric_sum(samples, "djangoscale_requests_total") == 100
         assert samples["djangoscale_threads_total"] == WORKERS * THREADS
+
+
+@pytest.mark.parametrize("server", ["cherrypy", "bjoern"])
+def test_worker_processes_drain_and_exit_when_the_parent_is_killed(server, pgbouncer_server,
+                                                                    tmp_path):
+    """SIGKILL (an OOM kill) of the supervising process: its children get a SIGTERM from
+    the kernel, drain and exit instead of serving the port unsupervised."""
+    with serve(server, pgbouncer_server.database_env(), tmp_path,
+               workers=WORKERS, threads=THREADS) as served:
+        children = _children_of(served.process.pid)
+        assert len(children) == WORKERS
+        served.process.kill()
+        served.process.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{c}").exists() for c in children)

@@ -34,13 +34,30 @@ def reuse_port_socket(config: ServeConfig) -> socket.socket:
     return sock
 
 
+def _drain_when_orphaned(parent: int) -> None:
+    """Ask Linux for a SIGTERM when the parent dies (SIGKILL, OOM), so a child drains and
+    exits rather than keep serving the port unsupervised. Elsewhere: nothing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _spawn(config: ServeConfig, child: Callable[[ServeConfig], int]) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         # Not the parent's handlers (they signal the children): Python's own until the
         # child's server sets its drain (bjoern's loop ends on KeyboardInterrupt).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _drain_when_orphaned(parent)
         code = 1
         try:
             code = child(config)
