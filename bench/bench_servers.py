@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -46,7 +45,12 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 from djangoscale.builders.deployment import PERSISTENT_CONN_MAX_AGE  # noqa: E402
 from djangoscale.serve.config import ServeConfig  # noqa: E402
 from tests.fixtures import services  # noqa: E402
-from tests.fixtures.launcher import SAMPLEAPP, metric_sum, serve  # noqa: E402
+from tests.fixtures.launcher import (  # noqa: E402
+    SAMPLEAPP,
+    metric_sum,
+    serve,
+    tree_cpu_seconds,
+)
 
 SLEEP_VIEW = "/sleep/?s=0.05"  # 50 ms without the database: the server's own capacity
 QUEUE = 1000  # listen backlog / accepted queue: the story's request queue
@@ -123,29 +127,6 @@ def run_wrk(url: str, connections: int, duration: int, script: Path) -> dict[str
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("JSON"))
     return json.loads(line[4:])
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of `root` and every process below it (gunicorn/granian workers)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited while we looked
-            continue
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        times[pid] = (int(fields[11]) + int(fields[12])) / tick
-    total = 0.0
-    for pid, seconds in times.items():
-        ancestor = pid
-        while ancestor not in (0, 1, root):
-            ancestor = parents.get(ancestor, 0)
-        if ancestor == root:
-            total += seconds
-    return total
 
 
 def conn_max_age(server: str, persistent: int) -> int:

@@ -114,3 +114,10 @@ def run_processes(config: ServeConfig, child: Callable[[ServeConfig], int]) -> i
                 failed = True
             children.add(_spawn(config, child))  # keep `workers` processes serving
     return 1 if failed and not stopping else 0
+
+
+def serve_in_processes(config: ServeConfig, one_process: Callable[[ServeConfig], int]) -> int:
+    """One worker runs in this process; more are forked and supervised."""
+    if config.workers > 1:
+        return run_processes(config, one_process)
+    return one_process(config)

@@ -21,7 +21,7 @@ from djangoscale.serve.drain import STATE
 from djangoscale.serve.hygiene import closing_connections
 from djangoscale.serve.metrics import flush_process_metrics, process_metrics
 from djangoscale.serve.pool import PoolLimits, PoolSupervisor
-from djangoscale.serve.prefork import run_processes
+from djangoscale.serve.prefork import serve_in_processes
 
 
 class ClosingWorkerThread(threadpool.WorkerThread):
@@ -63,9 +63,7 @@ def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
 
 
 def run(config: ServeConfig) -> int:
-    if config.workers > 1:
-        return run_processes(config, run_one_process)
-    return run_one_process(config)
+    return serve_in_processes(config, run_one_process)
 
 
 def run_one_process(config: ServeConfig) -> int:

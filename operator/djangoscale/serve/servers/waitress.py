@@ -19,7 +19,7 @@ import waitress.server
 from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ServeConfig
 from djangoscale.serve.drain import STATE
-from djangoscale.serve.prefork import reuse_port_socket, run_processes
+from djangoscale.serve.prefork import reuse_port_socket, serve_in_processes
 
 
 def _pending_output(server: Any) -> int:
@@ -29,9 +29,7 @@ def _pending_output(server: Any) -> int:
 
 
 def run(config: ServeConfig) -> int:
-    if config.workers > 1:
-        return run_processes(config, run_one_process)
-    return run_one_process(config)
+    return serve_in_processes(config, run_one_process)
 
 
 def run_one_process(config: ServeConfig) -> int:
