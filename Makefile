@@ -10,7 +10,7 @@ dev: setup
 
 # Every test: unit and end-to-end (local control plane, PostgreSQL, pgbouncer, WSGI servers).
 test: setup
-	.venv/bin/ruff check operator tests bench
+	.venv/bin/ruff check operator devtools tests bench
 	.venv/bin/mypy
 	.venv/bin/djangoscale cluster build
 	.venv/bin/python -m pytest tests

@@ -28,8 +28,8 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from djangoscale.builders import build_children  # noqa: E402
 from djangoscale.builders.pgbouncer import DatabaseCredentials  # noqa: E402
-from djangoscale.cluster import LocalCluster  # noqa: E402
 from djangoscale.spec import crd, parse  # noqa: E402
+from djangoscale_dev.cluster import LocalCluster  # noqa: E402
 from tests.e2e.helpers import djangoservice, secret, start_operator  # noqa: E402
 from tests.e2e.test_operator_scale import ready_names  # noqa: E402
 from tests.fixtures.polling import wait_for  # noqa: E402

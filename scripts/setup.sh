@@ -32,9 +32,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.djangoscale-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[all]'
+  # The product with every extra, and the developer tooling (local cluster, `dev`) beside it.
+  .venv/bin/pip install -q -e '.[all]' -e ./devtools
   touch "$stamp"
 fi

@@ -3,6 +3,10 @@
 Each subcommand lives in its own module so that `djangoscale serve`, which runs inside the
 user's Django image, never imports kopf or the Kubernetes client. A command module exposes
 `configure(parser)` (argparse only, no heavy imports at module level) and `main(args) -> int`.
+
+Other installed packages add commands through the `djangoscale.commands` entry points: the
+developer tooling in `devtools/` (`cluster`, `dev`) joins that way, so the product never
+imports it and the operator image, which lacks it, simply lists fewer commands.
 """
 
 from __future__ import annotations
@@ -10,22 +14,33 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import entry_points
+
+ENTRY_POINT_GROUP = "djangoscale.commands"
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("djangoscale.controller.cli", "run the operator"),
     "render": ("djangoscale.render", "validate DjangoService documents and print their children"),
     "serve": ("djangoscale.serve.cli", "serve a Django WSGI app under the chosen server"),
-    "cluster": ("djangoscale.cluster.cli", "start or stop the local control plane"),
-    "dev": ("djangoscale.dev", "local cluster + operator + example, one command"),
     "worker": ("djangoscale.celery.worker", "run a Celery worker (threads, fair, acks late)"),
 }
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    """The built-in commands, plus those that installed plugins declare."""
+    commands = dict(COMMANDS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        origin = entry.dist.name if entry.dist else "a plugin"
+        commands.setdefault(entry.name, (entry.value, f"(from {origin})"))
+    return commands
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="djangoscale")
     sub = parser.add_subparsers(dest="command", required=True)
-    wanted = argv[0] if argv and argv[0] in COMMANDS else None
-    for name, (module_name, help_text) in COMMANDS.items():
+    commands = available_commands()
+    wanted = argv[0] if argv and argv[0] in commands else None
+    for name, (module_name, help_text) in commands.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         # Only import the module of the command being run: the others may need extras
         # (kopf, kubernetes) that are not installed in a Django image.

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from djangoscale.cluster import LocalCluster
 from djangoscale.spec import crd
+from djangoscale_dev.cluster import LocalCluster
 from tests.fixtures.polling import wait_for
 
 E2E_DIR = Path(__file__).resolve().parent

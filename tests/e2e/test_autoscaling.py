@@ -32,15 +32,15 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from djangoscale.autoscaling.registration import (
+from djangoscale.builders.hpa import RPS_METRIC
+from djangoscale.spec import GROUP, VERSION, crd
+from djangoscale_dev.cluster import LocalCluster
+from djangoscale_dev.cluster.api import ApiClient, ApiError
+from djangoscale_dev.cluster.pki import PkiPaths
+from djangoscale_dev.registration import (
     register_metrics_apiservice,
     unregister_metrics_apiservice,
 )
-from djangoscale.builders.hpa import RPS_METRIC
-from djangoscale.cluster import LocalCluster
-from djangoscale.cluster.api import ApiClient, ApiError
-from djangoscale.cluster.pki import PkiPaths
-from djangoscale.spec import GROUP, VERSION, crd
 from tests.fixtures.launcher import SAMPLE_WSGI, SAMPLEAPP, launcher_env
 from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port

@@ -389,12 +389,12 @@ SCALE_DOWN_STABILIZATION = 10
 def operator(cluster: Any, rabbitmq: brokers.RabbitMQ,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """CRD, APIService and the operator (queue poll every second), as test_autoscaling does."""
-    from djangoscale.autoscaling.registration import (
+    from djangoscale.spec import crd
+    from djangoscale_dev.cluster.api import ApiError
+    from djangoscale_dev.registration import (
         register_metrics_apiservice,
         unregister_metrics_apiservice,
     )
-    from djangoscale.cluster.api import ApiError
-    from djangoscale.spec import crd
 
     api = cluster.client()
     crd_path = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
@@ -465,7 +465,7 @@ def worker_service(namespace: str, queue: str) -> dict[str, Any]:
 
 
 def test_queue_burst_scales_workers_up_and_a_drained_queue_down(operator, rabbitmq):
-    from djangoscale.cluster.api import ApiError
+    from djangoscale_dev.cluster.api import ApiError
 
     api = operator
     namespace = f"celery-{uuid.uuid4().hex[:6]}"

@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from djangoscale.cluster import LocalCluster, processes, register_local_apiservice
-from djangoscale.cluster.api import ApiClient, ApiError
-from djangoscale.cluster.apiservice import service_name_for, unregister_local_apiservice
-from djangoscale.cluster.pki import PkiPaths, issue_serving_cert
+from djangoscale_dev.cluster import LocalCluster, processes, register_local_apiservice
+from djangoscale_dev.cluster.api import ApiClient, ApiError
+from djangoscale_dev.cluster.apiservice import service_name_for, unregister_local_apiservice
+from djangoscale_dev.cluster.pki import PkiPaths, issue_serving_cert
 from tests.fixtures.polling import wait_for
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from djangoscale.cluster.build import BuildProgress, cache_key, cache_root, input_files
+from djangoscale_dev.cluster.build import BuildProgress, cache_key, cache_root, input_files
 
 
 @pytest.fixture

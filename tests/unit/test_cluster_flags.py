@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from djangoscale.cluster import flags
-from djangoscale.cluster.apiservice import apiservice_manifests, service_name_for
-from djangoscale.cluster.local import (
+from djangoscale_dev.cluster import flags
+from djangoscale_dev.cluster.apiservice import apiservice_manifests, service_name_for
+from djangoscale_dev.cluster.local import (
     is_cluster_file,
     kwok_config_text,
     node_is_ready,

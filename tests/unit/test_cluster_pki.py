@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from djangoscale.cluster.pki import (
+from djangoscale_dev.cluster.pki import (
     CLIENTS,
     FRONT_PROXY_CLIENT_CN,
     generate_pki,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from djangoscale.cluster import processes
+from djangoscale_dev.cluster import processes
 
 SLEEP = Path(shutil.which("sleep") or "/bin/sleep").resolve()
 

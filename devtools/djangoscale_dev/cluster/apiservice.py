@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from djangoscale.cluster.api import ApiClient
+from djangoscale_dev.cluster.api import ApiClient
 
 
 def service_name_for(group: str) -> str:

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from djangoscale.cluster import flags, processes
-from djangoscale.cluster.api import ApiClient, ApiError
-from djangoscale.cluster.build import Binaries, ensure_binaries
-from djangoscale.cluster.pki import CLIENTS, PkiPaths, generate_pki
+from djangoscale_dev.cluster import flags, processes
+from djangoscale_dev.cluster.api import ApiClient, ApiError
+from djangoscale_dev.cluster.build import Binaries, ensure_binaries
+from djangoscale_dev.cluster.pki import CLIENTS, PkiPaths, generate_pki
 
 DEFAULT_DIR = Path(".djangoscale/cluster")
 STATE_FILE = "state.json"

@@ -1,13 +1,13 @@
 """Register the operator's metrics API with the local control plane (`djangoscale dev`, e2e).
 
 On the local cluster the operator runs on the host, not in a pod, so the APIService points at
-it through the cluster engineer's route (an ExternalName Service to 127.0.0.1, see
-`djangoscale.cluster.apiservice` for why the usual Service + EndpointSlice cannot work here).
+it through an ExternalName Service to 127.0.0.1 (see `djangoscale_dev.cluster.apiservice` for
+why the usual Service + EndpointSlice cannot work here).
 The serving cert is signed by the cluster CA for `<service>.<namespace>.svc`, the name the
 aggregator verifies, and the APIService's caBundle is that CA: TLS is verified both ways.
 
-A real install does the same with a ClusterIP Service in front of the operator's pod; see the
-report of issue 5 for what the chart must contain.
+A real install does the same with a ClusterIP Service in front of the operator's pod (the
+chart's `metrics-api.yaml`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from djangoscale.autoscaling.apiserver import GROUP, VERSION
-from djangoscale.cluster.api import ApiClient
-from djangoscale.cluster.apiservice import (
+from djangoscale_dev.cluster.api import ApiClient
+from djangoscale_dev.cluster.apiservice import (
     register_local_apiservice,
     service_name_for,
     unregister_local_apiservice,
 )
-from djangoscale.cluster.pki import PkiPaths, issue_serving_cert
+from djangoscale_dev.cluster.pki import PkiPaths, issue_serving_cert
 
 CERT_NAME = "djangoscale-metrics-api"
 

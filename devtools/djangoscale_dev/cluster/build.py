@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from djangoscale_dev import DATA_DIR
+
 BINARIES = ("k8s-local", "kwok")
 BUILD_SCRIPT = "build.sh"
 # Files under tests/cluster that decide what gets built.
@@ -51,12 +53,11 @@ class Binaries:
 
 
 def source_dir() -> Path:
-    """The Go module to build: $DJANGOSCALE_CLUSTER_SRC, or tests/cluster in this checkout."""
+    """The Go module to build: $DJANGOSCALE_CLUSTER_SRC, or the package's `data/cluster`."""
     override = os.environ.get("DJANGOSCALE_CLUSTER_SRC")
     if override:
         return Path(override).resolve()
-    # operator/djangoscale/cluster/build.py -> repository root is three levels above the package.
-    return Path(__file__).resolve().parents[3] / "tests" / "cluster"
+    return DATA_DIR / "cluster"
 
 
 def cache_root(environ: dict[str, str] | None = None) -> Path:

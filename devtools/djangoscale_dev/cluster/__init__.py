@@ -11,7 +11,7 @@ Importing this package is cheap: the heavy parts (`cryptography`) load only when
 
 from __future__ import annotations
 
-from djangoscale.cluster.apiservice import register_local_apiservice
-from djangoscale.cluster.local import ClusterState, LocalCluster
+from djangoscale_dev.cluster.apiservice import register_local_apiservice
+from djangoscale_dev.cluster.local import ClusterState, LocalCluster
 
 __all__ = ["ClusterState", "LocalCluster", "register_local_apiservice"]

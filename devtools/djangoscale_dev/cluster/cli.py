@@ -47,12 +47,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.action == "build":
-        from djangoscale.cluster.build import ensure_binaries
+        from djangoscale_dev.cluster.build import ensure_binaries
 
         print(ensure_binaries().root)
         return 0
 
-    from djangoscale.cluster.local import LocalCluster
+    from djangoscale_dev.cluster.local import LocalCluster
 
     cluster = LocalCluster(
         args.dir,

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "dev.yaml"
+from djangoscale_dev import DATA_DIR
+
+EXAMPLE = DATA_DIR / "examples" / "dev.yaml"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +105,7 @@ def metrics_api_flags(cluster: Any) -> list[str]:
         return ["--metrics-api-port", "-1"]
     import socket
 
-    from djangoscale.autoscaling.registration import register_metrics_apiservice
+    from djangoscale_dev.registration import register_metrics_apiservice
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -117,7 +119,7 @@ def metrics_api_flags(cluster: Any) -> list[str]:
 def start_cluster(args: argparse.Namespace) -> tuple[str, Any]:
     if args.kubeconfig:
         return args.kubeconfig, None
-    from djangoscale.cluster.local import LocalCluster
+    from djangoscale_dev.cluster.local import LocalCluster
 
     cluster = LocalCluster(args.dir)
     print("starting the local control plane (the first run builds it from Go modules)...")

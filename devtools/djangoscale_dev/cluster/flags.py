@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from djangoscale.cluster.pki import FRONT_PROXY_CLIENT_CN, PkiPaths
+from djangoscale_dev.cluster.pki import FRONT_PROXY_CLIENT_CN, PkiPaths
 
 LOOPBACK = "127.0.0.1"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # only stored in Service objects; never routed here
