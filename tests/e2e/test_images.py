@@ -9,8 +9,11 @@ privileges. A second build of the same inputs is a cache hit.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +24,9 @@ from typing import Any
 import pytest
 
 from djangoscale_dev.images import project
+from djangoscale_dev.images.containerd import CRI_NAMESPACE, import_image
 from djangoscale_dev.images.store import Store, cache_root, normalized_reference
+from tests.fixtures.polling import wait_for
 
 RUN_TIMEOUT = 120
 
@@ -181,3 +186,100 @@ def test_second_build_is_a_cache_hit(built: Built) -> None:
     assert again == built.archives
     assert not any("building" in message for message in messages), messages
     assert sum("cached" in message for message in messages) == len(EXPECTED_USERS)
+
+
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{root}/root"
+state = "{root}/state"
+# Only the image store and runc are used here; the kubelet's CRI plugin is the node's business.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{root}/containerd.sock"
+"""
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[Path]:
+    """A private containerd (Debian's, as the real node runs), stopped by its pid; its socket."""
+    root = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))  # a socket path stays short
+    (root / "config.toml").write_text(CONTAINERD_CONFIG.format(root=root))
+    with (tmp_path / "containerd.log").open("w") as log:
+        process = subprocess.Popen(
+            ["containerd", "--config", str(root / "config.toml")], stdout=log, stderr=log
+        )
+    socket = root / "containerd.sock"
+    try:
+        wait_for(
+            "containerd to answer",
+            lambda: (
+                subprocess.run(
+                    ["ctr", "--address", str(socket), "version"], capture_output=True
+                ).returncode
+                == 0
+            ),
+            timeout=30,
+        )
+        yield socket
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_archive_imports_into_containerd_and_runs_as_its_user(
+    built: Built, containerd: Path
+) -> None:
+    report = import_image(built.archives[project.PGBOUNCER], containerd)
+    full = normalized_reference(project.PGBOUNCER)
+    assert full in report
+    ctr = ["ctr", "--address", str(containerd), "--namespace", CRI_NAMESPACE]
+    listed = subprocess.run([*ctr, "images", "ls", "-q"], capture_output=True, text=True)
+    assert full in listed.stdout.split()
+    ran = subprocess.run(
+        [*ctr, "run", "--rm", "--read-only", full, f"t-{uuid.uuid4().hex[:8]}", "id"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert ran.stdout.startswith("uid=10002(pgbouncer) gid=10002(pgbouncer)"), ran.stderr
+
+
+def test_build_image_command_builds_a_users_app_from_app_base(
+    built: Built, store: Store, tmp_path: Path
+) -> None:
+    """The README's three-line app image, through `djangoscale cluster build-image`: pip in its
+    RUN step reaches the package index as pip on this machine does (index settings, CA)."""
+    context = tmp_path / "app"
+    context.mkdir()
+    (context / "requirements.txt").write_text("six==1.16.0\n")
+    (context / "build-id.txt").write_text(uuid.uuid4().hex)  # a new image every run
+    (context / "Dockerfile").write_text(
+        "FROM djangoscale/app-base:dev\nCOPY . .\n"
+        "RUN pip install --no-cache-dir -r requirements.txt\n"
+    )
+    tag = "djangoscale-test/app:dev"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "djangoscale"), "cluster", "build-image", str(context),
+         "--tag", tag, "--dir", str(tmp_path / "no-cluster")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    archive = Path(done.stdout.split("\t")[1].strip())
+    try:
+        assert "no real node running" in done.stderr
+        assert image_config(store, tag)["User"] == "10001:10001"  # app-base's user
+        container = store.output("from", "--quiet", "--pull-never", normalized_reference(tag))
+        try:
+            ran = store.output(
+                "run", container, "--", "python", "-c", "import six; print(six.__version__)"
+            )
+        finally:
+            store.output("rm", container)
+        assert ran == "1.16.0"
+    finally:
+        archive.unlink(missing_ok=True)
+        archive.with_suffix(".id").unlink(missing_ok=True)
+        store.output("rmi", normalized_reference(tag))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from djangoscale_dev import DATA_DIR
-from djangoscale_dev.images.base import ensure_base
+from djangoscale_dev.images.base import BASE_TAG, ensure_base
 from djangoscale_dev.images.build import build_image
 from djangoscale_dev.images.pip import PipAccess, offline_pip_access
 from djangoscale_dev.images.store import BuildError, Emit, Store, cache_root, locked, stderr_emit
@@ -133,14 +133,23 @@ PROJECT_IMAGES = (
 
 
 def project_images(
-    emit: Emit = stderr_emit, store: Store | None = None, only: set[str] | None = None
+    emit: Emit = stderr_emit,
+    store: Store | None = None,
+    only: set[str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """Build (or find cached) the project's images, in dependency order; tag -> OCI archive.
-    With `only`, those tags and the images they start FROM."""
+    With `only`, those tags and the images they start FROM. `timings` gets the seconds each
+    step took (the base, the wheelhouse, each image)."""
     store = store or Store(cache_root())
+    timings = {} if timings is None else timings
     root = project_root()
+    started = time.monotonic()
     base = ensure_base(store, emit)
+    timings[BASE_TAG] = time.monotonic() - started
+    started = time.monotonic()
     pip = ensure_wheelhouse(store, emit)
+    timings["wheelhouse"] = time.monotonic() - started
     wanted = set(only) if only is not None else {spec.tag for spec in PROJECT_IMAGES}
     if SAMPLE_APP in wanted:
         wanted.add(APP_BASE)
@@ -158,5 +167,6 @@ def project_images(
             pip=pip,
             store=store,
         )
-        emit(f"{spec.tag}: {time.monotonic() - started:.1f}s")
+        timings[spec.tag] = time.monotonic() - started
+        emit(f"{spec.tag}: {timings[spec.tag]:.1f}s")
     return archives
