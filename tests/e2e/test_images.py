@@ -8,13 +8,17 @@ privileges. A second build of the same inputs is a cache hit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +27,17 @@ from typing import Any
 
 import pytest
 
+from djangoscale import spec
+from djangoscale.builders.pgbouncer import (
+    CONFIG_DIR,
+    INI_KEY,
+    LISTEN_PORT,
+    USERLIST_KEY,
+    DatabaseCredentials,
+    render_ini,
+    render_userlist,
+)
+from djangoscale_dev.cluster.processes import free_port, free_ports
 from djangoscale_dev.images import project
 from djangoscale_dev.images.containerd import CRI_NAMESPACE, import_image
 from djangoscale_dev.images.store import Store, cache_root, normalized_reference
@@ -68,30 +83,42 @@ def store() -> Store:
     return Store(cache_root())
 
 
-@pytest.fixture
-def run_image(store: Store, tmp_path: Path) -> Iterator[Any]:
-    """Run an image's entrypoint (with `args` for its command) under runc, as a restricted
-    pod does: the image's numeric user, read-only root, a tmpfs /tmp, no capabilities."""
-    containers: list[str] = []
+class Runc:
+    """Runs an image under runc as a restricted pod runs it: the image's numeric user, a
+    read-only root, a tmpfs /tmp (the pods' emptyDir), no capabilities, no new privileges."""
 
-    def run(tag: str, args: list[str] | None = None, command: list[str] | None = None) -> RunResult:
-        config = image_config(store, tag)
-        container = store.output("from", "--quiet", "--pull-never", normalized_reference(tag))
-        containers.append(container)
-        rootfs = store.output("mount", container)
+    def __init__(self, store: Store, folder: Path) -> None:
+        self.store = store
+        self.folder = folder
+        self.containers: list[str] = []
+        self.started: list[tuple[str, subprocess.Popen[str]]] = []
+
+    def bundle(
+        self,
+        tag: str,
+        argv: list[str] | None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        binds: dict[str, Path] | None = None,
+        host_network: bool = False,
+    ) -> Path:
+        config = image_config(self.store, tag)
+        container = self.store.output("from", "--quiet", "--pull-never", normalized_reference(tag))
+        self.containers.append(container)
+        rootfs = self.store.output("mount", container)
         uid, _, gid = config["User"].partition(":")
-        argv = command or (config.get("Entrypoint") or []) + (
+        command = argv or (config.get("Entrypoint") or []) + (
             args if args is not None else config.get("Cmd") or []
         )
-        bundle = tmp_path / f"bundle-{len(containers)}"
+        bundle = self.folder / f"bundle-{len(self.containers)}"
         bundle.mkdir()
         subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
         spec = json.loads((bundle / "config.json").read_text())
         spec["root"] = {"path": rootfs, "readonly": True}
         spec["process"].update(
             terminal=False,
-            args=argv,
-            env=config.get("Env") or [],
+            args=command,
+            env=(config.get("Env") or []) + [f"{k}={v}" for k, v in (env or {}).items()],
             cwd=config.get("WorkingDir") or "/",
             user={"uid": int(uid), "gid": int(gid or 0)},
             noNewPrivileges=True,
@@ -101,20 +128,69 @@ def run_image(store: Store, tmp_path: Path) -> Iterator[Any]:
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "nodev", "mode=1777"]}
         )  # fmt: skip
+        for destination, source in (binds or {}).items():
+            spec["mounts"].append(
+                {"destination": destination, "type": "bind", "source": str(source),
+                 "options": ["rbind", "ro"]}
+            )  # fmt: skip
+        if host_network:
+            namespaces = spec["linux"]["namespaces"]
+            spec["linux"]["namespaces"] = [n for n in namespaces if n["type"] != "network"]
         (bundle / "config.json").write_text(json.dumps(spec))
-        name = f"djangoscale-test-{uuid.uuid4().hex[:8]}"
+        return bundle
+
+    def command(self, bundle: Path, name: str) -> list[str]:
+        return ["runc", "--root", str(self.folder / "runc"), "run", "--bundle", str(bundle), name]
+
+    def run(
+        self, tag: str, args: list[str] | None = None, command: list[str] | None = None
+    ) -> RunResult:
+        """Run to completion: the entrypoint with `args`, or `command` instead."""
+        bundle = self.bundle(tag, command, args)
         done = subprocess.run(
-            ["runc", "--root", str(tmp_path / "runc"), "run", "--bundle", str(bundle), name],
+            self.command(bundle, f"djangoscale-test-{uuid.uuid4().hex[:8]}"),
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT,
         )
         return RunResult(done.returncode, done.stdout + done.stderr)
 
-    yield run
-    for container in containers:
-        store.output("umount", container)
-        store.output("rm", container)
+    def start(self, tag: str, **options: Any) -> tuple[str, subprocess.Popen[str]]:
+        """Start the image's own command in the background, on the host's network."""
+        bundle = self.bundle(tag, None, host_network=True, **options)
+        name = f"djangoscale-test-{uuid.uuid4().hex[:8]}"
+        process = subprocess.Popen(
+            self.command(bundle, name),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.started.append((name, process))
+        return name, process
+
+    def signal(self, name: str, signal: str) -> None:
+        runc = ["runc", "--root", str(self.folder / "runc")]
+        subprocess.run([*runc, "kill", name, signal], capture_output=True)
+
+    def close(self) -> None:
+        for name, process in self.started:
+            if process.poll() is None:
+                self.signal(name, "KILL")
+                process.wait(timeout=30)
+            runc = ["runc", "--root", str(self.folder / "runc")]
+            subprocess.run([*runc, "delete", "--force", name], capture_output=True)
+        for container in self.containers:
+            self.store.output("umount", container)
+            self.store.output("rm", container)
+
+
+@pytest.fixture
+def runc(store: Store, tmp_path: Path) -> Iterator[Runc]:
+    runner = Runc(store, tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 EXPECTED_USERS = {
@@ -138,41 +214,41 @@ def test_every_project_image_is_built_into_an_archive_under_its_full_name(built:
 
 @pytest.mark.parametrize("tag", sorted(EXPECTED_USERS))
 def test_image_runs_as_its_numeric_non_root_user(
-    built: Built, store: Store, run_image: Any, tag: str
+    built: Built, store: Store, runc: Runc, tag: str
 ) -> None:
     assert image_config(store, tag)["User"] == EXPECTED_USERS[tag]
     # The numbers the process really gets, and a root filesystem it cannot write.
-    result = run_image(tag, command=["sh", "-c", "id -u; id -g; touch /probe || echo read-only"])
+    result = runc.run(tag, command=["sh", "-c", "id -u; id -g; touch /probe || echo read-only"])
     uid, gid = EXPECTED_USERS[tag].split(":")
     assert result.output.split()[:3] == [uid, gid, "read-only"], result.output
     assert uid != "0" and gid != "0"
 
 
-def test_operator_entrypoint_starts(built: Built, run_image: Any) -> None:
-    result = run_image(project.OPERATOR, args=["--help"])
+def test_operator_entrypoint_starts(built: Built, runc: Runc) -> None:
+    result = runc.run(project.OPERATOR, args=["--help"])
     assert result.code == 0, result.output
     assert "usage: djangoscale run" in result.output
 
 
-def test_app_base_has_every_server(built: Built, run_image: Any) -> None:
+def test_app_base_has_every_server(built: Built, runc: Runc) -> None:
     servers = "import cheroot, gunicorn, gevent, waitress, granian, bjoern; print('servers ok')"
-    result = run_image(project.APP_BASE, command=["python", "-c", servers])
+    result = runc.run(project.APP_BASE, command=["python", "-c", servers])
     assert result.code == 0, result.output
     assert "servers ok" in result.output
-    result = run_image(project.APP_BASE)  # its CMD: djangoscale serve --help
+    result = runc.run(project.APP_BASE)  # its CMD: djangoscale serve --help
     assert result.code == 0, result.output
     assert "usage: djangoscale serve" in result.output
 
 
-def test_sample_app_loads_its_wsgi_application(built: Built, run_image: Any) -> None:
+def test_sample_app_loads_its_wsgi_application(built: Built, runc: Runc) -> None:
     load = "import sampleproject.wsgi as w; print(type(w.application).__name__)"
-    result = run_image(project.SAMPLE_APP, command=["python", "-c", load])
+    result = runc.run(project.SAMPLE_APP, command=["python", "-c", load])
     assert result.code == 0, result.output
     assert "WSGIHandler" in result.output
 
 
-def test_pgbouncer_entrypoint_starts(built: Built, run_image: Any) -> None:
-    result = run_image(project.PGBOUNCER, args=["--version"])
+def test_pgbouncer_entrypoint_starts(built: Built, runc: Runc) -> None:
+    result = runc.run(project.PGBOUNCER, args=["--version"])
     assert result.code == 0, result.output
     assert "PgBouncer 1.18" in result.output
 
@@ -283,3 +359,78 @@ def test_build_image_command_builds_a_users_app_from_app_base(
         archive.unlink(missing_ok=True)
         archive.with_suffix(".id").unlink(missing_ok=True)
         store.output("rmi", normalized_reference(tag))
+
+
+SAMPLE_SERVICE = {
+    "apiVersion": "djangoscale.io/v1alpha1",
+    "kind": "DjangoService",
+    "metadata": {"name": "shop", "namespace": "web", "uid": "1234", "generation": 1},
+    "spec": {
+        "image": project.SAMPLE_APP,
+        "wsgiApp": "sampleproject.wsgi:application",
+        "replicas": {"min": 1, "max": 4},
+        "database": {"secretName": "shop-db", "maxConnections": 20},
+        "pgbouncer": {"enabled": True, "poolMode": "transaction", "image": project.PGBOUNCER},
+    },
+}
+
+
+def answers(host: str, port: int, path: str) -> tuple[int, bytes] | None:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def test_sample_app_serves_and_drains_on_sigterm(built: Built, runc: Runc) -> None:
+    """The image's own command, the launcher, serves the project on a read-only root as
+    10001, and exits 0 on SIGTERM as the kubelet sends it."""
+    port, metrics = free_ports(2)
+    name, process = runc.start(
+        project.SAMPLE_APP,
+        env={
+            "DJANGOSCALE_BIND": f"127.0.0.1:{port}",
+            "DJANGOSCALE_METRICS_BIND": f"127.0.0.1:{metrics}",
+        },
+    )
+    assert wait_for(
+        "/healthz",
+        lambda: answers("127.0.0.1", port, "/healthz") or process.poll() is not None,
+        timeout=120,
+    )
+    assert process.poll() is None, process.stdout.read() if process.stdout else ""
+    assert answers("127.0.0.1", port, "/hello/") == (200, b'{"hello": "world"}')
+    assert (
+        b"djangoscale_requests_total" in (answers("127.0.0.1", metrics, "/metrics") or (0, b""))[1]
+    )
+    runc.signal(name, "TERM")
+    assert process.wait(timeout=60) == 0
+
+
+def test_pgbouncer_listens_with_the_operators_config_as_its_user(
+    built: Built, runc: Runc, tmp_path: Path
+) -> None:
+    """pgbouncer starts on a read-only root as 10002:10002 with the config the operator
+    renders (its Secret's files, mounted read-only at the same path)."""
+    port = free_port()
+    credentials = DatabaseCredentials("127.0.0.1", 5432, "shop", "shop", "not-secret")
+    ini = render_ini(spec.parse(SAMPLE_SERVICE), credentials)
+    ini = ini.replace(f"listen_port = {LISTEN_PORT}", f"listen_port = {port}")
+    config = tmp_path / "pgbouncer-config"
+    config.mkdir()
+    (config / INI_KEY).write_text(ini)
+    (config / USERLIST_KEY).write_text(render_userlist(credentials))
+    name, process = runc.start(project.PGBOUNCER, binds={CONFIG_DIR: config})
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            return True
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 2):
+            return True
+        return False
+
+    assert wait_for("pgbouncer to listen", listening, timeout=60)
+    assert process.poll() is None, process.stdout.read() if process.stdout else ""
+    runc.signal(name, "INT")
+    process.wait(timeout=60)
