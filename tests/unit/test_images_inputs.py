@@ -14,15 +14,17 @@ from djangoscale_dev.images.base import (
     mirror_from_sources,
 )
 from djangoscale_dev.images.build import (
+    build_image,
     cache_key,
     context_files,
     digest_context,
     from_references,
     ignored,
     parse_dockerignore,
+    valid_tag,
 )
 from djangoscale_dev.images.pip import host_pip_config, parse_pip_config
-from djangoscale_dev.images.store import normalized_reference
+from djangoscale_dev.images.store import BuildError, Store, normalized_reference
 
 DEBIAN_SOURCES = """\
 Types: deb
@@ -275,3 +277,25 @@ def test_build_pip_gets_the_hosts_ca_and_index_not_its_paths(tmp_path: Path) -> 
     assert volumes == (f"{ca}:/run/djangoscale/pip-ca.pem:ro",)
     ca.write_text("-----BEGIN CERTIFICATE-----\nother\n")
     assert host_pip_config(settings)[2] != identity
+
+
+@pytest.mark.parametrize(
+    ("tag", "valid"),
+    [
+        ("myapp:dev", True),
+        ("djangoscale/app-base:dev", True),
+        ("localhost:5000/team/app:1.2.3", True),
+        ("app", True),
+        ("MyApp:dev", False),
+        ("my app:dev", False),
+        ("app:", False),
+        ("app:-x", False),
+    ],
+)
+def test_tags_are_checked_before_a_build(tag: str, valid: bool) -> None:
+    assert valid_tag(tag) is valid
+
+
+def test_a_bad_tag_is_named_in_the_error(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="--tag 'My App': not an image name"):
+        build_image(tmp_path, "My App", store=Store(tmp_path / "cache"))

@@ -34,6 +34,15 @@ from djangoscale_dev.images.store import (
 # Archives kept per tag: other checkouts on the machine may build other versions of it.
 KEPT_ARCHIVES = 3
 _ARG = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+# An image reference with a tag: [registry[:port]/]name[/name...][:tag], names in lower case.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = re.compile(
+    rf"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?$"
+)
+
+
+def valid_tag(tag: str) -> bool:
+    return _TAG.match(tag) is not None
 
 
 @dataclass(frozen=True)
@@ -247,8 +256,10 @@ def build_image(
     """
     context = context.resolve()
     dockerfile = (dockerfile or context / "Dockerfile").resolve()
+    if not valid_tag(tag):
+        raise BuildError(f"--tag {tag!r}: not an image name such as myapp:dev")
     if not context.is_dir():
-        raise BuildError(f"context {context}: not a folder")
+        raise BuildError(f"CONTEXT {context}: not a folder")
     if not dockerfile.is_file():
         raise BuildError(f"--file {dockerfile}: no such Dockerfile")
     args = dict(build_args or {})
@@ -276,7 +287,11 @@ def build_image(
         store.stream([*command, str(context)], f"{slug}-{key}.log", emit, _show_build_line)
         record_image(store, tag, archive)
         _prune_archives(store, slug, archive)
-        # vfs keeps whole copies of every layer: drop the images no tag names any more.
-        store.output("rmi", "--prune")
+        # vfs keeps whole copies of every layer: drop the images no tag names any more. One
+        # that another build is using stays; that is no reason to fail this build.
+        try:
+            store.output("rmi", "--prune")
+        except BuildError as error:
+            emit(f"left unused images in the store: {error}")
         emit(f"{tag}: built in {time.monotonic() - started:.0f}s -> {archive}")
     return archive
