@@ -18,22 +18,21 @@ from typing import Any
 
 import yaml
 
-GROUP = "djangoscale.io"
-VERSION = "v1alpha1"
-KIND = "DjangoService"
-PLURAL = "djangoservices"
+from djangoscale.budget import budget_problems, pods_at_most
+from djangoscale.contract import (
+    DEFAULT_THREADS,
+    GROUP,
+    GROWING_SERVER,
+    KIND,
+    PLURAL,
+    SINGLE_THREADED_SERVERS,
+    VERSION,
+)
 
-# Threads per process when the user gives none: what each server handles well.
-DEFAULT_THREADS = {
-    "cherrypy": 100,
-    "gunicorn-sync": 1,
-    "gunicorn-gthread": 32,
-    "gunicorn-gevent": 500,
-    "bjoern": 1,
-    "waitress": 32,
-    "granian": 32,
-}
-# Only cheroot's pool grows (our launcher grows it); the PRODUCT story ran 100 growing to 150.
+__all__ = ["DEFAULT_THREADS", "GROUP", "KIND", "PLURAL", "VERSION"]
+
+# Only cheroot's pool grows (the launcher grows it): by half again, so a pool of 100 threads
+# meets a burst with up to 150 before requests queue.
 CHERRYPY_GROWTH = 1.5
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Children are named <name>-database, <name>-worker-<group>: the Service name is a DNS label.
@@ -43,8 +42,6 @@ POD_OPTIONS = (
     "podAnnotations", "podLabels", "nodeSelector", "tolerations", "affinity",
     "topologySpreadConstraints", "priorityClassName",
 )
-# The Deployment rolls out with maxSurge 1, so one pod more than replicas.max may hold a pool.
-ROLLOUT_SURGE = 1
 
 
 class SpecError(ValueError):
@@ -173,7 +170,7 @@ class DjangoService:
     @property
     def max_pods(self) -> int:
         """The most pods that can hold database connections at once, surge pods included."""
-        return worker_pods(self.max_replicas, [w.max_replicas for w in self.workers])
+        return pods_at_most(self.max_replicas, [w.max_replicas for w in self.workers])
 
     @property
     def uses_pgbouncer(self) -> bool:
@@ -254,10 +251,6 @@ def schema_problems(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
-def worker_pods(web_max: int, worker_maxes: list[int]) -> int:
-    return web_max + ROLLOUT_SURGE + sum(m + ROLLOUT_SURGE for m in worker_maxes)
-
-
 def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     """The CRD's CEL rules, in Python: the CRD's message, then the figures CEL cannot print.
 
@@ -276,13 +269,13 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         problems.append(
             f"spec.server.maxThreads: must be >= spec.server.threads ({max_threads} < {threads})"
         )
-    if server["type"] in ("gunicorn-sync", "bjoern") and threads not in (None, 1):
+    if server["type"] in SINGLE_THREADED_SERVERS and threads not in (None, 1):
         problems.append(
             "spec.server.threads: gunicorn-sync and bjoern serve one request at a time per "
             "worker; threads must be 1 (use gunicorn-gthread or cherrypy for threads)"
         )
     if (
-        server["type"] != "cherrypy"
+        server["type"] != GROWING_SERVER
         and threads is not None
         and max_threads is not None
         and max_threads != threads
@@ -304,7 +297,7 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         problems.append("spec.pooling.mode: pgbouncer contradicts spec.pgbouncer.enabled=false")
     database = spec.get("database")
     if database is not None:
-        problems += _budget_problems(spec, database, mode, explicit_mode)
+        problems += budget_problems(spec, database, mode, explicit_mode)
     return problems
 
 
@@ -331,50 +324,6 @@ def _worker_problems(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _budget_problems(
-    spec: dict[str, Any], database: dict[str, Any], mode: str, explicit_mode: str | None
-) -> list[str]:
-    problems = []
-    replicas = spec["replicas"]
-    budget = database["maxConnections"] - database["reservedConnections"]
-    worker_maxes = [group["replicas"]["max"] for group in spec.get("workers", [])]
-    pods = worker_pods(replicas["max"], worker_maxes)
-    figures = (
-        f"({database['maxConnections']} - {database['reservedConnections']} = {budget} "
-        f"connections for {pods} pods)"
-    )
-    if budget < pods:
-        largest = budget - (pods - replicas["max"])
-        problems.append(
-            "spec.database.maxConnections: the budget (maxConnections minus reservedConnections) "
-            "must give one server connection to each of spec.replicas.max pods plus one rollout "
-            "surge pod (and the same for each worker group); the largest spec.replicas.max it "
-            "supports is maxConnections - reservedConnections - 1 - the worker groups' pods = "
-            f"{largest} here"
-        )
-    if mode == "pgbouncer" and "secretName" not in database:
-        problems.append(
-            "spec.database.secretName: required when spec.pgbouncer.enabled is true "
-            "(pgbouncer needs the credentials)"
-        )
-    workers = spec["server"]["workers"]
-    if explicit_mode == "django" and budget < pods * workers:
-        problems.append(
-            "spec.pooling.mode: django pools per process; the budget (maxConnections minus "
-            "reservedConnections) must give one connection to each of spec.server.workers "
-            f"processes in spec.replicas.max pods plus one surge pod {figures[:-1]}, "
-            f"x {workers} workers)"
-        )
-    pool_size = spec["pgbouncer"].get("poolSize")
-    if pool_size is not None and pool_size * pods > budget:
-        problems.append(
-            "spec.pgbouncer.poolSize: poolSize x (spec.replicas.max + 1 surge pod) must fit the "
-            "budget (spec.database.maxConnections minus reservedConnections) "
-            f"({pool_size} x {pods} > {budget})"
-        )
-    return problems
-
-
 def pooling_mode(spec: dict[str, Any]) -> str:
     explicit: str | None = spec["pooling"].get("mode")
     if explicit is not None:
@@ -395,7 +344,7 @@ def _server(raw: dict[str, Any]) -> ServerSpec:
     threads = raw.get("threads", DEFAULT_THREADS[raw["type"]])
     if "maxThreads" in raw:
         max_threads = raw["maxThreads"]
-    elif raw["type"] == "cherrypy":
+    elif raw["type"] == GROWING_SERVER:
         max_threads = math.ceil(threads * CHERRYPY_GROWTH)
     else:
         max_threads = threads

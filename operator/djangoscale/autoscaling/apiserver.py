@@ -22,7 +22,7 @@ import re
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from djangoscale.autoscaling.windows import quantity
-from djangoscale.builders.hpa import RPS_METRIC
+from djangoscale.contract import RPS_METRIC
 
 GROUP = "custom.metrics.k8s.io"
 VERSION = "v1beta2"
@@ -74,11 +74,6 @@ class MetricsStore:
             if ns == namespace:
                 for value in values:
                     yield value, self.updated[(ns, service)]
-
-
-# Pod metrics served beside RPS, by name: another collector (the Celery queue length,
-# `djangoscale.celery.handlers`) keeps its per-pod values in a store of its own and adds it here.
-EXTRA_POD_METRICS: dict[str, MetricsStore] = {}
 
 
 # -- label selectors (the HPA sends its target's selector in this string form) ---------------
@@ -136,7 +131,7 @@ def parse_selector(selector: str) -> Callable[[Labels], bool]:
 
 # -- documents ----------------------------------------------------------------------------------
 
-def resource_list() -> dict[str, Any]:
+def resource_list(extra_metrics: Iterable[str] = ()) -> dict[str, Any]:
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -147,7 +142,7 @@ def resource_list() -> dict[str, Any]:
             "namespaced": True,
             "kind": "MetricValueList",
             "verbs": ["get"],
-        } for metric in [RPS_METRIC, *EXTRA_POD_METRICS]],
+        } for metric in [RPS_METRIC, *extra_metrics]],
     }
 
 
@@ -187,9 +182,13 @@ def client_common_name(request: web.Request) -> str | None:
 
 
 def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
-              ready_max_age: float = 10.0) -> web.Application:
-    """`ready_max_age`: /readyz fails unless a collector ran this recently (see `readyz`)."""
+              ready_max_age: float = 10.0,
+              extra: Mapping[str, MetricsStore] | None = None) -> web.Application:
+    """`store` holds RPS; `extra` the pod metrics served beside it, by name (the Celery queue
+    length keeps its per-pod values in a store of its own). `ready_max_age`: /readyz fails
+    unless a collector ran this recently (see `readyz`)."""
     allowed = set(allowed_names)
+    extra = dict(extra or {})
 
     @web.middleware
     async def front_proxy_only(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -213,7 +212,7 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
                                              "DjangoService)")
 
     async def discovery(_: web.Request) -> web.Response:
-        return web.json_response(resource_list())
+        return web.json_response(resource_list(extra))
 
     async def group(_: web.Request) -> web.Response:
         return web.json_response(api_group())
@@ -221,7 +220,7 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
     async def pod_metric(request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
         pod, metric = request.match_info["pod"], request.match_info["metric"]
-        source = store if metric == RPS_METRIC else EXTRA_POD_METRICS.get(metric)
+        source = store if metric == RPS_METRIC else extra.get(metric)
         if source is None:
             return status_error(404, "NotFound", f"metric {metric} is not served here")
         try:

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from djangoscale.budget import ROLLOUT_SURGE, size_pool
 from djangoscale.builders import pgbouncer
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
-from djangoscale.spec import ROLLOUT_SURGE, DjangoService
+from djangoscale.contract import (
+    GREENLET_SERVER,
+    MULTIPROC_DIR_ENV,
+    MULTIPROC_DIR_IN_POD,
+    SERVE_ENV,
+)
+from djangoscale.spec import DjangoService
 
 CHECKSUM_ANNOTATION = "djangoscale.io/config-checksum"
 # Seconds between the pod leaving the endpoints and SIGTERM: load balancers stop sending first.
@@ -35,18 +42,18 @@ def restricted_container_security() -> dict[str, Any]:
 def serve_env(ds: DjangoService) -> list[dict[str, Any]]:
     """The launcher reads its flags from these (see `djangoscale serve --help`)."""
     server = ds.server
-    values = {
-        "DJANGOSCALE_SERVER": server.type,
-        "DJANGOSCALE_WORKERS": server.workers,
-        "DJANGOSCALE_THREADS": server.threads,
-        "DJANGOSCALE_MAX_THREADS": server.max_threads,
-        "DJANGOSCALE_QUEUE_SIZE": server.queue_size,
-        "DJANGOSCALE_TIMEOUT": server.timeout_seconds,
-        "DJANGOSCALE_BIND": f"0.0.0.0:{ds.port}",
-        "DJANGOSCALE_METRICS_BIND": f"0.0.0.0:{ds.metrics_port}",
-        "PROMETHEUS_MULTIPROC_DIR": "/tmp/djangoscale-metrics",
+    settings = {
+        "server": server.type,
+        "workers": server.workers,
+        "threads": server.threads,
+        "max_threads": server.max_threads,
+        "queue_size": server.queue_size,
+        "timeout": server.timeout_seconds,
+        "bind": f"0.0.0.0:{ds.port}",
+        "metrics_bind": f"0.0.0.0:{ds.metrics_port}",
     }
-    return [{"name": name, "value": str(value)} for name, value in values.items()]
+    env = [{"name": SERVE_ENV[key], "value": str(value)} for key, value in settings.items()]
+    return env + [{"name": MULTIPROC_DIR_ENV, "value": MULTIPROC_DIR_IN_POD}]
 
 
 def conn_max_age(ds: DjangoService, greenlets: bool) -> int:
@@ -82,7 +89,7 @@ def database_env(
         env.append(
             {
                 "name": "DATABASE_POOL_MAX_SIZE",
-                "value": str(pgbouncer.size_pool(ds).pool_size_per_process),
+                "value": str(size_pool(ds).pool_size_per_process),
             }
         )
     env.append({"name": "DATABASE_CONN_MAX_AGE", "value": str(max_age)})
@@ -105,7 +112,7 @@ def with_user_env(ds: DjangoService, env: list[dict[str, Any]]) -> list[dict[str
 def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dict[str, Any]:
     env = serve_env(ds)
     if secret is not None:
-        greenlets = ds.server.type == "gunicorn-gevent"
+        greenlets = ds.server.type == GREENLET_SERVER
         env += database_env(ds, secret, max_age=conn_max_age(ds, greenlets))
     env = with_user_env(ds, env)
     container: dict[str, Any] = {

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any
 
+from djangoscale.contract import WORKER_HEALTH_BIND_ENV
+
 # The consumer loop ticks this often; /healthz fails after STALE_AFTER seconds without a tick.
 TICK_SECONDS = 5.0
 STALE_AFTER = 60.0
@@ -96,7 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", "-n", default=None)
     parser.add_argument("--loglevel", "-l", default=os.environ.get("CELERY_LOGLEVEL", "INFO"))
     parser.add_argument("--health-bind",
-                        default=os.environ.get("DJANGOSCALE_WORKER_HEALTH_BIND", ""),
+                        default=os.environ.get(WORKER_HEALTH_BIND_ENV, ""),
                         help="HOST:PORT for /healthz (empty: none)")
     parser.add_argument("celery_args", nargs=argparse.REMAINDER,
                         help="more `celery worker` arguments, after --")

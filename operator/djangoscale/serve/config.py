@@ -1,7 +1,8 @@
-"""The launcher's configuration: flags, their environment variables and their defaults.
+"""The launcher's settings: flags, their environment variables and their defaults.
 
+The one place `djangoscale serve` reads its settings from the environment (`from_environ`).
 The operator's Deployment builder passes the DjangoService spec to the pod through exactly
-the environment variables named in `ENV_VARS`, so those names are part of the contract.
+the variables of `djangoscale.contract.SERVE_ENV`; `tests/unit/test_contract.py` ties both.
 """
 
 from __future__ import annotations
@@ -11,38 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-SERVER_TYPES: tuple[str, ...] = (
-    "cherrypy",
-    "gunicorn-sync",
-    "gunicorn-gthread",
-    "gunicorn-gevent",
-    "bjoern",
-    "waitress",
-    "granian",
-)
+from djangoscale.contract import SERVE_ENV, SERVER_TYPES, SINGLE_THREADED_SERVERS
 
 # flag dest -> environment variable the Deployment sets
-ENV_VARS: dict[str, str] = {
-    "server": "DJANGOSCALE_SERVER",
-    "workers": "DJANGOSCALE_WORKERS",
-    "threads": "DJANGOSCALE_THREADS",
-    "max_threads": "DJANGOSCALE_MAX_THREADS",
-    "queue_size": "DJANGOSCALE_QUEUE_SIZE",
-    "timeout": "DJANGOSCALE_TIMEOUT",
-    "bind": "DJANGOSCALE_BIND",
-    "metrics_bind": "DJANGOSCALE_METRICS_BIND",
-}
-
-DEFAULTS: dict[str, str] = {
-    "server": "cherrypy",
-    "workers": "1",
-    "threads": "10",
-    "max_threads": "0",  # 0: same as threads (no growth)
-    "queue_size": "100",
-    "timeout": "30",
-    "bind": "0.0.0.0:8000",
-    "metrics_bind": "0.0.0.0:9100",
-}
+ENV_VARS: dict[str, str] = dict(SERVE_ENV)
 
 
 class ConfigError(ValueError):
@@ -75,9 +48,23 @@ class ServeConfig:
     @property
     def max_concurrency(self) -> int:
         """Requests one pod can run at once: the bound on its database connections."""
-        if self.server in ("gunicorn-sync", "bjoern"):
+        if self.server in SINGLE_THREADED_SERVERS:
             return self.workers
         return self.workers * max(self.threads, self.max_threads)
+
+
+_DEFAULT = ServeConfig(wsgi_app="")
+# The defaults as the environment would spell them; max_threads 0 means: same as threads.
+DEFAULTS: dict[str, str] = {
+    "server": _DEFAULT.server,
+    "workers": str(_DEFAULT.workers),
+    "threads": str(_DEFAULT.threads),
+    "max_threads": "0",
+    "queue_size": str(_DEFAULT.queue_size),
+    "timeout": str(_DEFAULT.timeout),
+    "bind": str(_DEFAULT.bind),
+    "metrics_bind": str(_DEFAULT.metrics_bind),
+}
 
 
 def parse_address(text: str) -> Address:

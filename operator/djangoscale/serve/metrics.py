@@ -23,7 +23,9 @@ import tempfile
 import threading
 from typing import Any
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from djangoscale.contract import MULTIPROC_DIR_ENV, REQUESTS_COUNTER_NAME
+
+MULTIPROC_ENV = MULTIPROC_DIR_ENV
 _LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
 
 # Buckets around the latencies the product cares about (50 ms view, p95 < 600 ms target).
@@ -126,7 +128,7 @@ class Metrics:
         registry = REGISTRY if registry is None else registry
         registry.register(_FlushOnCollect(self))
         self.requests = Counter(
-            "djangoscale_requests",
+            REQUESTS_COUNTER_NAME,
             "HTTP requests served by the app (health endpoints excluded).",
             ["method", "status_class"],
             registry=registry,
