@@ -1,7 +1,8 @@
 """The typed model of a DjangoService, parsed and validated once.
 
-Validation runs the CRD's own OpenAPI schema (the file in `crds/`, shipped as package data) and
-then the cross-field rules the CRD states in CEL, with the same messages. So `djangoscale
+Validation runs the CRD's own OpenAPI schema (the file in `crds/`, shipped as package data,
+checked by `djangoscale.schema` as the API server checks it, unknown fields included) and then
+the cross-field rules the CRD states in CEL, with the same messages. So `djangoscale
 render`, the operator and the API server's admission all refuse the same objects, and the
 defaults live in one place: the schema.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from djangoscale import schema
 from djangoscale.budget import budget_problems, pods_at_most
 from djangoscale.contract import (
     DEFAULT_THREADS,
@@ -188,10 +190,14 @@ def crd() -> dict[str, Any]:
     return loaded
 
 
+def crd_version() -> dict[str, Any]:
+    found: dict[str, Any] = next(v for v in crd()["spec"]["versions"] if v["name"] == VERSION)
+    return found
+
+
 def spec_schema() -> dict[str, Any]:
-    version = next(v for v in crd()["spec"]["versions"] if v["name"] == VERSION)
-    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    return schema
+    found: dict[str, Any] = crd_version()["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return found
 
 
 def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
@@ -209,46 +215,11 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     return result
 
 
-def _field_path(error: Any) -> str:
-    parts = ["spec"]
-    for part in error.absolute_path:
-        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
-    return "".join(parts).replace(".[", "[")
-
-
-def _schema_message(error: Any) -> str:
-    """Short messages in the API server's words, rather than jsonschema's repr of the value."""
-    validator, bound = error.validator, error.validator_value
-    if validator == "enum":
-        return "must be one of " + ", ".join(str(value) for value in bound)
-    templates = {
-        "minimum": "must be >= {}",
-        "maximum": "must be <= {}",
-        "minLength": "must be at least {} characters",
-        "maxLength": "must be at most {} characters",
-        "maxItems": "must have at most {} items",
-        "maxProperties": "must have at most {} entries",
-        "pattern": "must match {}",
-        "type": "must be of type {}",
-    }
-    if validator in templates:
-        return templates[validator].format(bound)
-    return str(error.message)
-
-
 def schema_problems(spec: dict[str, Any]) -> list[str]:
-    from jsonschema import Draft7Validator
-
-    problems = []
-    validator = Draft7Validator(spec_schema())
-    for error in sorted(validator.iter_errors(spec), key=lambda e: list(e.absolute_path)):
-        path = _field_path(error)
-        message = _schema_message(error)
-        if error.validator == "required":
-            # jsonschema says "'image' is a required property": name the missing field instead.
-            path, message = f"{path}.{error.message.split(chr(39))[1]}", "required"
-        problems.append(f"{path}: {message}")
-    return problems
+    """The CRD schema's verdict on a spec (defaults applied): types, bounds, unknown fields."""
+    found = schema.problems(spec, spec_schema())
+    return [f"{schema.field_path('spec', path)}: {message}"
+            for path, message in sorted(found, key=lambda item: list(item[0]))]
 
 
 def cross_field_problems(spec: dict[str, Any]) -> list[str]:
@@ -365,6 +336,9 @@ def parse(body: dict[str, Any]) -> DjangoService:
         problems.append(f"apiVersion: must be {GROUP}/{VERSION}")
     if body.get("kind") not in (None, KIND):
         problems.append(f"kind: must be {KIND}")
+    declared = crd_version()["schema"]["openAPIV3Schema"]["properties"]
+    problems += [f"{key}: unknown field (not declared in the schema)" for key in body
+                 if key not in declared]
     metadata = body.get("metadata") or {}
     if not metadata.get("name"):
         problems.append("metadata.name: required")

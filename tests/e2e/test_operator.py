@@ -14,7 +14,7 @@ import pytest
 from djangoscale.contract import INITIAL_SCALE_FIELD_MANAGER
 from djangoscale.k8s import ApiError
 from tests.e2e.helpers import API, condition, djangoservice, ready, secret, start_operator
-from tests.fixtures.invalid_specs import INVALID_FIELDS
+from tests.fixtures.invalid_specs import INVALID_FIELDS, UNKNOWN_FIELDS
 from tests.fixtures.polling import wait_for
 from tests.tools.chart_install import operator_kubeconfig
 
@@ -115,15 +115,16 @@ def test_the_api_server_refuses_every_invalid_spec_naming_the_field(
     assert field in message or field.replace("[0]", "[]") in message, message
 
 
-def test_unknown_fields_are_refused_with_strict_validation(kube, namespace):
+@pytest.mark.parametrize(("fields", "path"), UNKNOWN_FIELDS)
+def test_unknown_fields_are_refused_with_strict_validation(kube, namespace, fields, path):
     body = djangoservice(namespace)
-    body["spec"]["server"]["thread"] = 10
+    body["spec"] = {"image": "shop:1", "wsgiApp": "shop.wsgi:application", **fields}
     with pytest.raises(ApiError) as raised:
         kube.call(
             "POST", f"/apis/{API}/namespaces/{namespace}/djangoservices", body=body,
             query=[("fieldValidation", "Strict")],
         )
-    assert 'unknown field "spec.server.thread"' in json.loads(raised.value.body)["message"]
+    assert f'unknown field "{path}"' in json.loads(raised.value.body)["message"]
 
 
 def test_pods_are_admitted_in_a_restricted_namespace(kube, operator, namespace):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from djangoscale import spec
-from tests.fixtures.invalid_specs import INVALID_FIELDS
+from tests.fixtures.invalid_specs import INVALID_FIELDS, UNKNOWN_FIELDS
 
 MINIMAL = {
     "apiVersion": "djangoscale.io/v1alpha1",
@@ -62,6 +62,27 @@ def test_min_above_max_names_both_fields():
 def test_bad_fields_are_named(fields, expected):
     problems = problems_of(with_spec(**fields))
     assert any(problem.startswith(expected) for problem in problems), problems
+
+
+@pytest.mark.parametrize(("fields", "path"), UNKNOWN_FIELDS)
+def test_unknown_fields_are_refused_anywhere_naming_their_path(fields, path):
+    assert f"{path}: unknown field (not declared in the schema)" in problems_of(with_spec(**fields))
+
+
+def test_fields_below_preserve_unknown_fields_and_maps_are_free():
+    ds = spec.parse(with_spec(
+        env=[{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        affinity={"nodeAffinity": {"anything": True}},
+        podLabels={"team": "shop"},
+        resources={"requests": {"cpu": "100m", "memory": 64}},
+    ))
+    assert ds.env[0]["valueFrom"]["secretKeyRef"]["key"] == "k"
+
+
+def test_an_unknown_top_level_field_is_refused():
+    body = with_spec()
+    body["sepc"] = {}
+    assert "sepc: unknown field (not declared in the schema)" in problems_of(body)
 
 
 def test_missing_required_fields_are_named():
