@@ -36,6 +36,10 @@ GROUP = "custom.metrics.k8s.io"
 VERSION = "v1beta2"
 GROUP_VERSION = f"{GROUP}/{VERSION}"
 REQUESTHEADER_CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
+# A generated serving cert lasts a year (the operator makes a new one at every start) and is
+# valid from a few minutes back, so a client whose clock lags a little accepts it.
+GENERATED_CERT_DAYS = 365
+CLOCK_SKEW_MINUTES = 5
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,7 @@ class ServingCert:
 
 
 def generate_serving_cert(dns_names: tuple[str, ...], ip_addresses: tuple[str, ...] = (),
-                          days: int = 365) -> ServingCert:
+                          days: int = GENERATED_CERT_DAYS) -> ServingCert:
     """A throwaway CA and a serving cert it signs, for when no cert files are given."""
     import ipaddress
 
@@ -294,7 +298,7 @@ def generate_serving_cert(dns_names: tuple[str, ...], ip_addresses: tuple[str, .
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=CLOCK_SKEW_MINUTES)
     until = now + datetime.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "djangoscale-metrics-ca")])

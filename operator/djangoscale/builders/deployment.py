@@ -27,6 +27,27 @@ PRE_STOP_SLEEP = 5
 # between transactions such a client connection holds no server connection, and keeping it
 # saves a connect and a SCRAM exchange per request (docs/benchmarks.md: ~2.7x on a DB view).
 PERSISTENT_CONN_MAX_AGE = 60
+# Readiness: a pod leaves the Service after two failed checks 5 s apart (10 s), quickly
+# enough to stop sending requests to a stuck pod, slowly enough to ride out one slow answer.
+READINESS_PERIOD_SECONDS = 5
+READINESS_FAILURES = 2
+# Liveness: restarted only after a minute of failures (6 x 10 s), longer than any request
+# the default timeout allows, so a busy pod is never killed for being busy.
+LIVENESS_PERIOD_SECONDS = 10
+LIVENESS_FAILURES = 6
+# pgbouncer starts in well under a second; the app container waits for it up to 30 s.
+PGBOUNCER_STARTUP_PERIOD_SECONDS = 1
+PGBOUNCER_STARTUP_FAILURES = 30
+# What the sidecar needs at rest: pgbouncer is single-threaded and keeps little memory per
+# connection. Requests, no limits: a burst may use more.
+PGBOUNCER_REQUESTS = {"cpu": "50m", "memory": "32Mi"}
+# Beyond the request timeout and the preStop sleep: time for the server to close its
+# sockets and the launcher to flush metrics before SIGKILL.
+SHUTDOWN_MARGIN_SECONDS = 10
+# Owner read-only, group read-only (the fsGroup), nobody else: the files hold credentials.
+SECRET_FILE_MODE = 0o440
+# Old ReplicaSets kept for `kubectl rollout undo`.
+REVISION_HISTORY = 5
 
 
 def restricted_container_security() -> dict[str, Any]:
@@ -127,13 +148,13 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         ],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
+            "periodSeconds": READINESS_PERIOD_SECONDS,
+            "failureThreshold": READINESS_FAILURES,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 6,
+            "periodSeconds": LIVENESS_PERIOD_SECONDS,
+            "failureThreshold": LIVENESS_FAILURES,
         },
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
         "securityContext": restricted_container_security(),
@@ -156,15 +177,15 @@ def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict
         "ports": [{"name": "pgbouncer", "containerPort": pgbouncer.LISTEN_PORT}],
         "startupProbe": {
             "tcpSocket": {"port": pgbouncer.LISTEN_PORT},
-            "periodSeconds": 1,
-            "failureThreshold": 30,
+            "periodSeconds": PGBOUNCER_STARTUP_PERIOD_SECONDS,
+            "failureThreshold": PGBOUNCER_STARTUP_FAILURES,
         },
         "securityContext": restricted_container_security(),
         "volumeMounts": [
             {"name": "pgbouncer-config", "mountPath": pgbouncer.CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+        "resources": {"requests": dict(PGBOUNCER_REQUESTS)},
     }
 
 
@@ -186,7 +207,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
                             {"key": pgbouncer.INI_KEY, "path": pgbouncer.INI_KEY},
                             {"key": pgbouncer.USERLIST_KEY, "path": pgbouncer.USERLIST_KEY},
                         ],
-                        "defaultMode": 0o440,
+                        "defaultMode": SECRET_FILE_MODE,
                     },
                 }
             )
@@ -195,7 +216,9 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": ds.server.timeout_seconds + PRE_STOP_SLEEP + 10,
+        "terminationGracePeriodSeconds": (
+            ds.server.timeout_seconds + PRE_STOP_SLEEP + SHUTDOWN_MARGIN_SECONDS
+        ),
         "enableServiceLinks": False,
         "containers": [build_app_container(ds, secret)],
         "volumes": volumes,
@@ -229,7 +252,7 @@ def deployment_object(
             # The pool sizing counts exactly this one surge pod against the budget.
             "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
         },
-        "revisionHistoryLimit": 5,
+        "revisionHistoryLimit": REVISION_HISTORY,
         "template": template,
     }
     # With an HPA the replicas belong to it: leaving the field out is what keeps the operator

@@ -26,6 +26,10 @@ CONFIG_DIR = "/etc/pgbouncer"
 INI_KEY = "pgbouncer.ini"
 USERLIST_KEY = "userlist.txt"
 DATABASE_URL_KEY = "DATABASE_URL"
+# A server connection idle this long is closed (the pool refills on demand), and none lives
+# longer than an hour, so a failover or a changed password reaches every connection.
+SERVER_IDLE_TIMEOUT_SECONDS = 60
+SERVER_LIFETIME_SECONDS = 3600
 # Keys the user's database Secret must hold.
 CREDENTIAL_KEYS = ("host", "port", "dbname", "user", "password")
 # Characters pgbouncer's connection strings and our env need no quoting for.
@@ -103,8 +107,8 @@ def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:
             f"max_user_connections = {sizing.pool_size_per_pod}",
             f"max_client_conn = {sizing.max_client_conn_per_pod}",
             f"query_wait_timeout = {ds.server.timeout_seconds}",
-            "server_idle_timeout = 60",
-            "server_lifetime = 3600",
+            f"server_idle_timeout = {SERVER_IDLE_TIMEOUT_SECONDS}",
+            f"server_lifetime = {SERVER_LIFETIME_SECONDS}",
             "server_reset_query = DISCARD ALL",
             # psycopg and Django send these; pgbouncer refuses unknown startup parameters.
             "ignore_startup_parameters = extra_float_digits,options",

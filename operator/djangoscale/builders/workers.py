@@ -42,6 +42,13 @@ WORKER_GRACE_SECONDS = 300
 # Liveness: `djangoscale worker` answers /healthz while its consumer loop ticks (a broker-free
 # stand-in for `celery inspect ping`, which starts a Python process and a broker connection).
 HEALTH_PATH = "/healthz"
+# Importing Django and connecting to the broker may take a while on a cold node: up to 2 min.
+STARTUP_PERIOD_SECONDS = 2
+STARTUP_FAILURES = 60
+# A wedged consumer loop is restarted after a minute (3 x 20 s); each check may take 5 s.
+LIVENESS_PERIOD_SECONDS = 20
+LIVENESS_TIMEOUT_SECONDS = 5
+LIVENESS_FAILURES = 3
 
 
 def worker_name(ds: DjangoService, group: WorkerGroup) -> str:
@@ -90,10 +97,11 @@ def build_worker_container(
         "args": worker_args(group),
         "env": env,
         "ports": [{"name": "health", "containerPort": ds.metrics_port, "protocol": "TCP"}],
-        # Importing Django and connecting to the broker may take a while on a cold node.
-        "startupProbe": {**health, "periodSeconds": 2, "failureThreshold": 60},
-        "livenessProbe": {**health, "periodSeconds": 20, "timeoutSeconds": 5,
-                          "failureThreshold": 3},
+        "startupProbe": {**health, "periodSeconds": STARTUP_PERIOD_SECONDS,
+                         "failureThreshold": STARTUP_FAILURES},
+        "livenessProbe": {**health, "periodSeconds": LIVENESS_PERIOD_SECONDS,
+                          "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
+                          "failureThreshold": LIVENESS_FAILURES},
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }

@@ -1,4 +1,4 @@
-"""`djangoscale worker`: a Celery worker with the settings the operator's story calls for.
+"""`djangoscale worker`: a Celery worker with fair scheduling, acks late and a health endpoint.
 
 Celery has no command-line flag for `task_acks_late`, so this sets it (and
 `task_reject_on_worker_lost`, so a task whose worker died is requeued too) on the app before

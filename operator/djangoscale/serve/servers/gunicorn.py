@@ -1,6 +1,6 @@
 """gunicorn, run programmatically with the worker class the server type names.
 
-gunicorn-sync is kept as the contrast from the story (one request per worker);
+gunicorn-sync is the plain baseline (one request per worker);
 gunicorn-gthread is threads per worker; gunicorn-gevent is greenlets, made safe for the
 database: gunicorn's gevent worker monkey-patches before the app is imported, so psycopg 3
 sees the patched `select` and waits cooperatively (psycopg.waiting._is_select_patched), and
