@@ -69,3 +69,23 @@ def test_pod_index_keys_pods_by_their_djangoservice() -> None:
     assert (target.name, target.ip, target.ready) == ("shop-1", "127.1.1.4", True)
     assert target.label_dict == labels
     assert fn(name="x", namespace="web", labels={}, status=RUNNING_READY, meta={}) is None
+
+
+def test_djangoscale_run_reads_the_environment_then_its_flags(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from djangoscale.controller.cli import configure, settings_from
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    monkeypatch.setenv("DJANGOSCALE_STABLE_WINDOW", "30")
+    monkeypatch.setenv("DJANGOSCALE_PANIC_WINDOW", "4")
+    monkeypatch.delenv("DJANGOSCALE_METRICS_API_BIND", raising=False)
+    settings = settings_from(parser.parse_args(["--bind", "127.0.0.1", "--panic-window", "3"]))
+    assert (settings.stable_window, settings.panic_window) == (30.0, 3.0)
+    assert settings.bind == "127.0.0.1"  # the metrics API follows --bind unless told
+    monkeypatch.setenv("DJANGOSCALE_METRICS_API_BIND", "10.0.0.1")
+    assert settings_from(parser.parse_args(["--bind", "127.0.0.1"])).bind == "10.0.0.1"
+    flags = ["--bind", "127.0.0.1", "--metrics-api-bind", "::1"]
+    assert settings_from(parser.parse_args(flags)).bind == "::1"

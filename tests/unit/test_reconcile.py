@@ -205,3 +205,20 @@ def test_a_hand_edit_of_a_child_is_put_back_and_status_follows_the_children(
     writes = list(api.writes)
     child_event(context, api, generation=deployment["metadata"]["generation"])
     assert api.writes == writes
+
+
+def test_handlers_need_the_context_djangoscale_run_builds():
+    from djangoscale.context import context_of
+
+    with pytest.raises(RuntimeError, match="djangoscale run"):
+        context_of(kopf.Memo())
+
+
+def test_the_entry_module_registers_every_handler_module():
+    import djangoscale.entry  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    names = {handler.fn.__module__ for handler in registry._spawning.get_all_handlers()}
+    names |= {handler.fn.__module__ for handler in registry._changing.get_all_handlers()}
+    assert {"djangoscale.controller.handlers", "djangoscale.autoscaling.handlers",
+            "djangoscale.celery.handlers"} <= names
