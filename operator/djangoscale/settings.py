@@ -16,6 +16,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from djangoscale.autoscaling.windows import (
+    PANIC_THRESHOLD,
+    PANIC_WINDOW_SECONDS,
+    STABLE_WINDOW_SECONDS,
+)
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -40,11 +46,10 @@ class OperatorSettings:
     scrape_timeout: float = 1.5
     # Sockets open at once while scraping (a thousand pods do not open a thousand sockets).
     scrape_concurrency: int = 64
-    stable_window: float = 60.0
-    panic_window: float = 6.0
-    # Knative's 2x: below it a moderate step waits for the stable window (see
-    # bench/bench_metrics_latency.py); lower reacts faster, and to noise too.
-    panic_threshold: float = 2.0
+    # The RPS windows and burst rule: defaults and reasons in `djangoscale.autoscaling.windows`.
+    stable_window: float = STABLE_WINDOW_SECONDS
+    panic_window: float = PANIC_WINDOW_SECONDS
+    panic_threshold: float = PANIC_THRESHOLD
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
