@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 
 from djangoscale import spec
+from djangoscale.builders.deployment import SECRET_FILE_GROUP, SECRET_FILE_MODE
 from djangoscale.builders.pgbouncer import (
     CONFIG_DIR,
     INI_KEY,
@@ -101,6 +103,7 @@ class Runc:
         env: dict[str, str] | None = None,
         binds: dict[str, Path] | None = None,
         host_network: bool = False,
+        fs_group: int | None = None,
     ) -> Path:
         config = image_config(self.store, tag)
         container = self.store.output("from", "--quiet", "--pull-never", normalized_reference(tag))
@@ -120,7 +123,8 @@ class Runc:
             args=command,
             env=(config.get("Env") or []) + [f"{k}={v}" for k, v in (env or {}).items()],
             cwd=config.get("WorkingDir") or "/",
-            user={"uid": int(uid), "gid": int(gid or 0)},
+            user={"uid": int(uid), "gid": int(gid or 0)}
+            | ({"additionalGids": [fs_group]} if fs_group is not None else {}),
             noNewPrivileges=True,
             capabilities={key: [] for key in spec["process"]["capabilities"]},
         )
@@ -412,7 +416,8 @@ def test_pgbouncer_listens_with_the_operators_config_as_its_user(
     built: Built, runc: Runc, tmp_path: Path
 ) -> None:
     """pgbouncer starts on a read-only root as 10002:10002 with the config the operator
-    renders (its Secret's files, mounted read-only at the same path)."""
+    renders, its Secret's files mounted as the kubelet mounts them: read-only at the same
+    path, owned by root and the pod's fsGroup, mode 0440."""
     port = free_port()
     credentials = DatabaseCredentials("127.0.0.1", 5432, "shop", "shop", "not-secret")
     ini = render_ini(spec.parse(SAMPLE_SERVICE), credentials)
@@ -421,7 +426,12 @@ def test_pgbouncer_listens_with_the_operators_config_as_its_user(
     config.mkdir()
     (config / INI_KEY).write_text(ini)
     (config / USERLIST_KEY).write_text(render_userlist(credentials))
-    name, process = runc.start(project.PGBOUNCER, binds={CONFIG_DIR: config})
+    for path in (config / INI_KEY, config / USERLIST_KEY):
+        os.chown(path, 0, SECRET_FILE_GROUP)
+        path.chmod(SECRET_FILE_MODE)
+    name, process = runc.start(
+        project.PGBOUNCER, binds={CONFIG_DIR: config}, fs_group=SECRET_FILE_GROUP
+    )
 
     def listening() -> bool:
         if process.poll() is not None:
