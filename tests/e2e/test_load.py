@@ -1,0 +1,134 @@
+"""`djangoscale load` end to end: its counts against what the server counted itself.
+
+Against a real `djangoscale serve` (cheroot, the sample project, PostgreSQL behind pgbouncer)
+every request the generator reports must be one the launcher's own metrics counted, status
+class by status class; against a server that answers 500 or drops the connection, every
+failure must be counted as the server caused it. Each run is a few seconds of load.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.launcher import metric_sum, serve
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+REQUESTS = "djangoscale_requests_total"
+
+
+def run_load(url: str, rps: str, step_seconds: float, out: Path,
+             *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """`djangoscale load` as a user runs it; its exit code and its --json counts."""
+    done = subprocess.run(
+        [sys.executable, "-m", "djangoscale.cli", "load", url, "--rps", rps,
+         "--step-seconds", str(step_seconds), "--json", str(out), *extra],
+        capture_output=True, text=True, timeout=60)
+    assert out.exists(), done.stdout + done.stderr
+    return done.returncode, json.loads(out.read_text())
+
+
+def test_counts_equal_what_the_launcher_counted(pgbouncer_server, tmp_path):
+    with serve("cherrypy", pgbouncer_server.database_env(), tmp_path,
+               workers=1, threads=16) as served:
+        before = served.metrics()
+        base = f"http://{served.host}:{served.port}"
+        code, counts = run_load(f"{base}/items/", "20,80,40", 2, tmp_path / "items.json")
+        assert code == 0, counts["total"]
+        assert [step["offered"] for step in counts["steps"]] == [40, 160, 80]
+        total = counts["total"]
+        assert total["sent"] == total["ok"] == 280 and total["failed"] == 0
+        assert sum(second["offered"] for second in counts["seconds"]) == 280
+        assert 0 < total["p50"] <= total["p95"] <= total["p99"]
+
+        missing_code, missing = run_load(f"{base}/no-such-page/", "20", 1,
+                                         tmp_path / "missing.json")
+        assert missing_code == 1  # every request failed with a 404
+        assert missing["total"]["statuses"] == {"404": 20} and missing["total"]["ok"] == 0
+
+        ok_key = f'{REQUESTS}{{method="GET",status_class="2xx"}}'
+        missing_key = f'{REQUESTS}{{method="GET",status_class="4xx"}}'
+
+        def counted(samples: dict[str, float]) -> bool:
+            return metric_sum(samples, REQUESTS) - metric_sum(before, REQUESTS) >= 300
+
+        after = served.metrics_until(counted)
+        assert after.get(ok_key, 0) - before.get(ok_key, 0) == total["ok"]
+        assert after.get(missing_key, 0) - before.get(missing_key, 0) == 20
+        assert metric_sum(after, REQUESTS) - metric_sum(before, REQUESTS) == 300
+
+
+class Misbehaving:
+    """A loopback HTTP server that answers its requests in turn with a 500, no answer at all
+    (the connection closed after the request was read), and a 200; each answer closes the
+    connection, and it counts what it did."""
+
+    ANSWERS = ("500", "close", "200")
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port = self.sock.getsockname()[1]
+        self.done: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.turn = 0
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            with self.lock:
+                kind = self.ANSWERS[self.turn % len(self.ANSWERS)]
+                self.turn += 1
+                self.done[kind] += 1
+            if kind == "close":
+                return
+            reason = b"OK" if kind == "200" else b"Internal Server Error"
+            conn.sendall(b"HTTP/1.1 " + kind.encode() + b" " + reason +
+                         b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[Misbehaving]:
+    server = Misbehaving()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    yield server
+    server.sock.close()
+
+
+def test_500s_and_dropped_connections_are_counted_as_the_server_caused_them(misbehaving,
+                                                                            tmp_path):
+    url = f"http://127.0.0.1:{misbehaving.port}/"
+    code, counts = run_load(url, "30,60", 1, tmp_path / "counts.json")
+    total = counts["total"]
+    assert code == 1
+    assert total["offered"] == total["sent"] == 90
+    assert sum(misbehaving.done.values()) == 90  # no request resent behind our back
+    assert total["statuses"] == {"500": misbehaving.done["500"]} == {"500": 30}
+    assert total["errors"] == {"disconnected": misbehaving.done["close"]} == {"disconnected": 30}
+    assert total["ok"] == misbehaving.done["200"] == 30
+    assert total["failed"] == 60
+
+    relaxed, _ = run_load(url, "10", 1, tmp_path / "relaxed.json", "--allow-errors")
+    assert relaxed == 0
