@@ -58,6 +58,7 @@ class LoadSnapshot:
     in_flight: int
     ok: int  # since the start
     failed: int  # since the start: non-2xx, no answer, dropped
+    failed_last_second: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # "503", "timeout", "dropped"...
 
 
@@ -99,8 +100,10 @@ def load_snapshot(recorder: Recorder, elapsed: float, url: str) -> LoadSnapshot:
     last = recorder.by_second.get(int(elapsed) - 1)
     offered = served = 0.0
     p50 = p95 = None
+    failed_last_second = 0
     if last is not None:
         offered, served = float(last.offered), float(last.ok)
+        failed_last_second = last.failed
         p = last.percentiles()
         p50 = None if p["p50"] is None else p["p50"] * 1000
         p95 = None if p["p95"] is None else p["p95"] * 1000
@@ -114,7 +117,7 @@ def load_snapshot(recorder: Recorder, elapsed: float, url: str) -> LoadSnapshot:
         url=url, elapsed=elapsed, step=step, steps=len(recorder.steps),
         step_rps=recorder.steps[step].rps, offered_rps=offered, served_rps=served,
         p50_ms=p50, p95_ms=p95, in_flight=recorder.in_flight, ok=total.ok,
-        failed=total.failed, failures=failures,
+        failed=total.failed, failed_last_second=failed_last_second, failures=failures,
     )
 
 
