@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,21 +400,37 @@ def closing_line(total: Tally, elapsed: float) -> str:
             f"in {elapsed:.1f} s" + (f"; {latency}" if latency else ""))
 
 
-async def run_with_view(settings: LoadSettings, recorder: Recorder, live: bool) -> float:
-    """The load, with the live view of its own counters when writing to a terminal."""
-    if not live:
-        return await asyncio.wait_for(generate(settings, recorder), settings.deadline_seconds)
-    from djangoscale_dev.live import LiveView, load_snapshot
-
+async def run(settings: LoadSettings, recorder: Recorder,
+              every_second: Callable[[float], Awaitable[None]] | None = None) -> float:
+    """The load; `every_second(elapsed)` runs about once a second while it does (a view, a
+    sampler), in the same event loop. Returns the seconds the load took."""
     clock: dict[str, float] = {}
     loop = asyncio.get_running_loop()
-    with LiveView() as view:
-        task = loop.create_task(generate(settings, recorder, lambda t0: clock.update(t0=t0)))
+    task = loop.create_task(generate(settings, recorder, lambda t0: clock.update(t0=t0)))
+    deadline = loop.time() + settings.deadline_seconds
+    try:
         while not task.done():
-            await asyncio.wait({task}, timeout=1.0)
-            if "t0" in clock:
-                view.show(load_snapshot(recorder, loop.time() - clock["t0"], settings.url))
+            await asyncio.wait({task}, timeout=min(1.0, max(0.0, deadline - loop.time())))
+            if not task.done() and loop.time() >= deadline:
+                raise TimeoutError(f"the load ran past its {settings.deadline_seconds:g} s bound")
+            if every_second is not None and "t0" in clock:
+                await every_second(loop.time() - clock["t0"])
         return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+
+async def run_in_view(settings: LoadSettings, recorder: Recorder) -> float:
+    """The load, with the live view of its own counters."""
+    from djangoscale_dev.live import LiveView, load_snapshot
+
+    with LiveView() as view:
+        async def show(elapsed: float) -> None:
+            view.show(load_snapshot(recorder, elapsed, settings.url))
+
+        return await run(settings, recorder, show)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -428,7 +444,10 @@ def main(args: argparse.Namespace) -> int:
     recorder = Recorder(settings.steps)
     started = time.monotonic()
     try:
-        elapsed = asyncio.run(run_with_view(settings, recorder, sys.stdout.isatty()))
+        if sys.stdout.isatty():
+            elapsed = asyncio.run(run_in_view(settings, recorder))
+        else:
+            elapsed = asyncio.run(run(settings, recorder))
     except KeyboardInterrupt:
         elapsed = time.monotonic() - started
         print("interrupted: the counts below cover the requests offered so far")

@@ -1,0 +1,158 @@
+"""The load step of `djangoscale dev`: once the example is Ready, offer the load steps to its
+Service, show the live view while they run, then write the PNG timeline.
+
+Load goes through the Service, as users' traffic does, so it needs pods that serve: a real
+node. On KWOK fake nodes nothing listens behind a Service, and this step says so and skips;
+it never fakes traffic or figures.
+
+Only argparse at import time (`configure_load` builds part of `dev`'s parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from djangoscale_dev.live import Reader
+    from djangoscale_dev.load import Step
+
+
+def configure_load(parser: argparse.ArgumentParser) -> None:
+    """`djangoscale dev`'s load options."""
+    from djangoscale_dev.load import DEFAULT_RPS, DEFAULT_STEP_SECONDS
+
+    parser.add_argument("--no-load", action="store_true",
+                        help="once Ready, only print the objects (no load, no live view)")
+    parser.add_argument("--rps", default=DEFAULT_RPS,
+                        help="load steps, requests per second (default: %(default)s)")
+    parser.add_argument("--step-seconds", type=float, default=DEFAULT_STEP_SECONDS,
+                        help="length of each load step (default: %(default)s)")
+    parser.add_argument("--load-path", default="/items/",
+                        help="path the load requests (default: %(default)s, a database read)")
+
+
+def real_nodes(read: Reader) -> list[str]:
+    """Ready nodes that run pods for real (a kubelet), not KWOK's fakes."""
+    from djangoscale_dev.cluster.flags import KWOK_NODE_ANNOTATION
+
+    names = []
+    for node in (read("/api/v1/nodes") or {}).get("items") or []:
+        metadata = node.get("metadata") or {}
+        if KWOK_NODE_ANNOTATION in (metadata.get("annotations") or {}):
+            continue
+        conditions = (node.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            names.append(str(metadata.get("name")))
+    return names
+
+
+def load_url(read: Reader, namespace: str, name: str, path: str) -> tuple[str | None, str]:
+    """(URL of the DjangoService's Service, "") when a real node can serve it, else
+    (None, why not)."""
+    if not real_nodes(read):
+        return None, ("load skipped: it needs the real node (this cluster has only KWOK fake "
+                      "nodes, where no pod serves)")
+    service = read(f"/api/v1/namespaces/{namespace}/services/{name}")
+    if service is None:
+        return None, f"load skipped: no Service {namespace}/{name}"
+    spec = service.get("spec") or {}
+    ip = spec.get("clusterIP")
+    port = next((p.get("port") for p in spec.get("ports") or [] if p.get("name") == "http"),
+                None)
+    if not ip or ip == "None" or port is None:
+        return None, f"load skipped: Service {namespace}/{name} has no ClusterIP and http port"
+    return f"http://{ip}:{port}{path}", ""
+
+
+def step_marks(steps: list[Step]) -> tuple[list[tuple[float, str]], float | None, float | None]:
+    """Timeline marks at each step's start; the start of the first step up and of the last
+    step when it goes down (where scale-up and scale-down are measured from)."""
+    marks, start = [], 0.0
+    up = down = None
+    for index, step in enumerate(steps):
+        marks.append((start, f"{step.rps:g} RPS"))
+        if index and step.rps > steps[index - 1].rps and up is None:
+            up = start
+        if index == len(steps) - 1 and index and step.rps < steps[index - 1].rps:
+            down = start
+        start += step.seconds
+    return marks, up, down
+
+
+def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -> None:
+    """Load the DjangoService through its Service with the live view, then write the PNG.
+
+    KeyboardInterrupt still writes the PNG of what ran, then propagates (dev stops)."""
+    from djangoscale.controller import kube
+    from djangoscale_dev import load, timeline
+    from djangoscale_dev.live import (
+        ClusterSampler,
+        LiveView,
+        Snapshot,
+        api_reader,
+        load_snapshot,
+        pg_connections_in_use,
+        step_table,
+    )
+
+    namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
+    read = api_reader(kube.api_client())
+    url, why_not = load_url(read, namespace, name, args.load_path)
+    if url is None:
+        print(why_not)
+        return
+    try:
+        load.check_target(url, allow_remote=False)
+        settings = load.LoadSettings(url, load.plan(load.parse_rps(args.rps), args.step_seconds))
+    except load.LoadError as error:
+        print(f"load skipped: {error}")
+        return
+    secret_name = (service.get("spec", {}).get("database") or {}).get("secretName")
+    secret = read(f"/api/v1/namespaces/{namespace}/secrets/{secret_name}") if secret_name else None
+    sampler = ClusterSampler(read, namespace, name,
+                             pg_connections_in_use(secret) if secret else None)
+    recorder = load.Recorder(settings.steps)
+    rows: list[dict[str, float | None]] = []
+    print(f"load: {args.rps} RPS, {args.step_seconds:g} s a step, against {url}")
+    started = time.monotonic()
+    interrupted = False
+    try:
+        with LiveView() as view:
+            async def every_second(elapsed: float) -> None:
+                cluster = await asyncio.to_thread(sampler.sample)
+                snapshot = Snapshot(load=load_snapshot(recorder, elapsed, url), cluster=cluster)
+                rows.append(timeline.row(snapshot, elapsed))
+                view.show(snapshot)
+
+            asyncio.run(load.run(settings, recorder, every_second))
+    except KeyboardInterrupt:
+        interrupted = True
+    from rich.console import Console
+
+    Console().print(step_table(recorder))
+    print(load.closing_line(recorder.total(), time.monotonic() - started))
+    if rows:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        timeline.write_csv(rows, out_dir / "load-timeline.csv")
+        marks, up, down = step_marks(settings.steps)
+        png = timeline.plot_timeline(
+            timeline.columns_of(rows), out_dir / "load-timeline.png",
+            f"djangoscale dev: {namespace}/{name} under {args.rps} RPS "
+            f"({args.step_seconds:g} s steps)",
+            marks=marks, load_window=(0.0, marks[-1][0] + settings.steps[-1].seconds),
+            target_per_pod=_target(service), scale_up_after=up, scale_down_after=down)
+        print(f"timeline: {png}")
+    else:
+        print("timeline: nothing recorded", file=sys.stderr)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _target(service: dict[str, Any]) -> float | None:
+    value = ((service.get("spec") or {}).get("autoscaling") or {}).get("targetRPSPerPod")
+    return float(value) if value is not None else None
