@@ -204,6 +204,7 @@ class ClusterSampler:
                  connections_in_use: Callable[[], int | None] | None = None) -> None:
         self.read, self.namespace, self.name = read, namespace, name
         self.connections_in_use = connections_in_use
+        self.database_error: str | None = None
 
     def paths(self) -> dict[str, str]:
         ns, name = self.namespace, self.name
@@ -231,7 +232,12 @@ class ClusterSampler:
             try:
                 in_use = self.connections_in_use()
             except Exception as error:
-                errors.append(f"database: {type(error).__name__}: {str(error)[:80]}")
+                # Not asked again: an unreachable database would cost its connect timeout
+                # every second and slow the whole view.
+                self.connections_in_use = None
+                self.database_error = f"database: {type(error).__name__}: {str(error)[:80]}"
+        if self.database_error:
+            errors.append(f"{self.database_error} (not asked again)")
         return cluster_snapshot(self.namespace, self.name, db_in_use=in_use,
                                 error="; ".join(errors) or None, **found)
 
@@ -239,13 +245,16 @@ class ClusterSampler:
 def api_reader(api_client: Any) -> Reader:
     """A `Reader` over a kubernetes `ApiClient` (its credentials and TLS)."""
     import json
+    from urllib.parse import parse_qsl
 
     from kubernetes.client.exceptions import ApiException
 
     def read(path: str) -> dict[str, Any] | None:
+        resource_path, _, query = path.partition("?")
         try:
             response = api_client.call_api(
-                *api_client.param_serialize(method="GET", resource_path=path,
+                *api_client.param_serialize(method="GET", resource_path=resource_path,
+                                            query_params=parse_qsl(query),
                                             header_params={"Accept": "application/json"},
                                             auth_settings=["BearerToken"])[:4],
                 _request_timeout=5)

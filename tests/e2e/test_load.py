@@ -1,4 +1,5 @@
-"""`djangoscale load` end to end: its counts against what the server counted itself.
+"""`djangoscale load` end to end: its counts against what the server counted itself, and the
+live view's sampler against a DjangoService on the local control plane.
 
 Against a real `djangoscale serve` (cheroot, the sample project, PostgreSQL behind pgbouncer)
 every request the generator reports must be one the launcher's own metrics counted, status
@@ -8,6 +9,9 @@ failure must be counted as the server caused it. Each run is a few seconds of lo
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import json
 import socket
 import subprocess
@@ -17,9 +21,22 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from rich.console import Console
 
+from djangoscale_dev.live import (
+    ClusterSampler,
+    ClusterSnapshot,
+    Snapshot,
+    api_reader,
+    pg_connections_in_use,
+    render,
+)
+from tests.e2e.helpers import djangoservice, ready, start_operator
 from tests.fixtures.launcher import metric_sum, serve
+from tests.fixtures.polling import wait_for
+from tests.fixtures.services import SERVICE_USER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -132,3 +149,57 @@ def test_500s_and_dropped_connections_are_counted_as_the_server_caused_them(misb
 
     relaxed, _ = run_load(url, "10", 1, tmp_path / "relaxed.json", "--allow-errors")
     assert relaxed == 0
+
+
+def test_the_live_view_samples_a_djangoservice_on_the_control_plane(cluster, kube, namespace,
+                                                                      postgres_server, tmp_path):
+    """The operator reconciles the DjangoService on KWOK pods; the sampler reads its figures
+    through the API server as `djangoscale dev` does, and counts our connections to its
+    database (from the DjangoService's own Secret) in pg_stat_activity."""
+    database = f"view_{namespace.replace('-', '_')}"
+    postgres_server.execute(f"CREATE DATABASE {database}")
+    values = {"host": postgres_server.host, "port": str(postgres_server.port),
+              "dbname": database, "user": SERVICE_USER, "password": "unused-trust-auth"}
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "shop-db", "namespace": namespace},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}})
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(start_operator(cluster.kubeconfig, tmp_path / "operator.log"))
+        kube.apply(djangoservice(namespace))
+        wait_for("the DjangoService to be Ready", lambda: ready(kube, namespace), timeout=120)
+        held = [stack.enter_context(psycopg.connect(postgres_server.dsn(database)))
+                for _ in range(3)]
+        read = api_reader(kube.api_client())
+        secret = read(f"/api/v1/namespaces/{namespace}/secrets/shop-db")
+        assert secret is not None
+        sampler = ClusterSampler(read, namespace, "shop", pg_connections_in_use(secret))
+
+        seen: list[ClusterSnapshot] = []
+
+        def hpa_desired() -> object:
+            hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, "shop") or {}
+            return (hpa.get("status") or {}).get("desiredReplicas")
+
+        def settled() -> bool:
+            seen.append(sampler.sample())
+            snap = seen[-1]
+            wanted = (snap.ready, snap.running, snap.db_in_use) == (2, 2, 3)
+            return wanted and snap.rps_stable is not None and snap.desired == hpa_desired()
+
+        with contextlib.suppress(AssertionError):
+            wait_for("the sampler to see 2 replicas and our 3 connections", settled, timeout=60)
+        snap = seen[-1]
+        assert (snap.ready, snap.running, snap.db_in_use) == (2, 2, 3), snap
+        # On KWOK no pod serves metrics, so the HPA cannot compute and leaves 0 desired.
+        assert snap.desired == hpa_desired(), snap
+        assert len(held) == 3
+    assert (snap.min_replicas, snap.max_replicas, snap.db_budget) == (2, 5, 40)
+    assert snap.target_rps_per_pod == 20 and snap.ready_condition == "True"
+    assert snap.rps_stable == 0.0  # KWOK pods serve nothing: the collector reads no traffic
+    # Only the custom metrics API may be missing here (no APIService in this test).
+    assert snap.error is None or snap.error.startswith("metric_values"), snap.error
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(Snapshot(cluster=snap)))
+    shown = console.file.getvalue()
+    assert f"desired {snap.desired}   ready 2   running 2   (min 2, max 5)" in shown, shown
+    assert "in use 3 of budget 40" in shown, shown

@@ -108,10 +108,26 @@ def test_the_sampler_reads_every_source_and_reports_failed_reads() -> None:
     snap = live.ClusterSampler(read, NS, NAME, connections_in_use=lambda: 12).sample()
     assert (snap.desired, snap.running, snap.db_in_use, snap.metrics_api) == (5, 2, 12, None)
     assert snap.error and "metric_values: ConnectionError: aggregator unavailable" in snap.error
+    assert "database" not in snap.error
     assert ("/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/"
             "djangoscale_requests_per_second?labelSelector=app.kubernetes.io/instance=shop,"
             "app.kubernetes.io/component=web") in asked
     assert "/apis/djangoscale.io/v1alpha1/namespaces/default/djangoservices/shop" in asked
+
+
+def test_an_unreachable_database_is_asked_once_and_said_every_time() -> None:
+    calls = []
+
+    def refused() -> int:
+        calls.append(1)
+        raise OSError("connection refused")
+
+    sampler = live.ClusterSampler(lambda path: None, NS, NAME, connections_in_use=refused)
+    first, second = sampler.sample(), sampler.sample()
+    assert len(calls) == 1
+    for snap in (first, second):
+        assert snap.db_in_use is None
+        assert snap.error == "database: OSError: connection refused (not asked again)"
 
 
 def test_the_view_shows_every_figure() -> None:
