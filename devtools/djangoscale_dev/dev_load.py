@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+SAMPLE_SECONDS = 1.0  # between two reads of the cluster once the load has ended
+
 if TYPE_CHECKING:
-    from djangoscale_dev.live import Reader
-    from djangoscale_dev.load import Step
+    from djangoscale_dev.live import ClusterSampler, ClusterSnapshot, Reader
+    from djangoscale_dev.load import LoadSettings, Step
 
 
 def configure_load(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,9 @@ def configure_load(parser: argparse.ArgumentParser) -> None:
                         help="length of each load step (default: %(default)s)")
     parser.add_argument("--load-path", default="/items/",
                         help="path the load requests (default: %(default)s, a database read)")
+    parser.add_argument("--settle-seconds", type=float, default=120.0,
+                        help="after the load, watch at most this long for the scale-down "
+                        "(default: %(default)s)")
 
 
 def real_nodes(read: Reader) -> list[str]:
@@ -85,20 +90,10 @@ def step_marks(steps: list[Step]) -> tuple[list[tuple[float, str]], float | None
 
 
 def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -> None:
-    """Load the DjangoService through its Service with the live view, then write the PNG.
-
-    KeyboardInterrupt still writes the PNG of what ran, then propagates (dev stops)."""
+    """Load the DjangoService through its Service with the live view, then write the PNG."""
     from djangoscale.controller import kube
-    from djangoscale_dev import load, timeline
-    from djangoscale_dev.live import (
-        ClusterSampler,
-        LiveView,
-        Snapshot,
-        api_reader,
-        load_snapshot,
-        pg_connections_in_use,
-        step_table,
-    )
+    from djangoscale_dev import load
+    from djangoscale_dev.live import ClusterSampler, api_reader, pg_connections_in_use
 
     namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
     read = api_reader(kube.api_client())
@@ -116,41 +111,73 @@ def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -
     secret = read(f"/api/v1/namespaces/{namespace}/secrets/{secret_name}") if secret_name else None
     sampler = ClusterSampler(read, namespace, name,
                              pg_connections_in_use(secret) if secret else None)
+    print(f"load: {args.rps} RPS, {args.step_seconds:g} s a step, against {url}")
+    watch_load(settings, sampler, out_dir, settle_seconds=args.settle_seconds,
+               target_per_pod=_target(service))
+
+
+def watch_load(settings: LoadSettings, sampler: ClusterSampler, out_dir: Path, *,
+               settle_seconds: float, target_per_pod: float | None) -> Path | None:
+    """Run the load with the live view (the generator's counters and `sampler`'s cluster
+    figures, once a second), watch the scale-down after it for up to `settle_seconds`, then
+    print the per-step table and write the timeline (CSV and PNG) into `out_dir`.
+
+    Returns the PNG, or None when nothing was recorded. KeyboardInterrupt still writes the
+    PNG of what ran, then propagates (dev stops)."""
+    from rich.console import Console
+
+    from djangoscale_dev import load, timeline
+    from djangoscale_dev.live import LiveView, Snapshot, load_snapshot, step_table
+
     recorder = load.Recorder(settings.steps)
     rows: list[dict[str, float | None]] = []
-    print(f"load: {args.rps} RPS, {args.step_seconds:g} s a step, against {url}")
     started = time.monotonic()
     interrupted = False
     try:
         with LiveView() as view:
-            async def every_second(elapsed: float) -> None:
+            async def every_second(elapsed: float) -> ClusterSnapshot:
                 cluster = await asyncio.to_thread(sampler.sample)
-                snapshot = Snapshot(load=load_snapshot(recorder, elapsed, url), cluster=cluster)
+                snapshot = Snapshot(load=load_snapshot(recorder, elapsed, settings.url),
+                                    cluster=cluster)
                 rows.append(timeline.row(snapshot, elapsed))
                 view.show(snapshot)
+                return cluster
 
-            asyncio.run(load.run(settings, recorder, every_second))
+            async def load_then_settle() -> None:
+                elapsed = await load.run(settings, recorder, every_second)
+                # Keep watching after the last step until the HPA is back at its minimum
+                # (bounded), so the timeline shows the scale-down too.
+                settling = time.monotonic()
+                while time.monotonic() - settling < settle_seconds:
+                    await asyncio.sleep(SAMPLE_SECONDS)
+                    cluster = await every_second(elapsed + time.monotonic() - settling)
+                    if cluster.desired is not None and cluster.desired <= (
+                            cluster.min_replicas or 1):
+                        break
+
+            asyncio.run(load_then_settle())
     except KeyboardInterrupt:
         interrupted = True
-    from rich.console import Console
-
     Console().print(step_table(recorder))
     print(load.closing_line(recorder.total(), time.monotonic() - started))
+    png = None
     if rows:
         out_dir.mkdir(parents=True, exist_ok=True)
         timeline.write_csv(rows, out_dir / "load-timeline.csv")
         marks, up, down = step_marks(settings.steps)
+        profile = ",".join(f"{step.rps:g}" for step in settings.steps)
         png = timeline.plot_timeline(
             timeline.columns_of(rows), out_dir / "load-timeline.png",
-            f"djangoscale dev: {namespace}/{name} under {args.rps} RPS "
-            f"({args.step_seconds:g} s steps)",
-            marks=marks, load_window=(0.0, marks[-1][0] + settings.steps[-1].seconds),
-            target_per_pod=_target(service), scale_up_after=up, scale_down_after=down)
+            f"{sampler.namespace}/{sampler.name} under {profile} RPS "
+            f"({settings.steps[0].seconds:g} s steps)",
+            marks=marks, load_window=(0.0, sum(step.seconds for step in settings.steps)),
+            target_per_pod=target_per_pod, scale_up_after=up, scale_down_after=down)
         print(f"timeline: {png}")
     else:
         print("timeline: nothing recorded", file=sys.stderr)
     if interrupted:
         raise KeyboardInterrupt
+    return png
 
 
 def _target(service: dict[str, Any]) -> float | None:

@@ -60,6 +60,7 @@ class LoadSnapshot:
     failed: int  # since the start: non-2xx, no answer, dropped
     failed_last_second: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # "503", "timeout", "dropped"...
+    finished: bool = False  # past the last step: the view watches the scale-down
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def load_snapshot(recorder: Recorder, elapsed: float, url: str) -> LoadSnapshot:
         step_rps=recorder.steps[step].rps, offered_rps=offered, served_rps=served,
         p50_ms=p50, p95_ms=p95, in_flight=recorder.in_flight, ok=total.ok,
         failed=total.failed, failed_last_second=failed_last_second, failures=failures,
+        finished=elapsed >= sum(step.seconds for step in recorder.steps),
     )
 
 
@@ -312,8 +314,12 @@ def _load_panel(load: LoadSnapshot) -> RenderableType:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("step", f"{load.step + 1}/{load.steps} at {load.step_rps:g} RPS, "
-                         f"{load.elapsed:.0f} s elapsed")
+    if load.finished:
+        grid.add_row("step", f"load finished ({load.steps} steps), {load.elapsed:.0f} s "
+                             "elapsed: watching the scale-down")
+    else:
+        grid.add_row("step", f"{load.step + 1}/{load.steps} at {load.step_rps:g} RPS, "
+                             f"{load.elapsed:.0f} s elapsed")
     grid.add_row("RPS", f"offered {load.offered_rps:.0f}   served {load.served_rps:.0f}   "
                         f"in flight {load.in_flight}")
     grid.add_row("latency",

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
+from djangoscale_dev.dev_load import watch_load
 from djangoscale_dev.live import (
     ClusterSampler,
     ClusterSnapshot,
@@ -33,6 +34,8 @@ from djangoscale_dev.live import (
     pg_connections_in_use,
     render,
 )
+from djangoscale_dev.load import LoadSettings, plan
+from djangoscale_dev.timeline import read_csv
 from tests.e2e.helpers import djangoservice, ready, start_operator
 from tests.fixtures.launcher import metric_sum, serve
 from tests.fixtures.polling import wait_for
@@ -151,11 +154,12 @@ def test_500s_and_dropped_connections_are_counted_as_the_server_caused_them(misb
     assert relaxed == 0
 
 
-def test_the_live_view_samples_a_djangoservice_on_the_control_plane(cluster, kube, namespace,
-                                                                      postgres_server, tmp_path):
+def test_the_live_view_samples_a_djangoservice_on_the_control_plane(
+        cluster, kube, namespace, postgres_server, pgbouncer_server, tmp_path, capsys):
     """The operator reconciles the DjangoService on KWOK pods; the sampler reads its figures
     through the API server as `djangoscale dev` does, and counts our connections to its
-    database (from the DjangoService's own Secret) in pg_stat_activity."""
+    database (from the DjangoService's own Secret) in pg_stat_activity. Then the dev load
+    step runs against a real launcher with that sampler, and writes its timeline."""
     database = f"view_{namespace.replace('-', '_')}"
     postgres_server.execute(f"CREATE DATABASE {database}")
     values = {"host": postgres_server.host, "port": str(postgres_server.port),
@@ -192,6 +196,19 @@ def test_the_live_view_samples_a_djangoservice_on_the_control_plane(cluster, kub
         assert (snap.ready, snap.running, snap.db_in_use) == (2, 2, 3), snap
         # On KWOK no pod serves metrics, so the HPA cannot compute and leaves 0 desired.
         assert snap.desired == hpa_desired(), snap
+
+        # What `djangoscale dev` does once Ready, with a launcher on loopback standing in for
+        # the Service that only a real node routes: load, live view, settle, table, PNG.
+        with serve("cherrypy", pgbouncer_server.database_env(), tmp_path,
+                   workers=1, threads=8) as served:
+            before = served.metrics()
+            settings = LoadSettings(f"http://{served.host}:{served.port}/items/",
+                                    plan([20, 40], 2))
+            png = watch_load(settings, sampler, tmp_path / "view", settle_seconds=5,
+                             target_per_pod=20)
+            after = served.metrics_until(
+                lambda m: metric_sum(m, REQUESTS) - metric_sum(before, REQUESTS) >= 120)
+        assert metric_sum(after, REQUESTS) - metric_sum(before, REQUESTS) == 120
         assert len(held) == 3
     assert (snap.min_replicas, snap.max_replicas, snap.db_budget) == (2, 5, 40)
     assert snap.target_rps_per_pod == 20 and snap.ready_condition == "True"
@@ -203,3 +220,12 @@ def test_the_live_view_samples_a_djangoservice_on_the_control_plane(cluster, kub
     shown = console.file.getvalue()
     assert f"desired {snap.desired}   ready 2   running 2   (min 2, max 5)" in shown, shown
     assert "in use 3 of budget 40" in shown, shown
+
+    printed = capsys.readouterr().out
+    assert "120 offered, 120 sent, 120 ok, 0 failed" in printed, printed
+    assert png is not None and f"timeline: {png}" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    columns = read_csv(png.with_suffix(".csv"))
+    assert len(columns["seconds"]) >= 4  # a row a second over 4 s of load, then settling
+    assert max(v or 0 for v in columns["served_rps"]) >= 15
+    assert set(columns["ready_replicas"]) == {2.0}

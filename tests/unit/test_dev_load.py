@@ -66,6 +66,6 @@ def test_dev_takes_the_load_options() -> None:
     parser = argparse.ArgumentParser()
     dev.configure(parser)
     args = parser.parse_args([])
-    assert (args.no_load, args.rps, args.step_seconds, args.load_path) == (
-        False, "50,200,400,50", 60.0, "/items/")
+    assert (args.no_load, args.rps, args.step_seconds, args.load_path, args.settle_seconds) == (
+        False, "50,200,400,50", 60.0, "/items/", 120.0)
     assert parser.parse_args(["--no-load"]).no_load

@@ -46,6 +46,14 @@ def test_the_load_snapshot_reads_the_last_whole_second_and_the_totals() -> None:
     assert snap.p50_ms == pytest.approx(140.0) and snap.p95_ms == pytest.approx(300.0)
     assert (snap.ok, snap.failed, snap.in_flight) == (17, 4, 1)
     assert snap.failures == {"503": 2, "socket": 1, "dropped": 1}
+    assert not snap.finished
+
+
+def test_past_the_last_step_the_view_says_the_load_finished() -> None:
+    snap = live.load_snapshot(busy_recorder(), 9.2, "http://127.0.0.1:8000/")
+    assert snap.finished and (snap.offered_rps, snap.served_rps) == (0, 0)
+    text = text_of(live.render(live.Snapshot(load=snap)))
+    assert "load finished (2 steps), 9 s elapsed: watching the scale-down" in text
 
 
 SERVICE = {

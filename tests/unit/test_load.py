@@ -170,3 +170,18 @@ def test_the_command_exits_1_on_failures_unless_allowed(tmp_path: Path) -> None:
     counts = json.loads(out.read_text())["total"]
     assert counts["offered"] == 5 and counts["errors"] == {"connect": 5}
     assert load.main(parser.parse_args([*argv, "--allow-errors"])) == 0
+
+
+async def test_the_every_second_hook_runs_just_past_each_whole_second() -> None:
+    ticks: list[float] = []
+
+    async def hook(elapsed: float) -> None:
+        ticks.append(elapsed)
+
+    async with Counted() as url:
+        recorder = Recorder([Step(20, 3)])
+        await load.run(LoadSettings(url, recorder.steps), recorder, hook)
+    # The run ends just after 3 s (in-flight answers, closing the session): a third tick
+    # may come, showing the last second.
+    assert [int(t) for t in ticks] in ([1, 2], [1, 2, 3]), ticks
+    assert all(t - int(t) < 0.5 for t in ticks), ticks  # so the second before is whole
