@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 Columns = Mapping[str, Sequence[float | None]]
 
 # Column -> (label, colour), per panel. Replicas share the first panel drawn (twin y-axis).
-TOTAL_RPS = {"offered_rps": ("offered RPS", "0.45"), "served_rps": ("served RPS (2xx)", "tab:blue")}
+TOTAL_RPS = {"offered_rps": ("offered RPS", "0.55"), "served_rps": ("served RPS (2xx)", "tab:cyan")}
 PER_POD_RPS = {
     "rps_panic_per_pod": ("RPS per pod, short (panic) window", "tab:orange"),
     "rps_stable_per_pod": ("RPS per pod, stable window", "tab:blue"),
@@ -167,11 +167,11 @@ def plot_timeline(columns: Columns, out: Path, title: str, *,
     bottom = axes[-1, 0]
     bottom.set_xlabel("seconds")
     if t:
-        bottom.set_xlim(min(t), max(t) + 1)
+        bottom.set_xlim(min([*t, *(x for x, _ in marks)]), max(t) + 1)
     axes[0, 0].set_title(title, fontsize=11)
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     rows_of_legend = math.ceil(len(labels) / 3)
-    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows_of_legend, 1, 1))
+    fig.tight_layout(rect=(0, 0.01 + 0.2 * rows_of_legend / fig.get_size_inches()[1], 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
