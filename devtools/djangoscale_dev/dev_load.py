@@ -91,13 +91,18 @@ def step_marks(steps: list[Step]) -> tuple[list[tuple[float, str]], float | None
 
 def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -> None:
     """Load the DjangoService through its Service with the live view, then write the PNG."""
+    from kubernetes.client.exceptions import ApiException
+
     from djangoscale.controller import kube
     from djangoscale_dev import load
     from djangoscale_dev.live import ClusterSampler, api_reader, pg_connections_in_use
 
     namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
     read = api_reader(kube.api_client())
-    url, why_not = load_url(read, namespace, name, args.load_path)
+    try:
+        url, why_not = load_url(read, namespace, name, args.load_path)
+    except ApiException as error:
+        url, why_not = None, f"load skipped: cannot read the nodes or the Service: {error.reason}"
     if url is None:
         print(why_not)
         return
