@@ -127,7 +127,7 @@ async def test_the_generator_offers_each_step_on_schedule_and_the_server_sees_ea
     assert [t.offered for t in recorder.by_step] == [20, 60]
     assert recorder.total().ok == server.served == 80
     assert recorder.total().failed == 0
-    assert 2.0 <= elapsed < 3.0  # the profile's length, not a closed loop's
+    assert 2.0 <= elapsed < 5.0  # the profile's length (plus a busy machine's slack)
 
 
 async def test_a_slow_server_fills_the_in_flight_bound_and_the_rest_are_dropped() -> None:
