@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,12 +94,11 @@ def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -
     """Load the DjangoService through its Service with the live view, then write the PNG."""
     from kubernetes.client.exceptions import ApiException
 
-    from djangoscale.controller import kube
     from djangoscale_dev import load
-    from djangoscale_dev.live import ClusterSampler, api_reader, pg_connections_in_use
+    from djangoscale_dev.live import ClusterSampler, kubeconfig_reader, pg_connections_in_use
 
     namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
-    read = api_reader(kube.api_client())
+    read = kubeconfig_reader(os.environ.get("KUBECONFIG"))
     try:
         url, why_not = load_url(read, namespace, name, args.load_path)
     except ApiException as error:

@@ -11,10 +11,12 @@ Three parts, so the view is tested without a terminal or a cluster:
 Where each cluster figure comes from (read-only, through the API server):
 - per-pod RPS, stable and short (panic) window: the DjangoService's `status.rps`, which the
   operator's collector writes (`djangoscale.autoscaling.collector.rps_status`);
-- the value the HPA reads: the HPA's `status.currentMetrics` for the Pods metric
-  `djangoscale_requests_per_second`, and the same metric asked of the custom metrics API
-  (`/apis/custom.metrics.k8s.io/v1beta2/...`), averaged over the pods as the HPA averages it;
-- replicas: desired from the HPA's status, ready from the Deployment's, running from the pods;
+- the value the HPA reads: the HPA's `status.currentMetrics` for the Pods metric its spec
+  names (the operator's requests-per-second metric), and the same metric asked of the custom
+  metrics API (`/apis/custom.metrics.k8s.io/v1beta2/...`) for the Deployment's pods, averaged
+  as the HPA averages it;
+- replicas: desired from the HPA's status, ready from the Deployment's, running from the pods
+  its selector matches;
 - the connection budget: the DjangoService's `status.database` (`maxConnections`, and the pool
   per pod that bounds what the running pods may open); connections in use from PostgreSQL's
   `pg_stat_activity` when the sampler is given a way to ask.
@@ -30,8 +32,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from djangoscale.autoscaling.apiserver import GROUP_VERSION as CUSTOM_METRICS_VERSION
-from djangoscale.builders.hpa import RPS_METRIC
-from djangoscale.builders.labels import COMPONENT_LABEL, INSTANCE_LABEL
 from djangoscale.spec import GROUP, PLURAL, VERSION
 
 if TYPE_CHECKING:
@@ -142,11 +142,28 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def pods_metric_name(hpa: dict[str, Any] | None) -> str | None:
+    """The Pods metric the HPA scales on (its spec's first), so the view asks for the very
+    value the HPA reads, whatever the operator names it."""
+    for metric in ((hpa or {}).get("spec") or {}).get("metrics") or []:
+        name = ((metric.get("pods") or {}).get("metric") or {}).get("name")
+        if metric.get("type") == "Pods" and name:
+            return str(name)
+    return None
+
+
+def label_selector(deployment: dict[str, Any] | None) -> str | None:
+    """The Deployment's `matchLabels` as a label selector string (its pods, as the HPA sees)."""
+    labels = (((deployment or {}).get("spec") or {}).get("selector") or {}).get("matchLabels")
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) if labels else None
+
+
 def hpa_reads(hpa: dict[str, Any]) -> float | None:
-    """The per-pod RPS the HPA last read (`status.currentMetrics`, the Pods metric)."""
+    """The per-pod value the HPA last read (`status.currentMetrics`, its Pods metric)."""
+    name = pods_metric_name(hpa)
     for metric in (hpa.get("status") or {}).get("currentMetrics") or []:
         pods = metric.get("pods") or {}
-        if (pods.get("metric") or {}).get("name") == RPS_METRIC:
+        if name is not None and (pods.get("metric") or {}).get("name") == name:
             return parse_quantity((pods.get("current") or {}).get("averageValue"))
     return None
 
@@ -209,26 +226,36 @@ class ClusterSampler:
         self.database_error: str | None = None
 
     def paths(self) -> dict[str, str]:
+        """The objects read first; the pods and metric values follow from them."""
         ns, name = self.namespace, self.name
-        selector = f"{INSTANCE_LABEL}={name},{COMPONENT_LABEL}=web"
         return {
             "service": f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}/{name}",
             "deployment": f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
             "hpa": f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}",
-            "pods": f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}",
-            "metric_values": f"{CUSTOM_METRICS}/namespaces/{ns}/pods/*/{RPS_METRIC}"
-                             f"?labelSelector={selector}",
         }
 
+    @staticmethod
+    def derived_paths(namespace: str, deployment: dict[str, Any] | None,
+                      hpa: dict[str, Any] | None) -> dict[str, str]:
+        selector = label_selector(deployment)
+        if selector is None:
+            return {}
+        paths = {"pods": f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}"}
+        metric = pods_metric_name(hpa)
+        if metric is not None:
+            paths["metric_values"] = (f"{CUSTOM_METRICS}/namespaces/{namespace}/pods/*/{metric}"
+                                      f"?labelSelector={selector}")
+        return paths
+
     def sample(self) -> ClusterSnapshot:
-        found: dict[str, dict[str, Any] | None] = {}
-        errors = []
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(
+            ("service", "deployment", "hpa", "pods", "metric_values"))
+        errors: list[str] = []
         for key, path in self.paths().items():
-            try:
-                found[key] = self.read(path)
-            except Exception as error:  # a figure missing for a moment is shown as "-"
-                found[key] = None
-                errors.append(f"{key}: {type(error).__name__}: {str(error)[:80]}")
+            found[key] = self._read(key, path, errors)
+        for key, path in self.derived_paths(self.namespace, found["deployment"],
+                                            found["hpa"]).items():
+            found[key] = self._read(key, path, errors)
         in_use = None
         if self.connections_in_use is not None:
             try:
@@ -242,6 +269,20 @@ class ClusterSampler:
             errors.append(f"{self.database_error} (not asked again)")
         return cluster_snapshot(self.namespace, self.name, db_in_use=in_use,
                                 error="; ".join(errors) or None, **found)
+
+    def _read(self, key: str, path: str, errors: list[str]) -> dict[str, Any] | None:
+        try:
+            return self.read(path)
+        except Exception as error:  # a figure missing for a moment is shown as "-"
+            errors.append(f"{key}: {type(error).__name__}: {str(error)[:80]}")
+            return None
+
+
+def kubeconfig_reader(kubeconfig: str | None) -> Reader:
+    """A `Reader` with the credentials of `kubeconfig` (None: $KUBECONFIG or ~/.kube/config)."""
+    from kubernetes.config import new_client_from_config
+
+    return api_reader(new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
 
 
 def api_reader(api_client: Any) -> Reader:

@@ -30,7 +30,7 @@ from djangoscale_dev.live import (
     ClusterSampler,
     ClusterSnapshot,
     Snapshot,
-    api_reader,
+    kubeconfig_reader,
     pg_connections_in_use,
     render,
 )
@@ -173,7 +173,7 @@ def test_the_live_view_samples_a_djangoservice_on_the_control_plane(
         wait_for("the DjangoService to be Ready", lambda: ready(kube, namespace), timeout=120)
         held = [stack.enter_context(psycopg.connect(postgres_server.dsn(database)))
                 for _ in range(3)]
-        read = api_reader(kube.api_client())
+        read = kubeconfig_reader(str(cluster.kubeconfig))
         secret = read(f"/api/v1/namespaces/{namespace}/secrets/shop-db")
         assert secret is not None
         sampler = ClusterSampler(read, namespace, "shop", pg_connections_in_use(secret))

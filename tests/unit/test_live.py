@@ -63,8 +63,12 @@ SERVICE = {
                "database": {"poolSizePerPod": 6, "maxConnections": 40},
                "conditions": [{"type": "Ready", "status": "True"}]},
 }
-DEPLOYMENT = {"status": {"replicas": 4, "readyReplicas": 3}}
-HPA = {"status": {"desiredReplicas": 5, "currentMetrics": [
+SELECTOR = {"app.kubernetes.io/instance": "shop", "app.kubernetes.io/component": "web"}
+DEPLOYMENT = {"spec": {"selector": {"matchLabels": SELECTOR}},
+              "status": {"replicas": 4, "readyReplicas": 3}}
+HPA = {"spec": {"metrics": [
+    {"type": "Pods", "pods": {"metric": {"name": "djangoscale_requests_per_second"}}}]},
+       "status": {"desiredReplicas": 5, "currentMetrics": [
     {"type": "Pods", "pods": {"metric": {"name": "djangoscale_requests_per_second"},
                               "current": {"averageValue": "31250m"}}}]}}
 PODS = {"items": [
@@ -117,10 +121,27 @@ def test_the_sampler_reads_every_source_and_reports_failed_reads() -> None:
     assert (snap.desired, snap.running, snap.db_in_use, snap.metrics_api) == (5, 2, 12, None)
     assert snap.error and "metric_values: ConnectionError: aggregator unavailable" in snap.error
     assert "database" not in snap.error
+    # The pods of the Deployment's selector, the metric the HPA's spec names.
     assert ("/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/"
-            "djangoscale_requests_per_second?labelSelector=app.kubernetes.io/instance=shop,"
-            "app.kubernetes.io/component=web") in asked
+            "djangoscale_requests_per_second?labelSelector=app.kubernetes.io/component=web,"
+            "app.kubernetes.io/instance=shop") in asked
+    assert ("/api/v1/namespaces/default/pods?labelSelector=app.kubernetes.io/component=web,"
+            "app.kubernetes.io/instance=shop") in asked
     assert "/apis/djangoscale.io/v1alpha1/namespaces/default/djangoservices/shop" in asked
+
+
+def test_without_a_deployment_or_hpa_the_sampler_asks_for_no_pods_or_metric() -> None:
+    asked: list[str] = []
+    only_service = {"djangoservices": SERVICE}
+
+    def read(path: str) -> dict[str, Any] | None:
+        asked.append(path)
+        return next((doc for key, doc in only_service.items() if key in path), None)
+
+    snap = live.ClusterSampler(read, NS, NAME).sample()
+    assert len(asked) == 3 and snap.running is None and snap.error is None
+    assert live.pods_metric_name({"spec": {"metrics": [{"type": "Resource"}]}}) is None
+    assert live.hpa_reads({"status": HPA["status"]}) is None  # no metric named in the spec
 
 
 def test_an_unreachable_database_is_asked_once_and_said_every_time() -> None:
