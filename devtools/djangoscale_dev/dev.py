@@ -9,18 +9,22 @@ offers load steps to its Service with a live view and writes a PNG timeline (`de
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from djangoscale_dev import DATA_DIR
 from djangoscale_dev.dev_load import configure_load, run_load
+
+if TYPE_CHECKING:
+    from djangoscale.k8s import KubernetesApi
 
 EXAMPLE = DATA_DIR / "examples" / "dev.yaml"
 
@@ -41,8 +45,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     configure_load(parser)
 
 
+@functools.cache
+def _kube() -> KubernetesApi:
+    """The product's API layer, on the cluster of $KUBECONFIG (`main` sets it)."""
+    from djangoscale.k8s import KubernetesApi
+
+    return KubernetesApi(os.environ.get("KUBECONFIG"))
+
+
 def install_crd() -> None:
-    from djangoscale.controller import kube
+    kube = _kube()
     from djangoscale.spec import crd
 
     kube.apply(crd())
@@ -57,7 +69,7 @@ def install_crd() -> None:
 
 
 def apply_documents(path: Path) -> list[dict[str, Any]]:
-    from djangoscale.controller import kube
+    kube = _kube()
 
     documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     for document in documents:
@@ -67,7 +79,7 @@ def apply_documents(path: Path) -> list[dict[str, Any]]:
 
 def summary_lines(services: list[dict[str, Any]]) -> tuple[list[str], bool]:
     """One line per DjangoService and per child; True when every DjangoService is Ready."""
-    from djangoscale.controller import kube
+    kube = _kube()
     from djangoscale.spec import GROUP, VERSION
 
     lines, all_ready = [], True
