@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
+from djangoscale.contract import REQUESTS_COUNTER
 from djangoscale_dev.dev_load import watch_load
 from djangoscale_dev.live import (
     ClusterSampler,
@@ -43,7 +44,7 @@ from tests.fixtures.services import SERVICE_USER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-REQUESTS = "djangoscale_requests_total"
+REQUESTS = REQUESTS_COUNTER
 
 
 def run_load(url: str, rps: str, step_seconds: float, out: Path,
