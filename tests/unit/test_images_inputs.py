@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from djangoscale_dev.images import store as store_module
 from djangoscale_dev.images.base import (
     MirrorNotFound,
     apt_mirror,
@@ -299,3 +300,26 @@ def test_tags_are_checked_before_a_build(tag: str, valid: bool) -> None:
 def test_a_bad_tag_is_named_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="--tag 'My App': not an image name"):
         build_image(tmp_path, "My App", store=Store(tmp_path / "cache"))
+
+
+def test_a_quiet_step_still_prints_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "HEARTBEAT_SECONDS", 0.2)
+    messages: list[str] = []
+    script = "echo 'STEP 1/2: RUN slow'; sleep 1; echo noise; echo 'STEP 2/2: USER 1'"
+    store_module.run_logged(
+        ["sh", "-c", script], tmp_path / "build.log", messages.append,
+        show=lambda line: line.startswith("STEP"),
+    )  # fmt: skip
+    assert messages[0].startswith("STEP 1/2: RUN slow")
+    assert any(m.startswith("still at STEP 1/2: RUN slow") for m in messages[1:-1]), messages
+    assert messages[-1].startswith("STEP 2/2: USER 1")
+    assert "noise" in (tmp_path / "build.log").read_text()
+
+
+def test_a_failed_command_raises_with_its_log_tail(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=r"exit code 3 \(log: .*\):\nbroken here"):
+        store_module.run_logged(
+            ["sh", "-c", "echo broken here; exit 3"], tmp_path / "b.log", print, lambda _: False
+        )

@@ -13,6 +13,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ Emit = Callable[[str], None]
 # Accept any image for the local transports we use (oci-archive, containers-storage); the
 # system policy file may be missing or stricter, and nothing is pulled from a registry.
 SIGNATURE_POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
-# Bytes of a build's log kept for an error message.
+# Lines of a build's log kept for an error message.
 LOG_TAIL_LINES = 40
+# Seconds without a step line after which a build says it is still running.
+HEARTBEAT_SECONDS = 15.0
 
 
 def stderr_emit(message: str) -> None:
@@ -133,9 +136,20 @@ def run_logged(
     show: Callable[[str], bool],
     env: dict[str, str] | None = None,
 ) -> None:
-    """Run a command with its output in `log_path`; raise with the log tail on failure."""
+    """Run a command with its output in `log_path`; raise with the log tail on failure.
+
+    The lines `show` picks are printed as they come, and while none comes (a long `RUN`
+    step) a line every HEARTBEAT_SECONDS says the step is still running.
+    """
     started = time.monotonic()
     tail: list[str] = []
+    current = ["started"]
+    finished = threading.Event()
+
+    def heartbeat() -> None:
+        while not finished.wait(HEARTBEAT_SECONDS):
+            emit(f"still at {current[0][:80]} ({time.monotonic() - started:.0f}s)")
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         log_path.open("w") as log,
@@ -144,13 +158,20 @@ def run_logged(
         ) as proc,
     ):
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            line = line.rstrip("\n")
-            if show(line):
-                emit(f"{line} ({time.monotonic() - started:.0f}s)")
-            tail = (tail + [line])[-LOG_TAIL_LINES:]
-        code = proc.wait()
+        ticker = threading.Thread(target=heartbeat, daemon=True)
+        ticker.start()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                line = line.rstrip("\n")
+                if show(line):
+                    current[0] = line
+                    emit(f"{line} ({time.monotonic() - started:.0f}s)")
+                tail = (tail + [line])[-LOG_TAIL_LINES:]
+            code = proc.wait()
+        finally:
+            finished.set()
+            ticker.join()
     if code != 0:
         raise BuildError(
             f"{argv[0]} failed with exit code {code} (log: {log_path}):\n" + "\n".join(tail)
