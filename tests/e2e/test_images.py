@@ -42,7 +42,7 @@ from djangoscale.builders.pgbouncer import (
 from djangoscale_dev.cluster.processes import free_port, free_ports
 from djangoscale_dev.images import project
 from djangoscale_dev.images.containerd import CRI_NAMESPACE, import_image
-from djangoscale_dev.images.store import Store, cache_root, normalized_reference
+from djangoscale_dev.images.store import Store, cache_root, id_file, normalized_reference
 from tests.fixtures.polling import wait_for
 
 RUN_TIMEOUT = 120
@@ -53,6 +53,11 @@ class Built:
     archives: dict[str, Path]
     seconds: float
     messages: list[str]
+
+    def image(self, tag: str) -> str:
+        """The id of the image built for `tag`: what a test runs even if another build on
+        the machine moves the tag meanwhile."""
+        return id_file(self.archives[tag]).read_text().strip()
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +79,8 @@ class RunResult:
     output: str
 
 
-def image_config(store: Store, tag: str) -> dict[str, Any]:
-    text = store.output("inspect", "--type", "image", normalized_reference(tag))
+def image_config(store: Store, image: str) -> dict[str, Any]:
+    text = store.output("inspect", "--type", "image", image)
     config: dict[str, Any] = json.loads(text)["OCIv1"]["config"]
     return config
 
@@ -97,7 +102,7 @@ class Runc:
 
     def bundle(
         self,
-        tag: str,
+        image: str,
         argv: list[str] | None,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
@@ -105,8 +110,8 @@ class Runc:
         host_network: bool = False,
         fs_group: int | None = None,
     ) -> Path:
-        config = image_config(self.store, tag)
-        container = self.store.output("from", "--quiet", "--pull-never", normalized_reference(tag))
+        config = image_config(self.store, image)
+        container = self.store.output("from", "--quiet", "--pull-never", image)
         self.containers.append(container)
         rootfs = self.store.output("mount", container)
         uid, _, gid = config["User"].partition(":")
@@ -147,10 +152,10 @@ class Runc:
         return ["runc", "--root", str(self.folder / "runc"), "run", "--bundle", str(bundle), name]
 
     def run(
-        self, tag: str, args: list[str] | None = None, command: list[str] | None = None
+        self, image: str, args: list[str] | None = None, command: list[str] | None = None
     ) -> RunResult:
         """Run to completion: the entrypoint with `args`, or `command` instead."""
-        bundle = self.bundle(tag, command, args)
+        bundle = self.bundle(image, command, args)
         done = subprocess.run(
             self.command(bundle, f"djangoscale-test-{uuid.uuid4().hex[:8]}"),
             capture_output=True,
@@ -159,9 +164,9 @@ class Runc:
         )
         return RunResult(done.returncode, done.stdout + done.stderr)
 
-    def start(self, tag: str, **options: Any) -> tuple[str, subprocess.Popen[str]]:
+    def start(self, image: str, **options: Any) -> tuple[str, subprocess.Popen[str]]:
         """Start the image's own command in the background, on the host's network."""
-        bundle = self.bundle(tag, None, host_network=True, **options)
+        bundle = self.bundle(image, None, host_network=True, **options)
         name = f"djangoscale-test-{uuid.uuid4().hex[:8]}"
         process = subprocess.Popen(
             self.command(bundle, name),
@@ -220,39 +225,41 @@ def test_every_project_image_is_built_into_an_archive_under_its_full_name(built:
 def test_image_runs_as_its_numeric_non_root_user(
     built: Built, store: Store, runc: Runc, tag: str
 ) -> None:
-    assert image_config(store, tag)["User"] == EXPECTED_USERS[tag]
+    assert image_config(store, built.image(tag))["User"] == EXPECTED_USERS[tag]
     # The numbers the process really gets, and a root filesystem it cannot write.
-    result = runc.run(tag, command=["sh", "-c", "id -u; id -g; touch /probe || echo read-only"])
+    result = runc.run(
+        built.image(tag), command=["sh", "-c", "id -u; id -g; touch /probe || echo read-only"]
+    )
     uid, gid = EXPECTED_USERS[tag].split(":")
     assert result.output.split()[:3] == [uid, gid, "read-only"], result.output
     assert uid != "0" and gid != "0"
 
 
 def test_operator_entrypoint_starts(built: Built, runc: Runc) -> None:
-    result = runc.run(project.OPERATOR, args=["--help"])
+    result = runc.run(built.image(project.OPERATOR), args=["--help"])
     assert result.code == 0, result.output
     assert "usage: djangoscale run" in result.output
 
 
 def test_app_base_has_every_server(built: Built, runc: Runc) -> None:
     servers = "import cheroot, gunicorn, gevent, waitress, granian, bjoern; print('servers ok')"
-    result = runc.run(project.APP_BASE, command=["python", "-c", servers])
+    result = runc.run(built.image(project.APP_BASE), command=["python", "-c", servers])
     assert result.code == 0, result.output
     assert "servers ok" in result.output
-    result = runc.run(project.APP_BASE)  # its CMD: djangoscale serve --help
+    result = runc.run(built.image(project.APP_BASE))  # its CMD: djangoscale serve --help
     assert result.code == 0, result.output
     assert "usage: djangoscale serve" in result.output
 
 
 def test_sample_app_loads_its_wsgi_application(built: Built, runc: Runc) -> None:
     load = "import sampleproject.wsgi as w; print(type(w.application).__name__)"
-    result = runc.run(project.SAMPLE_APP, command=["python", "-c", load])
+    result = runc.run(built.image(project.SAMPLE_APP), command=["python", "-c", load])
     assert result.code == 0, result.output
     assert "WSGIHandler" in result.output
 
 
 def test_pgbouncer_entrypoint_starts(built: Built, runc: Runc) -> None:
-    result = runc.run(project.PGBOUNCER, args=["--version"])
+    result = runc.run(built.image(project.PGBOUNCER), args=["--version"])
     assert result.code == 0, result.output
     assert "PgBouncer 1.18" in result.output
 
@@ -350,7 +357,7 @@ def test_build_image_command_builds_a_users_app_from_app_base(
     archive = Path(done.stdout.split("\t")[1].strip())
     try:
         assert "no real node running" in done.stderr
-        assert image_config(store, tag)["User"] == "10001:10001"  # app-base's user
+        assert image_config(store, normalized_reference(tag))["User"] == "10001:10001"
         container = store.output("from", "--quiet", "--pull-never", normalized_reference(tag))
         try:
             ran = store.output(
@@ -392,7 +399,7 @@ def test_sample_app_serves_and_drains_on_sigterm(built: Built, runc: Runc) -> No
     10001, and exits 0 on SIGTERM as the kubelet sends it."""
     port, metrics = free_ports(2)
     name, process = runc.start(
-        project.SAMPLE_APP,
+        built.image(project.SAMPLE_APP),
         env={
             "DJANGOSCALE_BIND": f"127.0.0.1:{port}",
             "DJANGOSCALE_METRICS_BIND": f"127.0.0.1:{metrics}",
@@ -430,7 +437,7 @@ def test_pgbouncer_listens_with_the_operators_config_as_its_user(
         os.chown(path, 0, SECRET_FILE_GROUP)
         path.chmod(SECRET_FILE_MODE)
     name, process = runc.start(
-        project.PGBOUNCER, binds={CONFIG_DIR: config}, fs_group=SECRET_FILE_GROUP
+        built.image(project.PGBOUNCER), binds={CONFIG_DIR: config}, fs_group=SECRET_FILE_GROUP
     )
 
     def listening() -> bool:
