@@ -11,8 +11,11 @@ and the status the operator reports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+from djangoscale.contract import DEFAULT_THREADS, GROWING_SERVER, GROWING_SERVER_GROWTH
 
 if TYPE_CHECKING:
     from djangoscale.spec import DjangoService
@@ -73,7 +76,7 @@ def budget_problems(
     spec: dict[str, Any], database: dict[str, Any], mode: str, explicit_mode: str | None
 ) -> list[str]:
     """The spec's database budget rules (raw spec, defaults applied), one line per problem."""
-    problems = []
+    problems: list[str] = []
     replicas = spec["replicas"]
     budget = database["maxConnections"] - database["reservedConnections"]
     worker_maxes = [group["replicas"]["max"] for group in spec.get("workers", [])]
@@ -82,6 +85,9 @@ def budget_problems(
         f"({database['maxConnections']} - {database['reservedConnections']} = {budget} "
         f"connections for {pods} pods)"
     )
+    if mode == "external":
+        # The user's own pooler guards the database; nothing here is divided.
+        return problems
     if budget < pods:
         largest = budget - (pods - replicas["max"])
         problems.append(
@@ -104,6 +110,8 @@ def budget_problems(
             f"processes in spec.replicas.max pods plus one surge pod {figures[:-1]}, "
             f"x {workers} workers)"
         )
+    if mode == "none":
+        problems += _unpooled_problems(spec, budget)
     pool_size = spec["pgbouncer"].get("poolSize")
     if pool_size is not None and pool_size * pods > budget:
         problems.append(
@@ -112,3 +120,57 @@ def budget_problems(
             f"({pool_size} x {pods} > {budget})"
         )
     return problems
+
+
+def threads_at_most(server: dict[str, Any]) -> int:
+    """Threads one web process may run (raw spec, defaults applied): the CRD's CEL twin."""
+    threads: int = server.get("threads", DEFAULT_THREADS[server["type"]])
+    if "maxThreads" in server:
+        return int(server["maxThreads"])
+    if server["type"] == GROWING_SERVER:
+        return math.ceil(threads * GROWING_SERVER_GROWTH)
+    return threads
+
+
+def unpooled_connections_at_most(spec: dict[str, Any]) -> tuple[int, int]:
+    """(web, workers): connections every thread of every pod may open without a pool,
+    at replicas.max plus one surge pod per Deployment (raw spec, defaults applied)."""
+    web = (spec["replicas"]["max"] + ROLLOUT_SURGE) * spec["server"]["workers"] * threads_at_most(
+        spec["server"]
+    )
+    workers = sum(
+        (group["replicas"]["max"] + ROLLOUT_SURGE) * group["concurrency"]
+        for group in spec.get("workers", [])
+    )
+    return web, workers
+
+
+def unpooled_connections_for(ds: DjangoService) -> int:
+    """What `unpooled_connections_at_most` counts, from the parsed spec."""
+    web = (ds.max_replicas + ROLLOUT_SURGE) * ds.server.concurrency
+    return web + sum((g.max_replicas + ROLLOUT_SURGE) * g.concurrency for g in ds.workers)
+
+
+def _unpooled_problems(spec: dict[str, Any], budget: int) -> list[str]:
+    web, workers = unpooled_connections_at_most(spec)
+    if web + workers <= budget:
+        return []
+    server, replicas = spec["server"], spec["replicas"]
+    explicit = "mode" in spec["pooling"]
+    figures = (
+        f"{replicas['max'] + ROLLOUT_SURGE} pods x {server['workers']} workers x "
+        f"{threads_at_most(server)} threads = {web}"
+    )
+    if workers:
+        figures += f", + {workers} for the worker groups' concurrency"
+    return [
+        "spec.pooling.mode: none "
+        + ("" if explicit else "(what spec.pgbouncer.enabled: false means without a mode) ")
+        + "opens a database connection per thread, so the budget (spec.database.maxConnections "
+        "minus reservedConnections) must cover spec.server.workers x maxThreads in each of "
+        "spec.replicas.max pods plus one surge pod, and each worker group's concurrency x "
+        "(replicas.max + 1); use pooling.mode pgbouncer, or raise spec.database.maxConnections "
+        f"({figures}; {web + workers} > budget "
+        f"{spec['database']['maxConnections']} - {spec['database']['reservedConnections']} "
+        f"= {budget})"
+    ]

@@ -37,6 +37,9 @@ SERVER_TYPES: Final[tuple[str, ...]] = tuple(DEFAULT_THREADS)
 SINGLE_THREADED_SERVERS: Final[tuple[str, ...]] = ("gunicorn-sync", "bjoern")
 # The only server whose pool grows past `threads` (the launcher grows cheroot's pool).
 GROWING_SERVER: Final = "cherrypy"
+# Without spec.server.maxThreads its pool grows by half again, so a pool of 100 threads meets
+# a burst with up to 150 before requests queue (the CRD's CEL rules repeat it as (3 x t + 1) / 2).
+GROWING_SERVER_GROWTH: Final = 1.5
 GREENLET_SERVER: Final = "gunicorn-gevent"
 
 # -- environment of the app container: written by the Deployment, read by `djangoscale serve` --

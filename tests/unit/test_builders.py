@@ -227,10 +227,10 @@ def test_threads_keep_their_connection_to_the_local_pgbouncer_only():
     gevent = copy.deepcopy(SHOP)
     gevent["spec"]["server"] = {"type": "gunicorn-gevent", "threads": 100}
     assert app_env(gevent)["DATABASE_CONN_MAX_AGE"] == "0"  # it would outlive its greenlet
-    for mode in ("django", "none"):  # Django's pool needs 0; direct ones are server connections
+    for mode in ("django", "none", "external"):  # Django's pool needs 0; direct: server conns
         body = copy.deepcopy(SHOP)
         body["spec"]["pooling"] = {"mode": mode}
-        body["spec"]["database"]["maxConnections"] = 4000
+        body["spec"]["database"]["maxConnections"] = 10000  # none: 61 x 150 threads fit
         assert app_env(body)["DATABASE_CONN_MAX_AGE"] == "0", mode
 
 

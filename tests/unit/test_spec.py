@@ -118,6 +118,9 @@ def test_pgbouncer_needs_the_secret():
     body = with_spec(database={"maxConnections": 400})
     assert problems_of(body)[0].startswith("spec.database.secretName: required")
     body["spec"]["pgbouncer"] = {"enabled": False}
+    # Without pgbouncer (and no mode) every thread connects directly: 2 pods x 1 thread fit.
+    body["spec"]["replicas"] = {"min": 1, "max": 1}
+    body["spec"]["server"] = {"type": "gunicorn-sync"}
     assert spec.parse(body).database.secret_name is None
 
 

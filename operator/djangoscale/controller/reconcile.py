@@ -180,10 +180,18 @@ def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
     return current_status(api, body, ds)
 
 
+def merge_changes(live: Any, patch: Any) -> bool:
+    """Whether a JSON merge patch would change `live`: an object changes only where one of
+    its keys does, so fields another writer adds (the collector's figures in
+    `status.database`) do not make every reconcile write again."""
+    if isinstance(live, dict) and isinstance(patch, dict):
+        return any(merge_changes(live.get(key), value) for key, value in patch.items())
+    return bool(live != patch)
+
+
 def status_changed(body: dict[str, Any], status: dict[str, Any]) -> bool:
     """Write only what differs, so a settled object keeps its resourceVersion."""
-    live = body.get("status") or {}
-    return any(live.get(key) != value for key, value in status.items())
+    return merge_changes(body.get("status") or {}, status)
 
 
 def write_status(api: Api, body: dict[str, Any], status: dict[str, Any]) -> bool:
