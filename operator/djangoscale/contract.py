@@ -54,6 +54,11 @@ SERVE_ENV: Final[dict[str, str]] = {
     "bind": "DJANGOSCALE_BIND",
     "metrics_bind": "DJANGOSCALE_METRICS_BIND",
 }
+# HOST:PORT of the pod's pgbouncer, set only with pooling.mode pgbouncer: the launcher reads
+# its admin console (SHOW POOLS) with the app's database credentials.
+PGBOUNCER_ADDRESS_ENV: Final = "DJANGOSCALE_PGBOUNCER"
+DATABASE_USER_ENV: Final = "DATABASE_USER"
+DATABASE_PASSWORD_ENV: Final = "DATABASE_PASSWORD"
 # prometheus_client's own variable: where the launcher's processes share their metric files.
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROC_DIR_IN_POD: Final = "/tmp/djangoscale-metrics"
@@ -70,6 +75,10 @@ REQUESTS_COUNTER: Final = f"{REQUESTS_COUNTER_NAME}_total"
 # Pod metrics the operator serves on custom.metrics.k8s.io and the HPAs name.
 RPS_METRIC: Final = "djangoscale_requests_per_second"
 QUEUE_LENGTH_METRIC: Final = "djangoscale_celery_queue_length"
+# Server connections the pod's pgbouncer holds (SHOW POOLS: every sv_* column, all pools),
+# and clients waiting for one: exported by the launcher, summed by the operator's budget guard.
+PGBOUNCER_SERVER_CONNECTIONS: Final = "djangoscale_pgbouncer_server_connections"
+PGBOUNCER_CLIENTS_WAITING: Final = "djangoscale_pgbouncer_clients_waiting"
 # The path of the launcher's metrics endpoint.
 METRICS_PATH: Final = "/metrics"
 

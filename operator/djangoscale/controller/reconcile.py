@@ -18,10 +18,13 @@ from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
     Condition,
+    degraded,
     failed,
     find,
+    live_budget_exceeded,
     merge_conditions,
     now_rfc3339,
+    overriding,
     rollout_conditions,
     worker_conditions,
 )
@@ -164,11 +167,19 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
+    conditions = rollout_conditions(ds, deployment, workers)
+    # The collector found the pods over the budget: that stays the news until it reads less.
+    exceeded = live_budget_exceeded(ds, body.get("status") or {})
+    if exceeded is not None and degraded_status(conditions) != "True":
+        conditions = overriding(conditions, degraded(*exceeded))
     return _status_with(
-        body,
-        rollout_conditions(ds, deployment, workers) + worker_conditions(ds),
-        observed_status(ds, deployment, hpa),
+        body, conditions + worker_conditions(ds), observed_status(ds, deployment, hpa)
     )
+
+
+def degraded_status(conditions: list[Condition]) -> str | None:
+    """Degraded's status among `conditions` (a rollout failure outranks the budget)."""
+    return next((c.status for c in conditions if c.type == "Degraded"), None)
 
 
 def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
