@@ -5,6 +5,18 @@ pool per process), so the per-pod pool is the budget (maxConnections minus the r
 over the most pods that can ever run at once: each Deployment's replicas.max plus its one rollout
 surge pod. Scaling out to the maximum then cannot exhaust PostgreSQL, whatever the concurrency.
 
+A Deployment does not count terminating pods: it creates a deleted pod's replacement at once,
+while the old pod drains with its pool open (up to its grace period). So with pgbouncer every
+pod, as it terminates, shrinks its pool to DRAINING_POOL_SIZE (`djangoscale prestop`, the
+preStop hook), and the budget sets that much aside for each pod that may be draining beside
+a full set of running ones:
+
+    running pods x pool + draining pods x DRAINING_POOL_SIZE <= budget,
+    with both at most max_pods:  pool = budget // max_pods - DRAINING_POOL_SIZE
+
+(Kubernetes 1.35 has no Deployment policy that waits for terminating pods; its
+DeploymentReplicaSetTerminatingReplicas gate only reports them, in status.terminatingReplicas.)
+
 One module for the rule, used by the spec's validation, the pgbouncer and Deployment builders
 and the status the operator reports.
 """
@@ -15,7 +27,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from djangoscale.contract import DEFAULT_THREADS, GROWING_SERVER, GROWING_SERVER_GROWTH
+from djangoscale.contract import (
+    DEFAULT_THREADS,
+    DRAINING_POOL_SIZE,
+    GROWING_SERVER,
+    GROWING_SERVER_GROWTH,
+)
 
 if TYPE_CHECKING:
     from djangoscale.spec import DjangoService
@@ -31,8 +48,22 @@ def pods_at_most(web_max: int, worker_maxes: list[int]) -> int:
     return web_max + ROLLOUT_SURGE + sum(m + ROLLOUT_SURGE for m in worker_maxes)
 
 
-def pool_size_per_pod(budget: int, max_pods: int) -> int:
-    return budget // max_pods
+def pool_size_per_pod(budget: int, max_pods: int, draining: int = 0) -> int:
+    """Each pod's share of the budget, once `draining` connections are set aside for every
+    pod that may be terminating beside its replacement."""
+    return budget // max_pods - draining
+
+
+def peak_server_connections(pool: int, running_pods: int, draining_pods: int,
+                            draining_pool: int = DRAINING_POOL_SIZE) -> int:
+    """The most server connections the pods can hold: full pools in the running pods, the
+    shrunk pool in each draining one."""
+    return pool * running_pods + draining_pool * draining_pods
+
+
+def pgbouncer_budget_at_least(max_pods: int) -> int:
+    """The smallest budget that gives each pod one connection and keeps one per draining pod."""
+    return max_pods * (1 + DRAINING_POOL_SIZE)
 
 
 @dataclass(frozen=True)
@@ -67,7 +98,10 @@ def size_pool(ds: DjangoService) -> PoolSizing:
         pool = ds.pgbouncer.pool_size
     else:
         # A pod never needs more server connections than requests it can run at once.
-        pool = min(pool_size_per_pod(ds.database.pool_budget, max_pods), ds.server.concurrency)
+        pool = min(
+            pool_size_per_pod(ds.database.pool_budget, max_pods, DRAINING_POOL_SIZE),
+            ds.server.concurrency,
+        )
     return PoolSizing(pool, clients, max_pods, pool)
 
 
@@ -97,6 +131,17 @@ def budget_problems(
             "supports is maxConnections - reservedConnections - 1 - the worker groups' pods = "
             f"{largest} here"
         )
+    if mode == "pgbouncer" and budget < pgbouncer_budget_at_least(pods):
+        largest = budget // (1 + DRAINING_POOL_SIZE) - (pods - replicas["max"])
+        problems.append(
+            "spec.database.maxConnections: with pgbouncer each pod needs one server connection "
+            "while it runs and keeps one while it terminates beside its replacement, so the "
+            "budget (maxConnections minus reservedConnections) must be at least 2 x "
+            "(spec.replicas.max + 1 surge pod + the worker groups' pods) "
+            f"({budget} < 2 x {pods}); "
+            + (f"the largest spec.replicas.max it supports is {largest} here" if largest >= 1
+               else "no spec.replicas.max fits beside the worker groups' pods here")
+        )
     if mode == "pgbouncer" and "secretName" not in database:
         problems.append(
             "spec.database.secretName: required when spec.pgbouncer.enabled is true "
@@ -113,11 +158,14 @@ def budget_problems(
     if mode == "none":
         problems += _unpooled_problems(spec, budget)
     pool_size = spec["pgbouncer"].get("poolSize")
-    if pool_size is not None and pool_size * pods > budget:
+    if mode == "pgbouncer" and pool_size is not None and (
+        pool_size + DRAINING_POOL_SIZE
+    ) * pods > budget:
         problems.append(
-            "spec.pgbouncer.poolSize: poolSize x (spec.replicas.max + 1 surge pod) must fit the "
-            "budget (spec.database.maxConnections minus reservedConnections) "
-            f"({pool_size} x {pods} > {budget})"
+            "spec.pgbouncer.poolSize: (poolSize + 1 connection kept by a terminating pod) x "
+            "(spec.replicas.max + 1 surge pod + the worker groups' pods) must fit the budget "
+            "(spec.database.maxConnections minus reservedConnections) "
+            f"(({pool_size} + {DRAINING_POOL_SIZE}) x {pods} > {budget})"
         )
     return problems
 

@@ -75,6 +75,11 @@ REQUESTS_COUNTER: Final = f"{REQUESTS_COUNTER_NAME}_total"
 # Pod metrics the operator serves on custom.metrics.k8s.io and the HPAs name.
 RPS_METRIC: Final = "djangoscale_requests_per_second"
 QUEUE_LENGTH_METRIC: Final = "djangoscale_celery_queue_length"
+# Server connections a terminating pod's pgbouncer keeps: the pod's preStop hook
+# (`djangoscale prestop`) shrinks its pool to this, and the budget sets it aside for every pod
+# that may be draining while its replacement runs (Deployments do not wait for terminating
+# pods before creating replacements).
+DRAINING_POOL_SIZE: Final = 1
 # Server connections the pod's pgbouncer holds (SHOW POOLS: every sv_* column, all pools),
 # and clients waiting for one: exported by the launcher, summed by the operator's budget guard.
 PGBOUNCER_SERVER_CONNECTIONS: Final = "djangoscale_pgbouncer_server_connections"

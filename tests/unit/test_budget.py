@@ -8,7 +8,7 @@ import re
 import pytest
 
 from djangoscale import budget, spec
-from djangoscale.contract import DEFAULT_THREADS
+from djangoscale.contract import DEFAULT_THREADS, DRAINING_POOL_SIZE
 from tests.unit.test_spec import problems_of, with_spec
 
 # The example of docs/pooling.md: 6 pods (5 + the surge pod) of cherrypy 20 -> 30 threads.
@@ -102,3 +102,59 @@ def test_the_cel_rule_for_none_knows_the_same_thread_defaults():
     assert "(3 * " in rule and "+ 1) / 2" in rule
     assert all(-(-3 * t // 2) == (3 * t + 1) // 2 for t in range(1, 5001))
     assert "w.concurrency" in rule
+
+
+# -- terminating pods ----------------------------------------------------------------------
+
+
+def test_with_pgbouncer_every_pod_may_drain_beside_a_full_set_of_running_pods():
+    """Whatever the budget and pod count admitted, full pools in every running pod plus the
+    shrunk pool of as many draining pods fit the budget."""
+    for pods in range(1, 40):
+        for total in range(budget.pgbouncer_budget_at_least(pods), 400):
+            pool = budget.pool_size_per_pod(total, pods, DRAINING_POOL_SIZE)
+            assert pool >= 1
+            assert peak(pool, pods, pods) <= total, (total, pods)
+
+
+def peak(pool: int, running: int, draining: int) -> int:
+    return budget.peak_server_connections(pool, running, draining)
+
+
+def test_the_old_sizing_overran_with_one_terminating_pod():
+    # docs/pooling.md's example: budget 27 over 6 pods. Today's pool of 27 // 6 = 4 with one
+    # terminating pod beside its replacement holding its full pool: 28 > 27.
+    assert (27 // 6) * (6 + 1) > 27
+    # The sizing now: 3 per pod, and all 6 may drain beside 6 running: 18 + 6 = 24.
+    ds = spec.parse(body_with())
+    sizing = budget.size_pool(ds)
+    assert sizing.pool_size_per_pod == 3
+    assert peak(3, ds.max_pods, ds.max_pods) == 24 <= 27
+
+
+def test_djangos_pool_is_not_shrunk_so_it_gets_no_draining_allowance():
+    # The psycopg pool lives in the worker processes until they exit: (27 // 6) per pod.
+    ds = spec.parse(body_with(pooling={"mode": "django"}))
+    assert budget.size_pool(ds).pool_size_per_pod == 4
+
+
+def test_a_pool_size_override_must_leave_the_draining_connection():
+    ok = spec.parse(body_with(pgbouncer={"poolSize": 3}))
+    assert budget.size_pool(ok).pool_size_per_pod == 3
+    (problem,) = problems_of(body_with(pgbouncer={"poolSize": 4}))
+    assert problem.endswith("((4 + 1) x 6 > 27)")
+
+
+def test_the_smallest_pgbouncer_budget_is_two_connections_per_pod():
+    # 6 pods: 12 connections; 14 - 3 = 11 is refused, 15 - 3 = 12 gives a pool of 1.
+    (problem,) = problems_of(body_with(database={"secretName": "db", "maxConnections": 14}))
+    assert problem.endswith("(11 < 2 x 6); the largest spec.replicas.max it supports is 4 here")
+    ds = spec.parse(body_with(database={"secretName": "db", "maxConnections": 15}))
+    assert budget.size_pool(ds).pool_size_per_pod == 1
+
+
+def test_the_cel_rules_for_pgbouncer_count_the_draining_connection():
+    assert ">= 2 * (self.replicas.max + 1" in cel_rule(
+        "spec.database.maxConnections: with pgbouncer")
+    assert "(self.pgbouncer.poolSize + 1) *" in cel_rule("spec.pgbouncer.poolSize:")
+    assert DRAINING_POOL_SIZE == 1  # the CEL rules write it as a literal 1

@@ -24,8 +24,9 @@ def test_pooled_modes_report_the_pool_and_are_guarded():
     database = database_of()
     assert database["guarded"] is True
     assert database["poolingMode"] == "pgbouncer"
-    # (30 - 3) // (5 + 1) = 4 per pod, 24 at max replicas plus the surge pod.
-    assert (database["poolSizePerPod"], database["connectionsAtMaxReplicas"]) == (4, 24)
+    # (30 - 3) // (5 + 1) - 1 kept per draining pod = 3 per pod, 18 at max replicas plus
+    # the surge pod (and 6 more for as many draining pods: 24 <= 27).
+    assert (database["poolSizePerPod"], database["connectionsAtMaxReplicas"]) == (3, 18)
 
 
 def test_none_reports_every_thread_it_admitted():
@@ -42,3 +43,16 @@ def test_a_field_another_writer_added_does_not_force_a_write():
     ours["database"]["budget"] = 26
     assert status_changed(live, ours)
     assert status_changed({"status": {}}, {"replicas": 0})
+
+
+def test_the_crd_declares_every_status_database_field_both_writers_set():
+    from djangoscale.autoscaling.collector import database_figures
+    from tests.unit.test_budget_guard import reading
+
+    declared = spec.crd_version()["schema"]["openAPIV3Schema"]["properties"]["status"][
+        "properties"]["database"]["properties"]
+    # A stray comma in a flow mapping would declare a field named by half a description.
+    assert all(set(schema) <= {"type", "description"} for schema in declared.values())
+    written = set(database_of()) | set(database_of(pooling={"mode": "external"}))
+    written |= set(database_figures(reading(3)) or {})
+    assert written <= set(declared)

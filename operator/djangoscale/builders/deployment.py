@@ -162,7 +162,7 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
             "periodSeconds": LIVENESS_PERIOD_SECONDS,
             "failureThreshold": LIVENESS_FAILURES,
         },
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
+        "lifecycle": {"preStop": pre_stop(ds, PRE_STOP_SLEEP)},
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -171,6 +171,15 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
     if ds.resources:
         container["resources"] = ds.resources
     return container
+
+
+def pre_stop(ds: DjangoService, seconds: int) -> dict[str, Any]:
+    """The app container's preStop hook: wait `seconds` for load balancers to stop sending;
+    with a pgbouncer sidecar, first shrink its pool to DRAINING_POOL_SIZE, the share the
+    budget keeps for a terminating pod (`djangoscale prestop`)."""
+    if ds.uses_pgbouncer:
+        return {"exec": {"command": ["djangoscale", "prestop", "--sleep", str(seconds)]}}
+    return {"sleep": {"seconds": seconds}}
 
 
 def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The pod's pgbouncer figures on the launcher's metrics port, for the operator's budget guard.
+"""The pod's pgbouncer, through its admin console: its figures on the launcher's metrics port
+for the operator's budget guard, and its pool shrunk when the pod terminates.
 
 pgbouncer knows how many server connections the pod holds; the operator cannot reach it (it
 listens on the pod's loopback). The launcher runs beside it, so its metrics server asks the
-admin console (`SHOW POOLS`) at each scrape and exports the sum. psycopg (or psycopg2) is
+admin console (`SHOW POOLS`) at each scrape and exports the sum. The app's user is one of
+pgbouncer's admin_users, on the pod's loopback only. psycopg (or psycopg2) is
 what Django's PostgreSQL backend already needs in the app's image; without either, or when
 pgbouncer does not answer, the figures are left out and the operator counts the pod as not
 reporting.
@@ -48,12 +50,15 @@ def pool_figures(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> PoolF
     return PoolFigures(total, clients)
 
 
-def _show_pools(admin: PgBouncerAdmin) -> tuple[list[str], list[Any]]:
+def _admin(admin: PgBouncerAdmin, *statements: str) -> tuple[list[str], list[Any]]:
+    """Run `statements` on the admin console; the last one's columns and rows."""
     args = {
         "host": admin.address.host, "port": admin.address.port, "dbname": ADMIN_DATABASE,
         "user": admin.user, "password": admin.password,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
     }
+    columns: list[str] = []
+    rows: list[Any] = []
     try:
         import psycopg
     except ImportError:
@@ -62,20 +67,33 @@ def _show_pools(admin: PgBouncerAdmin) -> tuple[list[str], list[Any]]:
         conn.autocommit = True  # the admin console has no transactions
         try:
             with conn.cursor() as cur:
-                cur.execute("SHOW POOLS")
-                return [d[0] for d in cur.description], list(cur.fetchall())
+                for statement in statements:
+                    cur.execute(statement)
+                    if cur.description:
+                        columns, rows = [d[0] for d in cur.description], list(cur.fetchall())
         finally:
             conn.close()
+        return columns, rows
     # prepare_threshold None: the admin console speaks only the simple query protocol.
     with psycopg.connect(**args, autocommit=True, prepare_threshold=None) as conn:
-        cur = conn.execute("SHOW POOLS")
-        return [d.name for d in cur.description or ()], list(cur.fetchall())
+        for statement in statements:
+            cur = conn.execute(statement)
+            if cur.description:
+                columns, rows = [d.name for d in cur.description], list(cur.fetchall())
+    return columns, rows
+
+
+def shrink_pool(admin: PgBouncerAdmin, size: int) -> None:
+    """Give server connections back: pgbouncer closes a pool's connections beyond `size` as
+    their transactions end (within its 1/3 s maintenance tick), and opens no more."""
+    _admin(admin, *(f"SET {setting} = {int(size)}" for setting in (
+        "default_pool_size", "max_db_connections", "max_user_connections")))
 
 
 def read_pools(admin: PgBouncerAdmin) -> PoolFigures | None:
     """The pod's figures now, or None if pgbouncer (or a PostgreSQL driver) is not there."""
     try:
-        columns, rows = _show_pools(admin)
+        columns, rows = _admin(admin, "SHOW POOLS")
         return pool_figures(columns, rows)
     except ImportError:
         log.warning("no psycopg or psycopg2 in the image: pgbouncer figures not exported")
