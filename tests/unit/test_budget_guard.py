@@ -163,3 +163,10 @@ def test_the_reconciler_keeps_what_the_collector_measured(in_use, reason):
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Degraded"]["reason"] == reason
     assert conditions["Ready"]["status"] == "True"
+
+
+def test_an_unreachable_pgbouncer_leaves_the_figures_out_rather_than_exporting_zero():
+    from djangoscale.serve.pgbouncer import PgBouncerCollector
+
+    admin = PgBouncerAdmin(Address("127.0.0.1", free_port()), "shop", "pw")  # nothing listens
+    assert list(PgBouncerCollector(admin).collect()) == []

@@ -34,3 +34,24 @@ def test_an_unreachable_pgbouncer_is_logged_and_the_wait_still_happens(monkeypat
     err = capsys.readouterr().err
     assert "could not shrink the pgbouncer pool" in err
     assert "pw" not in err
+
+
+def test_the_deployments_hook_is_a_command_the_launcher_parses():
+    from djangoscale import cli, spec
+    from djangoscale.builders.deployment import PRE_STOP_SLEEP, build_deployment
+    from tests.unit.test_budget import body_with
+
+    ds = spec.parse(body_with())
+    (app,) = build_deployment(ds, {"metadata": {"name": "shop-database"}, "data": {}})[
+        "spec"]["template"]["spec"]["containers"]
+    command = app["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "djangoscale"
+    parsed = cli.build_parser(command[1:]).parse_args(command[1:])
+    assert (parsed.handler, parsed.sleep, parsed.pool_size) == (prestop.main, PRE_STOP_SLEEP, 1)
+    env = {item["name"]: item.get("value") for item in app["env"]}
+    assert env[PGBOUNCER_ADDRESS_ENV] == "127.0.0.1:6432"  # where the hook finds pgbouncer
+    # Without the sidecar there is no pool to shrink: the plain sleep as before.
+    external = spec.parse(body_with(pooling={"mode": "external"}))
+    (app,) = build_deployment(external, {"metadata": {"name": "shop-database"}, "data": {}})[
+        "spec"]["template"]["spec"]["containers"]
+    assert app["lifecycle"] == {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}}
