@@ -13,9 +13,12 @@ from djangoscale.budget import ROLLOUT_SURGE, size_pool
 from djangoscale.builders import pgbouncer
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
 from djangoscale.contract import (
+    DATABASE_PASSWORD_ENV,
+    DATABASE_USER_ENV,
     GREENLET_SERVER,
     MULTIPROC_DIR_ENV,
     MULTIPROC_DIR_IN_POD,
+    PGBOUNCER_ADDRESS_ENV,
     SERVE_ENV,
 )
 from djangoscale.spec import DjangoService
@@ -103,6 +106,9 @@ def database_env(
         env += [
             {"name": "DATABASE_HOST", "value": pgbouncer.LISTEN_HOST},
             {"name": "DATABASE_PORT", "value": str(pgbouncer.LISTEN_PORT)},
+            # The launcher exports SHOW POOLS from here for the operator's budget guard.
+            {"name": PGBOUNCER_ADDRESS_ENV,
+             "value": f"{pgbouncer.LISTEN_HOST}:{pgbouncer.LISTEN_PORT}"},
         ]
     else:
         env += [
@@ -120,8 +126,8 @@ def database_env(
     env.append({"name": "DATABASE_CONN_MAX_AGE", "value": str(max_age)})
     env += [
         from_secret("DATABASE_NAME", user_secret, "dbname"),
-        from_secret("DATABASE_USER", user_secret, "user"),
-        from_secret("DATABASE_PASSWORD", user_secret, "password"),
+        from_secret(DATABASE_USER_ENV, user_secret, "user"),
+        from_secret(DATABASE_PASSWORD_ENV, user_secret, "password"),
         from_secret("DATABASE_URL", secret["metadata"]["name"], pgbouncer.DATABASE_URL_KEY),
     ]
     return env
@@ -160,7 +166,7 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
             "periodSeconds": LIVENESS_PERIOD_SECONDS,
             "failureThreshold": LIVENESS_FAILURES,
         },
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
+        "lifecycle": {"preStop": pre_stop(ds, PRE_STOP_SLEEP)},
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -169,6 +175,15 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
     if ds.resources:
         container["resources"] = ds.resources
     return container
+
+
+def pre_stop(ds: DjangoService, seconds: int) -> dict[str, Any]:
+    """The app container's preStop hook: wait `seconds` for load balancers to stop sending;
+    with a pgbouncer sidecar, first shrink its pool to DRAINING_POOL_SIZE, the share the
+    budget keeps for a terminating pod (`djangoscale prestop`)."""
+    if ds.uses_pgbouncer:
+        return {"exec": {"command": ["djangoscale", "prestop", "--sleep", str(seconds)]}}
+    return {"sleep": {"seconds": seconds}}
 
 
 def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict[str, Any]:
