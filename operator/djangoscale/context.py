@@ -3,12 +3,14 @@
 `djangoscale run` builds an `OperatorContext` from the settings and hands it to
 `kopf.operator(memo=...)`. kopf gives each resource object a shallow copy of it, so the objects
 it holds (the API, the metrics stores, the caches) are the same for every handler, and no module
-keeps state of its own. The metrics API server started by a startup handler is kept here too,
-and everything is closed at cleanup.
+keeps state of its own. The metrics API server and the operator-wide loops started by startup
+handlers are kept here too, and everything is closed at cleanup.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,8 @@ class OperatorContext:
     managed: set[tuple[str, str]] = field(default_factory=set)
     # Set by the startup handler that starts the metrics API server (before any copy is made).
     metrics_server: web.AppRunner | None = None
+    # The operator-wide loops (`djangoscale.background`), cancelled at cleanup.
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: OperatorSettings, api: Api) -> OperatorContext:
@@ -54,7 +58,15 @@ class OperatorContext:
         """Pod metrics the metrics API server serves beside RPS, by name."""
         return {QUEUE_LENGTH_METRIC: self.queue_lengths}
 
+    def start(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
+        """Run one of the operator-wide loops until cleanup."""
+        self.background.append(asyncio.create_task(loop, name=name))
+
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
         if self.metrics_server is not None:
             await self.metrics_server.cleanup()
         await self.scraper.close()
