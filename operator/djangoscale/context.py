@@ -18,6 +18,7 @@ from djangoscale.autoscaling.apiserver import MetricsStore
 from djangoscale.autoscaling.collector import Scraper
 from djangoscale.contract import QUEUE_LENGTH_METRIC
 from djangoscale.k8s import Api
+from djangoscale.rollouts import RolloutGate
 from djangoscale.settings import OperatorSettings
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ class OperatorContext:
     # Per-pod queue lengths of the worker groups, served beside RPS.
     queue_lengths: MetricsStore
     scraper: Scraper
+    # Slots for the rollouts nobody asked for (an operator upgrade): a few at a time.
+    rollouts: RolloutGate
     # The last spec generation seen per child uid: a new one is a spec edit (ours, the HPA's
     # or a hand edit), worth a re-apply; anything else is status progress.
     child_generations: dict[str, int] = field(default_factory=dict)
@@ -51,6 +54,7 @@ class OperatorContext:
             rps=MetricsStore(window_seconds=int(settings.stable_window)),
             queue_lengths=MetricsStore(window_seconds=int(settings.queue_poll_seconds)),
             scraper=Scraper(settings.scrape_concurrency, settings.scrape_timeout),
+            rollouts=RolloutGate(settings.max_concurrent_rollouts),
         )
 
     @property

@@ -56,7 +56,7 @@ def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger
     metrics.managed(context.managed, body.metadata.namespace or "", body.metadata.name or "")
     with metrics.reconcile_timer():
         try:
-            outcome = reconcile(context.api, dict(body))
+            outcome = reconcile(context.api, dict(body), context.rollouts)
             _write(context, body, outcome, logger)
         except ApiError as error:
             if namespace_terminating(error):
@@ -67,6 +67,9 @@ def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger
             raise kopf.TemporaryError(
                 f"API error {error.status}: {error.reason}", delay=API_ERROR_RETRY_SECONDS
             ) from error
+    # A rollout slot just freed: the next in line starts now, not at the next resync.
+    for key in outcome.next_rollouts:
+        _reconcile_live(context, key)
 
 
 def namespace_terminating(error: ApiError) -> bool:
@@ -81,7 +84,7 @@ def on_change(body: kopf.Body, logger: logging.Logger, memo: object, **_: Any) -
     _reconcile(context_of(memo), body, logger)
 
 
-def _resync_one(context: OperatorContext, key: ServiceKey) -> None:
+def _reconcile_live(context: OperatorContext, key: ServiceKey) -> None:
     # The live object, not the index's copy: the index may lag, and a deleted or terminating
     # object has nothing left to converge.
     namespace, name = key
@@ -105,8 +108,10 @@ async def start_resync(memo: object, djangoservices: kopf.Index[ServiceKey, Any]
 
     async def resync_all() -> None:
         services = background.latest(djangoservices)
+        for key in context.rollouts.retain(services):
+            await asyncio.to_thread(_reconcile_live, context, key)
         await background.each(
-            services, lambda key: asyncio.to_thread(_resync_one, context, key), logger,
+            services, lambda key: asyncio.to_thread(_reconcile_live, context, key), logger,
             "resync", concurrency=RESYNC_CONCURRENCY)
 
     context.start("resync", background.run_every(interval, resync_all, logger, "resync",
@@ -162,7 +167,9 @@ def on_child_event(
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     uid, generation = body.metadata.uid or "", body.metadata.get("generation")
-    if spec_changed(context.child_generations, uid, generation, event.get("type")):
+    if (spec_changed(context.child_generations, uid, generation, event.get("type"))
+            or context.rollouts.holds((namespace, name))):
+        # (While it holds a rollout slot, every reconcile checks whether it can free it.)
         # Server-side apply re-asserts only the fields the operator owns: replicas set by the
         # HPA are not among them, so this never fights the autoscaler.
         _reconcile(context, kopf.Body(owner), logger)
