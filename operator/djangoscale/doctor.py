@@ -218,7 +218,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from djangoscale.k8s import ApiError, KubernetesApi
 
-    api = KubernetesApi(args.kubeconfig)
+    try:
+        api = KubernetesApi(args.kubeconfig)
+    except Exception as error:  # the client's config errors have no common base class
+        print(f"djangoscale doctor: cannot load the kubeconfig: {error}", file=sys.stderr)
+        return 2
     try:
         checks = list(run_checks(api, args.namespace, args.service_account, args.peering))
     except ApiError as error:

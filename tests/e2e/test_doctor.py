@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from djangoscale.doctor import METRICS_APISERVICE
 from djangoscale_dev.cluster import LocalCluster
@@ -143,10 +144,13 @@ def test_missing_rbac_verb_is_named(cluster, admin, chart, operator):
 def test_unreachable_cluster_exits_2(tmp_path: Path):
     """Without a reachable cluster it says so and exits 2, not 1 (that means findings)."""
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "
-        f"'https://127.0.0.1:{free_port()}'}}]\nusers: [{{name: u, user: {{token: t}}}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n")
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
+                                               "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c"}))
     result = subprocess.run([sys.executable, "-m", "djangoscale.cli", "doctor",
                              "--kubeconfig", str(kubeconfig)],
                             capture_output=True, text=True, check=False, timeout=120)
