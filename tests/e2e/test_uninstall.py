@@ -64,7 +64,7 @@ def admin(cluster) -> Api:
 
 
 @pytest.fixture(scope="module")
-def released(cluster, admin: Api) -> Iterator[list[dict[str, Any]]]:
+def released(cluster, kube, admin: Api) -> Iterator[list[dict[str, Any]]]:
     """The chart installed by helm; the CRD restored for the session's other modules after."""
     objects = chart_objects(admin)
     assert admin.get("APIService", None, APISERVICE) is None, "another test left its APIService"
