@@ -43,12 +43,15 @@ def latest(index: kopf.Index[ServiceKey, dict[str, Any]]) -> dict[ServiceKey, di
 
 
 async def run_every(seconds: float, work: Callable[[], Awaitable[None]],
-                    logger: logging.Logger, what: str, first_delay: float = 0.0) -> None:
-    """`work()` every `seconds` until cancelled; a failed round is logged, the next one runs."""
+                    logger: logging.Logger, what: str, first_delay: float = 0.0,
+                    active: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """`work()` every `seconds` until cancelled, in the rounds where `active()` says this
+    operator is the one that works (kopf peering); a failed round is logged, the next runs."""
     await asyncio.sleep(first_delay)
     while True:
         try:
-            await work()
+            if active is None or await active():
+                await work()
         except Exception:  # one bad round must not end the loop for every object
             logger.exception("%s: round failed", what)
         await asyncio.sleep(seconds)

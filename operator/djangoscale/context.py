@@ -10,6 +10,8 @@ handlers are kept here too, and everything is closed at cleanup.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,12 +19,27 @@ from typing import TYPE_CHECKING, Any
 from djangoscale.autoscaling.apiserver import MetricsStore
 from djangoscale.autoscaling.collector import Scraper
 from djangoscale.contract import QUEUE_LENGTH_METRIC
-from djangoscale.k8s import Api
+from djangoscale.k8s import Api, ApiError
+from djangoscale.peering import is_active
 from djangoscale.rollouts import RolloutGate
 from djangoscale.settings import OperatorSettings
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+
+# Seconds a reading of the peering object is trusted: the loops ask every round.
+PEERING_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PeeringSeat:
+    """This operator's place in kopf peering: the peering object and its priority."""
+
+    name: str
+    priority: int
+    # The namespace of a namespaced KopfPeering (the first watched one); None: cluster-wide.
+    namespace: str | None = None
 
 
 @dataclass
@@ -45,6 +62,9 @@ class OperatorContext:
     metrics_server: web.AppRunner | None = None
     # The operator-wide loops (`djangoscale.background`), cancelled at cleanup.
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # With peering, the loops run only while this operator is the active peer.
+    peering: PeeringSeat | None = None
+    _active: tuple[float, bool] = (0.0, True)
 
     @classmethod
     def create(cls, settings: OperatorSettings, api: Api) -> OperatorContext:
@@ -61,6 +81,28 @@ class OperatorContext:
     def extra_pod_metrics(self) -> dict[str, MetricsStore]:
         """Pod metrics the metrics API server serves beside RPS, by name."""
         return {QUEUE_LENGTH_METRIC: self.queue_lengths}
+
+    async def active(self) -> bool:
+        """Whether the operator-wide loops should work now: always when standalone; with
+        peering, only on the active peer. kopf pauses a standby's watches and handlers, not
+        these loops, and a peer demoted after a while would keep working from its last
+        view of the objects."""
+        if self.peering is None:
+            return True
+        checked_at, active = self._active
+        if time.monotonic() - checked_at < PEERING_CHECK_SECONDS:
+            return active
+        seat = self.peering
+        kind = "ClusterKopfPeering" if seat.namespace is None else "KopfPeering"
+        try:
+            peering = await asyncio.to_thread(self.api.get, "kopf.dev/v1", kind,
+                                              seat.namespace, seat.name)
+        except ApiError:
+            return active  # keep the last answer through an API hiccup
+        active = is_active((peering or {}).get("status"), seat.priority,
+                           datetime.datetime.now(datetime.UTC))
+        self._active = (time.monotonic(), active)
+        return active
 
     def start(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
         """Run one of the operator-wide loops until cleanup."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from djangoscale.contract import GROUP, PLURAL, VERSION
+from djangoscale.peering import live_peers
 
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 METRICS_APISERVICE: Final = "v1beta2.custom.metrics.k8s.io"
@@ -109,11 +110,6 @@ def check_apiservice(apiservice: dict[str, Any] | None, service_exists: bool | N
     return Check(subject, False, detail, fix)
 
 
-def _parse_time(text: str) -> datetime.datetime:
-    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
-
-
 def check_peering(peering: dict[str, Any] | None, name: str,
                   now: datetime.datetime) -> Check:
     """The active operator: the live peer of highest priority (kopf's rule)."""
@@ -121,20 +117,12 @@ def check_peering(peering: dict[str, Any] | None, name: str,
     if peering is None:
         return Check(subject, False, "no ClusterKopfPeering of that name",
                      "helm upgrade restores it (or give --peering the name in use)")
-    live = []
-    for identity, peer in (peering.get("status") or {}).items():
-        if not isinstance(peer, dict) or "lastseen" not in peer:
-            continue
-        deadline = _parse_time(str(peer["lastseen"])) + datetime.timedelta(
-            seconds=int(peer.get("lifetime", 60)))
-        if deadline > now:
-            live.append((int(peer.get("priority", 0)), str(identity)))
+    live = live_peers(peering.get("status"), now)
     if not live:
         return Check(subject, False, "no live operator: nothing reconciles, and the metrics "
                                      "API has no server",
                      "kubectl get pods -n <namespace> -l app.kubernetes.io/name=djangoscale; "
                      "kubectl logs on the one that is not running")
-    live.sort(reverse=True)
     top = [identity for priority, identity in live if priority == live[0][0]]
     if len(top) > 1:
         return Check(subject, False,

@@ -130,7 +130,8 @@ async def start_rps_collection(memo: object, djangoservices: kopf.Index[ServiceK
     context = context_of(memo)
     collection = RpsCollection(context, djangoservices, rps_pods)
     context.start("rps-collection", background.run_every(
-        context.settings.scrape_interval, collection.round, logger, "RPS collection"))
+        context.settings.scrape_interval, collection.round, logger, "RPS collection",
+        active=context.active))
 
 
 def read_requestheader_configmap(api: Api) -> dict[str, Any]:

@@ -194,7 +194,7 @@ async def start_queue_polling(memo: object, djangoservices: kopf.Index[ServiceKe
     async def poll_until_cancelled() -> None:
         try:
             await background.run_every(context.settings.queue_poll_seconds, polling.round,
-                                       logger, "queue polling")
+                                       logger, "queue polling", active=context.active)
         finally:
             await polling.close()  # the broker connections
 

@@ -115,7 +115,8 @@ async def start_resync(memo: object, djangoservices: kopf.Index[ServiceKey, Any]
             "resync", concurrency=RESYNC_CONCURRENCY)
 
     context.start("resync", background.run_every(interval, resync_all, logger, "resync",
-                                                 first_delay=interval))
+                                                 first_delay=interval,
+                                                 active=context.active))
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
