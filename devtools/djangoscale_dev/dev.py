@@ -1,7 +1,9 @@
 """`djangoscale dev`: the whole product on one machine, in one command.
 
 Starts the local control plane unless a kubeconfig is given, installs the CRD, runs the operator,
-applies the example and prints the objects as they converge, until Ctrl-C stops everything.
+applies the example and prints the objects as they converge. Once the example is Ready, it
+offers load steps to its Service with a live view and writes a PNG timeline (`dev_load`;
+`--no-load` skips that), then goes on printing until Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from djangoscale_dev import DATA_DIR
+from djangoscale_dev.dev_load import configure_load, run_load
 
 if TYPE_CHECKING:
     from djangoscale.k8s import KubernetesApi
@@ -39,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--once", action="store_true", help="exit once the DjangoServices are Ready (for tests)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="with --once: give up after")
+    configure_load(parser)
 
 
 @functools.cache
@@ -167,11 +171,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"applied {args.filename}")
         deadline = time.monotonic() + args.timeout
         previous: list[str] = []
+        loaded = args.no_load or not services
         while not stopping:
             lines, ready = summary_lines(services)
             if lines != previous:
                 print(time.strftime("%H:%M:%S"), *lines, sep="\n")
                 previous = lines
+            if ready and not loaded:
+                loaded = True
+                run_load(args, services[0], args.dir.parent)
             if args.once and ready:
                 return 0
             if args.once and time.monotonic() > deadline:

@@ -116,6 +116,14 @@ def test_pods_pass_the_restricted_pod_security_standard():
         assert set(volume) & {"emptyDir", "secret"}, volume  # no hostPath
 
 
+def test_a_non_root_pgbouncer_can_read_its_config_files():
+    # The kubelet gives Secret files to root and to the fsGroup only (mode 0440).
+    pod = children_by_kind()["Deployment"]["spec"]["template"]["spec"]
+    config = next(v for v in pod["volumes"] if v["name"] == "pgbouncer-config")
+    assert config["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] not in (None, 0)
+
+
 def test_a_secret_change_rolls_the_pods():
     before = children_by_kind()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     rotated = DatabaseCredentials("db.internal", 5432, "shop", "shop", "rotated")

@@ -46,6 +46,10 @@ PGBOUNCER_REQUESTS = {"cpu": "50m", "memory": "32Mi"}
 SHUTDOWN_MARGIN_SECONDS = 10
 # Owner read-only, group read-only (the fsGroup), nobody else: the files hold credentials.
 SECRET_FILE_MODE = 0o440
+# The group of the pod's mounted Secret files (fsGroup), which every container also runs with:
+# without it the kubelet leaves them root:root, and a non-root pgbouncer cannot read its config.
+# Any non-zero gid works; this is the one djangoscale/pgbouncer runs as.
+SECRET_FILE_GROUP = 10002
 # Old ReplicaSets kept for `kubectl rollout undo`.
 REVISION_HISTORY = 5
 
@@ -214,6 +218,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
     pod_spec: dict[str, Any] = {
         "securityContext": {
             "runAsNonRoot": True,
+            "fsGroup": SECRET_FILE_GROUP,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": (
