@@ -5,15 +5,20 @@ edit rolls at once."""
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
+import kopf
 import pytest
 
 from djangoscale.builders import build_children
+from djangoscale.context import OperatorContext
 from djangoscale.contract import API_VERSION, KIND
+from djangoscale.controller import handlers
 from djangoscale.controller import reconcile as reconcile_module
 from djangoscale.controller.reconcile import reconcile, write_status
 from djangoscale.rollouts import RolloutGate, user_asked
+from djangoscale.settings import OperatorSettings
 from tests.fixtures.fake_api import FakeApi
 
 NEW_LABEL = ("builders.example/version", "2")
@@ -173,3 +178,22 @@ def test_a_spec_edit_rolls_at_once_even_while_others_wait(upgraded):
     assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "shop:2"
     # ...and it no longer waits: b is next, and after b nobody.
     assert gate.waiting == [("web", "b")]
+
+
+def test_the_child_event_that_completes_a_rollout_starts_the_next(upgraded):
+    """Through the handlers: `a`'s Deployment becoming Available starts `b` at once (not at the
+    next resync)."""
+    api = upgraded
+    context = OperatorContext.create(OperatorSettings(max_concurrent_rollouts=1), api)
+    logger = logging.getLogger("test")
+    for name in NAMES:
+        live = api.get(API_VERSION, KIND, "web", name)
+        handlers.on_change(body=kopf.Body(live), logger=logger, memo=context)
+    assert context.rollouts.rolling == [("web", "a")]
+    settle(api, "a")
+    deployment = api.get("apps/v1", "Deployment", "web", "a")
+    handlers.on_child_event(body=kopf.Body(deployment), event={"type": "MODIFIED"},
+                            namespace="web", logger=logger, memo=context)
+    assert context.rollouts.rolling == [("web", "b")]
+    assert NEW_LABEL[0] in template_labels(api, "b")
+    assert NEW_LABEL[0] not in template_labels(api, "c")
