@@ -137,6 +137,21 @@ def test_clusterwide_rbac_grants_only_what_the_operator_uses():
                                     "verbs": ["get"]}]
 
 
+def test_doctor_checks_exactly_the_verbs_the_chart_grants():
+    """`djangoscale doctor` reviews each verb of its table: the table is the chart's RBAC."""
+    from djangoscale.doctor import OPERATOR_ACCESS, REQUESTHEADER_ACCESS
+
+    roles = operator_roles(render())
+    (cluster_role,) = [r for r in roles if r["kind"] == "ClusterRole"]
+    table = {(group, resource): set(verbs) for group, resource, verbs in OPERATOR_ACCESS}
+    assert table == grants(cluster_role["rules"])
+    (configmaps,) = [r for r in roles if r["kind"] == "Role"]
+    namespace, group, resource, name, verb = REQUESTHEADER_ACCESS
+    assert configmaps["metadata"]["namespace"] == namespace
+    assert configmaps["rules"] == [{"apiGroups": [group], "resources": [resource],
+                                    "resourceNames": [name], "verbs": [verb]}]
+
+
 def test_namespaced_rbac_has_roles_per_namespace_and_nothing_namespaced_cluster_wide():
     docs = render("--set", "watch.namespaces={web,shop}")
     roles = operator_roles(docs)

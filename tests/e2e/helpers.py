@@ -21,15 +21,18 @@ API = f"{GROUP}/{VERSION}"
 
 @contextlib.contextmanager
 def start_operator(
-    kubeconfig: Path, log: Path, *args: str, resync_seconds: int = 3
+    kubeconfig: Path, log: Path, *args: str, resync_seconds: int = 3,
+    module: str = "djangoscale.cli", env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`djangoscale run` as a real process, stopped (SIGTERM, then SIGKILL) at the end."""
+    """`djangoscale run` as a real process, stopped (SIGTERM, then SIGKILL) at the end.
+
+    `module` runs another entry point with the same arguments (a patched operator)."""
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
+            [sys.executable, "-m", module, "run", "--liveness-port", "0",
              "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1", *args],
             env={**os.environ, "KUBECONFIG": str(kubeconfig),
-                 "DJANGOSCALE_RESYNC_SECONDS": str(resync_seconds)},
+                 "DJANGOSCALE_RESYNC_SECONDS": str(resync_seconds), **(env or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
         )

@@ -218,7 +218,22 @@ def test_the_entry_module_registers_every_handler_module():
     import djangoscale.entry  # noqa: F401
 
     registry = kopf.get_default_registry()
-    names = {handler.fn.__module__ for handler in registry._spawning.get_all_handlers()}
+    names = {handler.fn.__module__ for handler in registry._activities.get_all_handlers()}
     names |= {handler.fn.__module__ for handler in registry._changing.get_all_handlers()}
     assert {"djangoscale.controller.handlers", "djangoscale.autoscaling.handlers",
             "djangoscale.celery.handlers"} <= names
+
+
+def test_no_handler_brings_kopf_finalizer():
+    """Daemons and timers always bring kopf's finalizer, and so does a delete handler that is
+    not optional: with any of them, a stopped operator would block every deletion."""
+    import djangoscale.entry  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    assert registry._spawning.get_all_handlers() == []
+    changing = registry._changing.get_all_handlers()
+    assert changing
+    assert [handler.id for handler in changing if handler.requires_finalizer] == []
+    # The loops read every DjangoService from this index instead.
+    assert "djangoscale.background" in {
+        handler.fn.__module__ for handler in registry._indexing.get_all_handlers()}

@@ -26,6 +26,7 @@ from djangoscale.conditions import (
     now_rfc3339,
     overriding,
     rollout_conditions,
+    with_kstatus,
     worker_conditions,
 )
 from djangoscale.contract import (
@@ -38,6 +39,13 @@ from djangoscale.contract import (
 )
 from djangoscale.controller.status import observed_status
 from djangoscale.k8s import Api
+from djangoscale.rollouts import (
+    Key,
+    RolloutGate,
+    all_rolled_out,
+    template_changes,
+    user_asked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,8 @@ class Outcome:
     status: dict[str, Any]
     warning: tuple[str, str] | None = None
     applied: list[str] = field(default_factory=list)
+    # DjangoServices whose queued rollout may start now (a slot just freed): reconcile them.
+    next_rollouts: list[Key] = field(default_factory=list)
 
 
 class UserError(Exception):
@@ -97,8 +107,12 @@ def _failure(body: dict[str, Any], reason: str, message: str) -> Outcome:
     )
 
 
-def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
-    """Bring the children in line with the spec; return the status to report."""
+def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -> Outcome:
+    """Bring the children in line with the spec; return the status to report.
+
+    With a `gate`, a pod template change the user did not ask for waits for a rollout slot
+    (`rollouts`): until then the Deployments are left as they are.
+    """
     try:
         ds = spec.parse(body)
     except spec.SpecError as error:
@@ -109,10 +123,16 @@ def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
         return _failure(body, error.reason, error.message)
 
     existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
+    children = build_children(ds, credentials)
+    queued = gate is not None and rollout_queued(api, body, ds, children, gate)
     applied = []
-    for child in build_children(ds, credentials):
+    for child in children:
+        name = f"{child['kind']}/{child['metadata']['name']}"
+        if queued and child["kind"] == "Deployment":
+            applied.append(name)  # kept as it is (and never pruned) until its turn
+            continue
         api.apply(child)
-        applied.append(f"{child['kind']}/{child['metadata']['name']}")
+        applied.append(name)
     if existing is None and ds.autoscaling.enabled:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
         # outside the operator's applied configuration, so the HPA owns it from then on.
@@ -120,7 +140,55 @@ def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
                   INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
         prune(api, ds, applied)
-    return Outcome(status=current_status(api, body, ds), applied=applied)
+    if gate is None:
+        return Outcome(status=current_status(api, body, ds), applied=applied)
+    next_up = finish_if_done(api, ds, gate)
+    return Outcome(status=current_status(api, body, ds, queued_conditions(ds, gate)),
+                   applied=applied, next_rollouts=next_up)
+
+
+def rollout_queued(api: Api, body: dict[str, Any], ds: spec.DjangoService,
+                   children: list[dict[str, Any]], gate: RolloutGate) -> bool:
+    """The Deployments' new pod template must wait for a slot (and did not get one)."""
+    key = (ds.namespace, ds.name)
+    if gate.holds(key):
+        return False
+    deployments = [child for child in children if child["kind"] == "Deployment"]
+    if user_asked(body) or not any(template_changes(api, child) for child in deployments):
+        gate.withdraw(key)
+        return False
+    if gate.admit(key):
+        logger.info("rolling out %s/%s: its pod template changed with an unchanged spec",
+                    *key)
+        return False
+    logger.info("rollout of %s/%s queued (position %d): %d rolling at a time", *key,
+                gate.position(key), gate.limit)
+    return True
+
+
+def deployments_of(api: Api, ds: spec.DjangoService) -> list[dict[str, Any] | None]:
+    names = [ds.name] + [worker_name(ds, group) for group in ds.workers]
+    return [api.get("apps/v1", "Deployment", ds.namespace, name) for name in names]
+
+
+def finish_if_done(api: Api, ds: spec.DjangoService, gate: RolloutGate) -> list[Key]:
+    """Free the slot of a DjangoService whose Deployments have all rolled out; the services
+    that may go next."""
+    key = (ds.namespace, ds.name)
+    if gate.holds(key) and all_rolled_out(deployments_of(api, ds)):
+        logger.info("rollout of %s/%s complete", *key)
+        return gate.finish(key)
+    return []
+
+
+def queued_conditions(ds: spec.DjangoService, gate: RolloutGate) -> list[Condition]:
+    """While queued, Progressing says so (Ready stays as the running pods make it)."""
+    position = gate.position((ds.namespace, ds.name))
+    if not position:
+        return []
+    message = (f"a pod template change from the operator waits its turn: position "
+               f"{position}, {gate.limit} DjangoService(s) roll at a time")
+    return with_kstatus([Condition("Progressing", "True", "RolloutQueued", message)])
 
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
@@ -156,7 +224,9 @@ def prune(api: Api, ds: spec.DjangoService, applied: list[str]) -> list[str]:
     return deleted
 
 
-def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> dict[str, Any]:
+def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
+                   overrides: list[Condition] | None = None) -> dict[str, Any]:
+    """The status from the children; `overrides` replace the conditions of their types."""
     deployment = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
     hpa = (
         api.get("autoscaling/v2", "HorizontalPodAutoscaler", ds.namespace, ds.name)
@@ -167,7 +237,7 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
-    conditions = rollout_conditions(ds, deployment, workers)
+    conditions = overriding(rollout_conditions(ds, deployment, workers), list(overrides or []))
     # The collector found the pods over the budget: that stays the news until it reads less.
     exceeded = live_budget_exceeded(ds, body.get("status") or {})
     if exceeded is not None and degraded_status(conditions) != "True":
