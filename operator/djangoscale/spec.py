@@ -140,6 +140,19 @@ class BrokerSpec:
 
 
 @dataclass(frozen=True)
+class MigrationsSpec:
+    """The migration Job that gates a rollout (docs/lifecycle.md)."""
+
+    enabled: bool
+    command: tuple[str, ...]
+    active_deadline_seconds: int
+    backoff_limit: int
+
+
+MIGRATIONS_OFF = MigrationsSpec(False, (), 1, 0)
+
+
+@dataclass(frozen=True)
 class DjangoService:
     name: str
     namespace: str
@@ -168,6 +181,7 @@ class DjangoService:
     # Passed through to the pod as written (validated by the API server's own pod schema).
     pod_options: dict[str, Any] = field(default_factory=dict)
     env_from: tuple[dict[str, Any], ...] = ()
+    migrations: MigrationsSpec = MIGRATIONS_OFF
 
     @property
     def max_pods(self) -> int:
@@ -269,6 +283,25 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     database = spec.get("database")
     if database is not None:
         problems += budget_problems(spec, database, mode, explicit_mode)
+    problems += _lifecycle_problems(spec)
+    return problems
+
+
+def migrations_enabled(spec: dict[str, Any]) -> bool:
+    """On by default when there is a database to migrate."""
+    enabled: bool = spec["migrations"].get("enabled", "database" in spec)
+    return enabled
+
+
+def _lifecycle_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    database = spec.get("database")
+    if database is not None and migrations_enabled(spec) and database["reservedConnections"] < 1:
+        problems.append(
+            "spec.database.reservedConnections: the migration Job connects on a reserved "
+            "connection: must be >= 1 while spec.migrations is enabled (or set "
+            "spec.migrations.enabled: false)"
+        )
     return problems
 
 
@@ -413,6 +446,17 @@ def parse(body: dict[str, Any]) -> DjangoService:
         broker=None
         if "broker" not in spec
         else BrokerSpec(type=spec["broker"]["type"], secret_name=spec["broker"]["secretName"]),
+        migrations=_migrations(spec),
+    )
+
+
+def _migrations(spec: dict[str, Any]) -> MigrationsSpec:
+    raw = spec["migrations"]
+    return MigrationsSpec(
+        enabled=migrations_enabled(spec),
+        command=tuple(raw["command"]),
+        active_deadline_seconds=raw["activeDeadlineSeconds"],
+        backoff_limit=raw["backoffLimit"],
     )
 
 

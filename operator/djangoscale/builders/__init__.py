@@ -9,6 +9,7 @@ from typing import Any
 
 from djangoscale.builders.deployment import build_deployment
 from djangoscale.builders.hpa import build_hpa
+from djangoscale.builders.migration import build_migration_job, mark_migrated
 from djangoscale.builders.pdb import build_pdb
 from djangoscale.builders.pgbouncer import DatabaseCredentials, build_database_secret
 from djangoscale.builders.service import build_service
@@ -35,4 +36,15 @@ def build_children(
     if ds.autoscaling.enabled:
         children.append(build_hpa(ds))
     children += build_workers(ds, secret)
-    return children
+    return with_migration(ds, children)
+
+
+def with_migration(ds: DjangoService, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The migration Job before the first Deployment, every Deployment marked with the
+    migration its pods need."""
+    if not ds.migrations.enabled:
+        return children
+    marked = [mark_migrated(child, ds) if child["kind"] == "Deployment" else child
+              for child in children]
+    first = next(i for i, child in enumerate(marked) if child["kind"] == "Deployment")
+    return [*marked[:first], build_migration_job(ds), *marked[first:]]

@@ -160,11 +160,17 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    return {**container, **app_env_from_and_resources(ds)}
+
+
+def app_env_from_and_resources(ds: DjangoService) -> dict[str, Any]:
+    """The app container's envFrom and resources, for every container that runs the app's code."""
+    fields: dict[str, Any] = {}
     if ds.env_from:
-        container["envFrom"] = [dict(item) for item in ds.env_from]
+        fields["envFrom"] = [dict(item) for item in ds.env_from]
     if ds.resources:
-        container["resources"] = ds.resources
-    return container
+        fields["resources"] = ds.resources
+    return fields
 
 
 def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +193,24 @@ def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict
         ],
         "resources": {"requests": dict(PGBOUNCER_REQUESTS)},
     }
+
+
+def pod_placement(ds: DjangoService) -> dict[str, Any]:
+    """The pod-level fields every pod of this service shares: account, pull secrets, placement."""
+    fields: dict[str, Any] = {}
+    if ds.service_account_name:
+        fields["serviceAccountName"] = ds.service_account_name
+    if ds.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
+                "priorityClassName"):
+        if key in ds.pod_options:
+            fields[key] = ds.pod_options[key]
+    return fields
+
+
+def pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -212,10 +236,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
                 }
             )
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "terminationGracePeriodSeconds": (
             ds.server.timeout_seconds + PRE_STOP_SLEEP + SHUTDOWN_MARGIN_SECONDS
         ),
@@ -225,14 +246,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
-    if ds.service_account_name:
-        pod_spec["serviceAccountName"] = ds.service_account_name
-    if ds.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
-    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
-                "priorityClassName"):
-        if key in ds.pod_options:
-            pod_spec[key] = ds.pod_options[key]
+    pod_spec.update(pod_placement(ds))
     # The user's pod labels never replace the selector labels the Service and HPA rely on.
     labels = {**ds.pod_options.get("podLabels", {}), **common_labels(ds)}
     annotations = {**ds.pod_options.get("podAnnotations", {}), **annotations}

@@ -23,6 +23,7 @@ from djangoscale.contract import (
     VERSION,
 )
 from djangoscale.controller import metrics
+from djangoscale.controller.gate import JobPhase, job_phase
 from djangoscale.controller.reconcile import (
     Outcome,
     reconcile,
@@ -156,3 +157,19 @@ def on_child_event(
     status = refresh_status(context.api, owner)
     if status is not None:
         write_status(context.api, owner, status)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def on_migration_job_event(
+    body: kopf.Body, namespace: str, logger: logging.Logger, memo: object, **_: Any
+) -> None:
+    """A migration Job finished: open the gate (or report the failure) now, not at the next
+    resync."""
+    if job_phase(dict(body)) is JobPhase.RUNNING:
+        return
+    context = context_of(memo)
+    name = _owner_name(body.metadata.get("ownerReferences", []))
+    owner = None if name is None else context.api.get(API_VERSION, KIND, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    _reconcile(context, kopf.Body(owner), logger)

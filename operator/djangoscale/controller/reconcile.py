@@ -33,6 +33,8 @@ from djangoscale.contract import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
 )
+from djangoscale.controller import migrations
+from djangoscale.controller.gate import MIGRATION_FAILED, Action, gated_conditions
 from djangoscale.controller.status import observed_status
 from djangoscale.k8s import Api
 
@@ -106,18 +108,38 @@ def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
         return _failure(body, error.reason, error.message)
 
     existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
+    gate = migrations.observe(api, body, ds) if ds.migrations.enabled else None
+    if gate is not None:
+        migrations.run(api, ds, gate)
     applied = []
     for child in build_children(ds, credentials):
+        if child["kind"] == "Job":
+            continue  # the migration Job: created by the gate only, never re-applied
+        if child["kind"] == "Deployment" and gate is not None and gate.action is not Action.OPEN:
+            live = api.get("apps/v1", "Deployment", ds.namespace, child["metadata"]["name"])
+            if live is None:
+                continue  # no pods run code whose migrations have not run
+            child = migrations.held(child, live)
         api.apply(child)
         applied.append(f"{child['kind']}/{child['metadata']['name']}")
-    if existing is None and ds.autoscaling.enabled:
+    if existing is None and ds.autoscaling.enabled and f"Deployment/{ds.name}" in applied:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
         # outside the operator's applied configuration, so the HPA owns it from then on.
         api.scale("apps/v1", "Deployment", ds.namespace, ds.name, ds.min_replicas,
                   INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
         prune(api, ds, applied)
-    return Outcome(status=current_status(api, body, ds), applied=applied)
+    status = current_status(api, body, ds)
+    return Outcome(status=status, warning=_migration_warning(body, status), applied=applied)
+
+
+def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[str, str] | None:
+    """One Warning event when a migration fails, none while it stays failed."""
+    now = find(status.get("conditions", []), "Degraded") or {}
+    before = find((body.get("status") or {}).get("conditions", []), "Degraded") or {}
+    if now.get("reason") != MIGRATION_FAILED or before.get("reason") == MIGRATION_FAILED:
+        return None
+    return MIGRATION_FAILED, str(now.get("message", ""))
 
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
@@ -164,10 +186,13 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
+    conditions = rollout_conditions(ds, deployment, workers)
+    if ds.migrations.enabled:
+        gate = migrations.observe(api, body, ds)
+        conditions = gated_conditions(conditions, gate.action, gate.message,
+                                      deployment is not None)
     return _status_with(
-        body,
-        rollout_conditions(ds, deployment, workers) + worker_conditions(ds),
-        observed_status(ds, deployment, hpa),
+        body, conditions + worker_conditions(ds), observed_status(ds, deployment, hpa),
     )
 
 
