@@ -173,12 +173,12 @@ def test_job_phase_reads_the_terminal_conditions(conditions, phase):
 
 # -- the reconciler ---------------------------------------------------------------------------
 
-def reconcile(context: OperatorContext, api: FakeApi, **spec_fields: Any) -> dict[str, Any]:
-    """Store the DjangoService with `spec_fields` (a new generation when they change it), run
+def run_change(context: OperatorContext, api: FakeApi, wanted: dict[str, Any]) -> dict[str, Any]:
+    """Store the DjangoService with spec `wanted` (a new generation when that changes it), run
     the change handler, return the stored object."""
     live = api.get(API_VERSION, KIND, "web", "shop")
     body = copy.deepcopy(live or SHOP)
-    body["spec"].update(spec_fields)
+    body["spec"] = copy.deepcopy(wanted)
     if live is not None and body["spec"] != live["spec"]:
         body["metadata"]["generation"] += 1
     api.put(body)
@@ -187,6 +187,12 @@ def reconcile(context: OperatorContext, api: FakeApi, **spec_fields: Any) -> dic
     stored = api.get(API_VERSION, KIND, "web", "shop")
     assert stored is not None
     return stored
+
+
+def reconcile(context: OperatorContext, api: FakeApi, **spec_fields: Any) -> dict[str, Any]:
+    """The stored spec with `spec_fields` changed, reconciled."""
+    live = api.get(API_VERSION, KIND, "web", "shop")
+    return run_change(context, api, {**(live or SHOP)["spec"], **spec_fields})
 
 
 def finish(api: FakeApi, name: str, outcome: str, log: str = "") -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from djangoscale.builders.beat import build_beat_deployment
 from djangoscale.builders.deployment import build_deployment
 from djangoscale.builders.hpa import build_hpa
 from djangoscale.builders.migration import build_migration_job, mark_migrated
 from djangoscale.builders.pdb import build_pdb
 from djangoscale.builders.pgbouncer import DatabaseCredentials, build_database_secret
+from djangoscale.builders.routes import build_http_route, build_ingress
 from djangoscale.builders.service import build_service
 from djangoscale.builders.workers import build_workers
 from djangoscale.spec import DjangoService
@@ -36,6 +38,13 @@ def build_children(
     if ds.autoscaling.enabled:
         children.append(build_hpa(ds))
     children += build_workers(ds, secret)
+    if ds.beat is not None:
+        children.append(build_beat_deployment(ds, secret))
+    if ds.ingress is not None:
+        children.append(build_ingress(ds))
+    # Last: a cluster without the Gateway API refuses it, after everything else is in place.
+    if ds.gateway is not None:
+        children.append(build_http_route(ds))
     return with_migration(ds, children)
 
 

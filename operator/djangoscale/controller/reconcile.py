@@ -15,6 +15,7 @@ from typing import Any
 from djangoscale import spec
 from djangoscale.builders import build_children
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
+from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
     Condition,
@@ -36,7 +37,7 @@ from djangoscale.contract import (
 from djangoscale.controller import migrations
 from djangoscale.controller.gate import MIGRATION_FAILED, Action, gated_conditions
 from djangoscale.controller.status import observed_status
-from djangoscale.k8s import Api
+from djangoscale.k8s import Api, ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,14 @@ def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
             if live is None:
                 continue  # no pods run code whose migrations have not run
             child = migrations.held(child, live)
-        api.apply(child)
+        try:
+            api.apply(child)
+        except ApiError as error:
+            if not missing_kind(child, error):
+                raise
+            # Not something to retry: nothing changes until the CRDs are installed (the
+            # resync picks them up) or spec.gateway goes.
+            return _failure(body, GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE)
         applied.append(f"{child['kind']}/{child['metadata']['name']}")
     if existing is None and ds.autoscaling.enabled and f"Deployment/{ds.name}" in applied:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
@@ -143,12 +151,41 @@ def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[st
 
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
-# Deployment, PDB and HPA of a Celery worker group taken out of the spec.
+# Deployment, PDB and HPA of a Celery worker group taken out of the spec, the Ingress and the
+# HTTPRoute when spec.ingress or spec.gateway goes.
 PRUNABLE = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "Ingress"),
+    (HTTP_ROUTE_API_VERSION, "HTTPRoute"),
 )
+# Kinds a cluster may not serve (their CRDs are optional).
+OPTIONAL_KINDS = frozenset({(HTTP_ROUTE_API_VERSION, "HTTPRoute")})
+
+
+GATEWAY_API_MISSING = "GatewayAPINotInstalled"
+GATEWAY_API_MISSING_MESSAGE = (
+    f"spec.gateway: this cluster does not serve {HTTP_ROUTE_API_VERSION} HTTPRoute (install the "
+    "Gateway API CRDs, or remove spec.gateway)"
+)
+
+
+def serves_http_routes(api: Api, namespace: str) -> bool:
+    """Whether the Gateway API's HTTPRoute CRD is installed (a list of an unserved kind 404s,
+    where a get could not tell it from a missing object)."""
+    try:
+        api.list(HTTP_ROUTE_API_VERSION, "HTTPRoute", namespace, "djangoscale.io/none=none")
+    except ApiError as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def missing_kind(obj: dict[str, Any], error: ApiError) -> bool:
+    """The API server has no such resource: an optional CRD that is not installed."""
+    return (obj["apiVersion"], obj["kind"]) in OPTIONAL_KINDS and error.status == 404
 
 
 def controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
@@ -165,7 +202,13 @@ def prune(api: Api, ds: spec.DjangoService, applied: list[str]) -> list[str]:
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{INSTANCE_LABEL}={ds.name}"
     deleted = []
     for api_version, kind in PRUNABLE:
-        for item in api.list(api_version, kind, ds.namespace, selector):
+        try:
+            items = api.list(api_version, kind, ds.namespace, selector)
+        except ApiError as error:
+            if missing_kind({"apiVersion": api_version, "kind": kind}, error):
+                continue  # no such CRD, so none of ours to prune
+            raise
+        for item in items:
             name = item["metadata"]["name"]
             if controlled_by(item, ds.uid) and f"{kind}/{name}" not in applied:
                 api.delete(api_version, kind, ds.namespace, name)
@@ -186,6 +229,10 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
+    if ds.gateway is not None and not serves_http_routes(api, ds.namespace):
+        # Also when a child's event refreshes the status: the failure stays until it is fixed.
+        return _status_with(body, failed(GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE),
+                            observed_status(ds, deployment, hpa))
     conditions = rollout_conditions(ds, deployment, workers)
     if ds.migrations.enabled:
         gate = migrations.observe(api, body, ds)
