@@ -171,6 +171,18 @@ class GatewaySpec:
 
 
 @dataclass(frozen=True)
+class StaticFilesSpec:
+    """collectstatic at pod start into an emptyDir (off: collected at image build time)."""
+
+    enabled: bool
+    command: tuple[str, ...]
+    mount_path: str
+
+
+STATIC_FILES_IN_IMAGE = StaticFilesSpec(False, (), "/")
+
+
+@dataclass(frozen=True)
 class BeatSpec:
     """The one Celery beat scheduler."""
 
@@ -211,6 +223,7 @@ class DjangoService:
     ingress: IngressSpec | None = None
     gateway: GatewaySpec | None = None
     beat: BeatSpec | None = None
+    static_files: StaticFilesSpec = STATIC_FILES_IN_IMAGE
 
     @property
     def max_pods(self) -> int:
@@ -501,6 +514,11 @@ def parse(body: dict[str, Any]) -> DjangoService:
         ),
         beat=None if "beat" not in spec else BeatSpec(
             app=spec["beat"]["app"], resources=copy.deepcopy(spec["beat"].get("resources", {}))),
+        static_files=StaticFilesSpec(
+            enabled=spec["staticFiles"]["enabled"],
+            command=tuple(spec["staticFiles"]["command"]),
+            mount_path=spec["staticFiles"]["mountPath"],
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from djangoscale.builders.pdb import build_pdb
 from djangoscale.builders.pgbouncer import DatabaseCredentials, build_database_secret
 from djangoscale.builders.routes import build_http_route, build_ingress
 from djangoscale.builders.service import build_service
+from djangoscale.builders.static_files import with_static_files
 from djangoscale.builders.workers import build_workers
 from djangoscale.spec import DjangoService
 
@@ -32,7 +33,7 @@ def build_children(
     if ds.database is not None and ds.database.secret_name is not None:
         secret = build_database_secret(ds, credentials or DatabaseCredentials.placeholder())
         children.append(secret)
-    children.append(build_deployment(ds, secret))
+    children.append(with_static_files(ds, build_deployment(ds, secret)))
     children.append(build_service(ds))
     children.append(build_pdb(ds))
     if ds.autoscaling.enabled:
