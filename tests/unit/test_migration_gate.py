@@ -338,3 +338,19 @@ def test_turning_migrations_off_opens_the_gate(context, api, warnings):
     assert api.get("apps/v1", "Deployment", "web", "shop") is None
     reconcile(context, api, migrations={"enabled": False})
     assert image_of(api) == "shop:1"
+
+
+def test_a_childs_event_leaves_a_new_failure_to_the_reconcile_and_its_event(
+        context, api, warnings):
+    from djangoscale.controller.reconcile import refresh_status
+
+    migrated(context, api)
+    live = reconcile(context, api, image="shop:broken")
+    finish(api, migration_job_name(spec.parse(live)), "Failed", log="boom\n")
+    assert refresh_status(api, live) is None
+    live = reconcile(context, api)
+    assert warnings and warnings[-1][0] == "MigrationFailed"
+    status = refresh_status(api, live)  # once reported, refreshes keep it
+    assert status is not None
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "MigrationFailed"

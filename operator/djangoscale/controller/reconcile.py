@@ -244,12 +244,16 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
 
 
 def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
-    """Status from the children alone (on a child's change); None if the spec is invalid."""
+    """Status from the children alone (on a child's change); None if the spec is invalid or
+    a migration has just failed."""
     try:
         ds = spec.parse(body)
     except spec.SpecError:
         return None
-    return current_status(api, body, ds)
+    status = current_status(api, body, ds)
+    if _migration_warning(body, status) is not None:
+        return None  # a new migration failure: the reconcile reports it, with its one event
+    return status
 
 
 def status_changed(body: dict[str, Any], status: dict[str, Any]) -> bool:
