@@ -119,3 +119,24 @@ def test_a_failed_migration_keeps_the_old_pods_until_a_spec_change(kube, operato
              lambda: rolled_out_to(kube, namespace, "shop:broken"))
     assert [j["metadata"]["name"] for j in migration_jobs(kube, namespace)] == jobs
     assert condition(kube, namespace, "Degraded")["status"] == "False"
+
+
+def test_one_beat_pod_owned_recreated_and_pruned(kube, operator, namespace):  # noqa: F811
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace, broker={"secretName": "shop-broker"},
+                             beat={"app": "sampleproject.celery"}))
+    wait_for("Ready", lambda: ready(kube, namespace))
+    beat = wait_for("the beat Deployment's pod", lambda: (
+        lambda d: d if d and (d.get("status") or {}).get("readyReplicas") == 1 else None)(
+            kube.get("apps/v1", "Deployment", namespace, "shop-beat")))
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    uid = kube.get(API, "DjangoService", namespace, "shop")["metadata"]["uid"]
+    assert beat["metadata"]["ownerReferences"][0]["uid"] == uid
+    # The budget counts it: 40 - 3 reserved over (5 + 1) web pods + 1 beat pod.
+    live = kube.get(API, "DjangoService", namespace, "shop")
+    assert live["status"]["database"]["poolSizePerPod"] == (40 - 3) // 7
+    assert kube.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, "shop-beat") is None
+    kube.apply(djangoservice(namespace, broker={"secretName": "shop-broker"}))
+    wait_for("the beat Deployment pruned",
+             lambda: kube.get("apps/v1", "Deployment", namespace, "shop-beat") is None)
