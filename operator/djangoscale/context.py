@@ -9,6 +9,7 @@ and everything is closed at cleanup.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,10 @@ class OperatorContext:
     managed: set[tuple[str, str]] = field(default_factory=set)
     # Set by the startup handler that starts the metrics API server (before any copy is made).
     metrics_server: web.AppRunner | None = None
+    # One reconcile of an object at a time: the resync daemon, the change handlers and a
+    # migration Job's event may all fire at once, and each decides on a Warning event from
+    # the status the one before it wrote.
+    reconcile_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: OperatorSettings, api: Api) -> OperatorContext:
@@ -48,6 +53,9 @@ class OperatorContext:
             queue_lengths=MetricsStore(window_seconds=int(settings.queue_poll_seconds)),
             scraper=Scraper(settings.scrape_concurrency, settings.scrape_timeout),
         )
+
+    def reconcile_lock(self, namespace: str, name: str) -> threading.Lock:
+        return self.reconcile_locks.setdefault((namespace, name), threading.Lock())
 
     @property
     def extra_pod_metrics(self) -> dict[str, MetricsStore]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from djangoscale import schema
-from djangoscale.budget import budget_problems, pods_at_most
+from djangoscale.budget import budget_problems, pods_at_most, threads_at_most
 from djangoscale.contract import (
     DEFAULT_THREADS,
     GROUP,
@@ -33,9 +32,6 @@ from djangoscale.contract import (
 
 __all__ = ["DEFAULT_THREADS", "GROUP", "KIND", "PLURAL", "VERSION"]
 
-# Only cheroot's pool grows (the launcher grows it): by half again, so a pool of 100 threads
-# meets a burst with up to 150 before requests queue.
-CHERRYPY_GROWTH = 1.5
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Children are named <name>-database, <name>-worker-<group>: the Service name is a DNS label.
 MAX_NAME_LENGTH = 47
@@ -209,7 +205,8 @@ class DjangoService:
     autoscaling: AutoscalingSpec
     database: DatabaseSpec | None
     pgbouncer: PgBouncerSpec
-    # pgbouncer (a sidecar per pod), django (Django's own psycopg pool per process) or none.
+    # pgbouncer (a sidecar per pod), django (Django's own psycopg pool per process), none, or
+    # external (the user's pooler outside the pod; the operator does not divide the budget).
     pooling_mode: str
     resources: dict[str, Any] = field(default_factory=dict)
     env: tuple[dict[str, Any], ...] = ()
@@ -405,18 +402,11 @@ def _scale_policy(raw: dict[str, Any]) -> ScalePolicy:
 
 
 def _server(raw: dict[str, Any]) -> ServerSpec:
-    threads = raw.get("threads", DEFAULT_THREADS[raw["type"]])
-    if "maxThreads" in raw:
-        max_threads = raw["maxThreads"]
-    elif raw["type"] == GROWING_SERVER:
-        max_threads = math.ceil(threads * CHERRYPY_GROWTH)
-    else:
-        max_threads = threads
     return ServerSpec(
         type=raw["type"],
         workers=raw["workers"],
-        threads=threads,
-        max_threads=max_threads,
+        threads=raw.get("threads", DEFAULT_THREADS[raw["type"]]),
+        max_threads=threads_at_most(raw),
         queue_size=raw["queueSize"],
         timeout_seconds=raw["timeoutSeconds"],
     )

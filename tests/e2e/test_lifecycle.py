@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from djangoscale import spec
+from djangoscale.budget import size_pool
 from tests.e2e.helpers import API, condition, djangoservice, ready, secret
 from tests.e2e.test_operator import operator  # noqa: F401 (its module-scoped fixture)
 from tests.fixtures.polling import wait_for
@@ -133,9 +135,11 @@ def test_one_beat_pod_owned_recreated_and_pruned(kube, operator, namespace):  # 
     assert beat["spec"]["strategy"] == {"type": "Recreate"}
     uid = kube.get(API, "DjangoService", namespace, "shop")["metadata"]["uid"]
     assert beat["metadata"]["ownerReferences"][0]["uid"] == uid
-    # The budget counts it: 40 - 3 reserved over (5 + 1) web pods + 1 beat pod.
+    # The budget counts it: (5 + 1) web pods and the beat pod share what the status shows.
     live = kube.get(API, "DjangoService", namespace, "shop")
-    assert live["status"]["database"]["poolSizePerPod"] == (40 - 3) // 7
+    parsed = spec.parse(live)
+    assert parsed.max_pods == 5 + 1 + 1
+    assert live["status"]["database"]["poolSizePerPod"] == size_pool(parsed).pool_size_per_pod
     assert kube.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, "shop-beat") is None
     kube.apply(djangoservice(namespace, broker={"secretName": "shop-broker"}))
     wait_for("the beat Deployment pruned",

@@ -93,7 +93,7 @@ def test_create_applies_every_child_scales_to_the_minimum_and_reports(context, a
     assert api.written("patch_status") == [("patch_status", KIND, "shop")]
     assert ready(live)["status"] == "False" and ready(live)["reason"] == "RollingOut"
     assert live["status"]["observedGeneration"] == 1
-    assert live["status"]["database"]["poolSizePerPod"] == (100 - 3) // (6 + 1)
+    assert live["status"]["database"]["poolSizePerPod"] == (100 - 3) // (6 + 1) - 1
     assert warnings == []
     assert ("web", "shop") in context.managed
     assert INITIAL_SCALE_FIELD_MANAGER != "djangoscale"

@@ -98,6 +98,9 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 PodValue(pod, labels.get(pod, {}), value)
                 for pod, value in reading.decision.per_pod.items()
             ])
+            warning = collector.budget_warning(dict(body), reading)
+            if warning is not None:
+                kopf.warn(body, reason=warning[0], message=warning[1])
             patch = collector.status_patch(dict(body), reading)
             if patch is not None:
                 try:

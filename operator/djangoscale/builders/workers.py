@@ -19,6 +19,7 @@ from djangoscale.builders.deployment import (
     build_deployment,
     database_env,
     deployment_object,
+    pre_stop,
     restricted_container_security,
     with_user_env,
 )
@@ -106,6 +107,9 @@ def build_worker_container(
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if ds.uses_pgbouncer:
+        # No load balancer to wait for: shrink the pool and let Celery's warm shutdown run.
+        container["lifecycle"] = {"preStop": pre_stop(ds, 0)}
     if group.resources:
         container["resources"] = copy.deepcopy(group.resources)
     return container

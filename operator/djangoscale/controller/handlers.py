@@ -44,21 +44,26 @@ RESYNC_IDLE_SECONDS: Final = 5
 RESYNC_TICK_SECONDS: Final = 1.0
 
 
-def _write(context: OperatorContext, body: kopf.Body, outcome: Outcome,
+def _write(context: OperatorContext, body: kopf.Body, live: dict[str, Any], outcome: Outcome,
            logger: logging.Logger) -> None:
     if outcome.warning:
         reason, message = outcome.warning
         kopf.warn(body, reason=reason, message=message)
         logger.warning("%s: %s", reason, message)
-    write_status(context.api, dict(body), outcome.status)
+    write_status(context.api, live, outcome.status)
 
 
 def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger) -> None:
-    metrics.managed(context.managed, body.metadata.namespace or "", body.metadata.name or "")
-    with metrics.reconcile_timer():
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    metrics.managed(context.managed, namespace, name)
+    with context.reconcile_lock(namespace, name), metrics.reconcile_timer():
         try:
-            outcome = reconcile(context.api, dict(body))
-            _write(context, body, outcome, logger)
+            # Read inside the lock: the status another handler wrote just before counts.
+            live = context.api.get(API_VERSION, KIND, namespace, name)
+            if live is None:
+                return  # deleted meanwhile
+            outcome = reconcile(context.api, live)
+            _write(context, body, live, outcome, logger)
         except ApiError as error:
             if namespace_terminating(error):
                 # The namespace and everything in it are going away: nothing to converge.

@@ -19,10 +19,13 @@ from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
     Condition,
+    degraded,
     failed,
     find,
+    live_budget_exceeded,
     merge_conditions,
     now_rfc3339,
+    overriding,
     rollout_conditions,
     worker_conditions,
 )
@@ -238,9 +241,18 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
         gate = migrations.observe(api, body, ds)
         conditions = gated_conditions(conditions, gate.action, gate.message,
                                       deployment is not None)
+    # The collector found the pods over the budget: that stays the news until it reads less.
+    exceeded = live_budget_exceeded(ds, body.get("status") or {})
+    if exceeded is not None and degraded_status(conditions) != "True":
+        conditions = overriding(conditions, degraded(*exceeded))
     return _status_with(
-        body, conditions + worker_conditions(ds), observed_status(ds, deployment, hpa),
+        body, conditions + worker_conditions(ds), observed_status(ds, deployment, hpa)
     )
+
+
+def degraded_status(conditions: list[Condition]) -> str | None:
+    """Degraded's status among `conditions` (a rollout failure outranks the budget)."""
+    return next((c.status for c in conditions if c.type == "Degraded"), None)
 
 
 def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -256,10 +268,18 @@ def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
     return status
 
 
+def merge_changes(live: Any, patch: Any) -> bool:
+    """Whether a JSON merge patch would change `live`: an object changes only where one of
+    its keys does, so fields another writer adds (the collector's figures in
+    `status.database`) do not make every reconcile write again."""
+    if isinstance(live, dict) and isinstance(patch, dict):
+        return any(merge_changes(live.get(key), value) for key, value in patch.items())
+    return bool(live != patch)
+
+
 def status_changed(body: dict[str, Any], status: dict[str, Any]) -> bool:
     """Write only what differs, so a settled object keeps its resourceVersion."""
-    live = body.get("status") or {}
-    return any(live.get(key) != value for key, value in status.items())
+    return merge_changes(body.get("status") or {}, status)
 
 
 def write_status(api: Api, body: dict[str, Any], status: dict[str, Any]) -> bool:
