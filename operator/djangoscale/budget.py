@@ -39,13 +39,16 @@ if TYPE_CHECKING:
 
 # Every Deployment rolls out with maxSurge 1, so one pod more than replicas.max may hold a pool.
 ROLLOUT_SURGE: Final = 1
+# A Celery beat scheduler is one pod, never surged (its Deployment is Recreate).
+BEAT_PODS: Final = 1
 # Client connections beyond the app's concurrency: health checks, management commands.
 CLIENT_HEADROOM: Final = 10
 
 
-def pods_at_most(web_max: int, worker_maxes: list[int]) -> int:
+def pods_at_most(web_max: int, worker_maxes: list[int], beat: bool = False) -> int:
     """The most pods that can hold database connections at once, surge pods included."""
-    return web_max + ROLLOUT_SURGE + sum(m + ROLLOUT_SURGE for m in worker_maxes)
+    return (web_max + ROLLOUT_SURGE + sum(m + ROLLOUT_SURGE for m in worker_maxes)
+            + (BEAT_PODS if beat else 0))
 
 
 def pool_size_per_pod(budget: int, max_pods: int, draining: int = 0) -> int:
@@ -114,7 +117,7 @@ def budget_problems(
     replicas = spec["replicas"]
     budget = database["maxConnections"] - database["reservedConnections"]
     worker_maxes = [group["replicas"]["max"] for group in spec.get("workers", [])]
-    pods = pods_at_most(replicas["max"], worker_maxes)
+    pods = pods_at_most(replicas["max"], worker_maxes, beat="beat" in spec)
     figures = (
         f"({database['maxConnections']} - {database['reservedConnections']} = {budget} "
         f"connections for {pods} pods)"

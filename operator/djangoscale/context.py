@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ class OperatorContext:
     # With peering, the loops run only while this operator is the active peer.
     peering: PeeringSeat | None = None
     _active: tuple[float, bool] = (0.0, True)
+    # One reconcile of an object at a time: the resync daemon, the change handlers and a
+    # migration Job's event may all fire at once, and each decides on a Warning event from
+    # the status the one before it wrote.
+    reconcile_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: OperatorSettings, api: Api) -> OperatorContext:
@@ -76,6 +81,9 @@ class OperatorContext:
             scraper=Scraper(settings.scrape_concurrency, settings.scrape_timeout),
             rollouts=RolloutGate(settings.max_concurrent_rollouts),
         )
+
+    def reconcile_lock(self, namespace: str, name: str) -> threading.Lock:
+        return self.reconcile_locks.setdefault((namespace, name), threading.Lock())
 
     @property
     def extra_pod_metrics(self) -> dict[str, MetricsStore]:

@@ -127,12 +127,63 @@ class WorkerGroup:
     max_replicas: int
     target_queue_length_per_worker: int
     resources: dict[str, Any] = field(default_factory=dict)
+    # More `celery worker` arguments, after the operator's.
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class BrokerSpec:
     type: str
     secret_name: str
+
+
+@dataclass(frozen=True)
+class MigrationsSpec:
+    """The migration Job that gates a rollout (docs/lifecycle.md)."""
+
+    enabled: bool
+    command: tuple[str, ...]
+    active_deadline_seconds: int
+    backoff_limit: int
+
+
+MIGRATIONS_OFF = MigrationsSpec(False, (), 1, 0)
+
+
+@dataclass(frozen=True)
+class IngressSpec:
+    hosts: tuple[str, ...]
+    class_name: str | None = None
+    tls_secret_name: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """An HTTPRoute: parentRefs as written (Gateway API ParentReference fields)."""
+
+    parent_refs: tuple[dict[str, Any], ...]
+    hostnames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticFilesSpec:
+    """collectstatic at pod start into an emptyDir (off: collected at image build time)."""
+
+    enabled: bool
+    command: tuple[str, ...]
+    mount_path: str
+
+
+STATIC_FILES_IN_IMAGE = StaticFilesSpec(False, (), "/")
+
+
+@dataclass(frozen=True)
+class BeatSpec:
+    """The one Celery beat scheduler."""
+
+    app: str
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,11 +216,17 @@ class DjangoService:
     # Passed through to the pod as written (validated by the API server's own pod schema).
     pod_options: dict[str, Any] = field(default_factory=dict)
     env_from: tuple[dict[str, Any], ...] = ()
+    migrations: MigrationsSpec = MIGRATIONS_OFF
+    ingress: IngressSpec | None = None
+    gateway: GatewaySpec | None = None
+    beat: BeatSpec | None = None
+    static_files: StaticFilesSpec = STATIC_FILES_IN_IMAGE
 
     @property
     def max_pods(self) -> int:
         """The most pods that can hold database connections at once, surge pods included."""
-        return pods_at_most(self.max_replicas, [w.max_replicas for w in self.workers])
+        return pods_at_most(self.max_replicas, [w.max_replicas for w in self.workers],
+                            beat=self.beat is not None)
 
     @property
     def uses_pgbouncer(self) -> bool:
@@ -266,7 +323,43 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     database = spec.get("database")
     if database is not None:
         problems += budget_problems(spec, database, mode, explicit_mode)
+    problems += _lifecycle_problems(spec)
     return problems
+
+
+def migrations_enabled(spec: dict[str, Any]) -> bool:
+    """On by default when there is a database to migrate."""
+    enabled: bool = spec["migrations"].get("enabled", "database" in spec)
+    return enabled
+
+
+def _lifecycle_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    database = spec.get("database")
+    if database is not None and migrations_enabled(spec) and database["reservedConnections"] < 1:
+        problems.append(
+            "spec.database.reservedConnections: the migration Job connects on a reserved "
+            "connection: must be >= 1 while spec.migrations is enabled (or set "
+            "spec.migrations.enabled: false)"
+        )
+    if "beat" in spec:
+        if "broker" not in spec:
+            problems.append("spec.broker: required when spec.beat is set")
+        for index, group in enumerate(spec.get("workers", [])):
+            if any(runs_beat(arg) for arg in group.get("args", [])):
+                problems.append(BEAT_IN_A_WORKER.replace("[]", f"[{index}]", 1))
+    return problems
+
+
+BEAT_IN_A_WORKER = (
+    "spec.workers[].args: -B/--beat would run a second scheduler inside the worker; spec.beat "
+    "already runs the one scheduler (drop the flag)"
+)
+
+
+def runs_beat(arg: str) -> bool:
+    """`celery worker -B` / `--beat` embeds a beat scheduler in the worker."""
+    return arg == "--beat" or arg.startswith("--beat=") or arg.startswith("-B")
 
 
 def _worker_problems(spec: dict[str, Any]) -> list[str]:
@@ -403,6 +496,40 @@ def parse(body: dict[str, Any]) -> DjangoService:
         broker=None
         if "broker" not in spec
         else BrokerSpec(type=spec["broker"]["type"], secret_name=spec["broker"]["secretName"]),
+        migrations=_migrations(spec),
+        ingress=_ingress(spec.get("ingress")),
+        gateway=None if "gateway" not in spec else GatewaySpec(
+            parent_refs=tuple(copy.deepcopy(spec["gateway"]["parentRefs"])),
+            hostnames=tuple(spec["gateway"].get("hostnames", ())),
+        ),
+        beat=None if "beat" not in spec else BeatSpec(
+            app=spec["beat"]["app"], resources=copy.deepcopy(spec["beat"].get("resources", {}))),
+        static_files=StaticFilesSpec(
+            enabled=spec["staticFiles"]["enabled"],
+            command=tuple(spec["staticFiles"]["command"]),
+            mount_path=spec["staticFiles"]["mountPath"],
+        ),
+    )
+
+
+def _ingress(raw: dict[str, Any] | None) -> IngressSpec | None:
+    if raw is None:
+        return None
+    return IngressSpec(
+        hosts=tuple(raw["hosts"]),
+        class_name=raw.get("className"),
+        tls_secret_name=(raw.get("tls") or {}).get("secretName"),
+        annotations=dict(raw.get("annotations", {})),
+    )
+
+
+def _migrations(spec: dict[str, Any]) -> MigrationsSpec:
+    raw = spec["migrations"]
+    return MigrationsSpec(
+        enabled=migrations_enabled(spec),
+        command=tuple(raw["command"]),
+        active_deadline_seconds=raw["activeDeadlineSeconds"],
+        backoff_limit=raw["backoffLimit"],
     )
 
 
@@ -419,4 +546,5 @@ def _worker_group(raw: dict[str, Any]) -> WorkerGroup:
         max_replicas=raw["replicas"]["max"],
         target_queue_length_per_worker=raw["targetQueueLengthPerWorker"],
         resources=copy.deepcopy(raw.get("resources", {})),
+        args=tuple(raw.get("args", ())),
     )

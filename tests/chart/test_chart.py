@@ -45,6 +45,11 @@ ALLOWED = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "configmaps"): {"get"},
     ("", "namespaces"): {"list", "watch"},  # namespaced mode only
+    # The deploy lifecycle: the migration Job (deleted only to retry it), its log, the ways in.
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods/log"): {"get"},
+    ("networking.k8s.io", "ingresses"): {"get", "list", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "create", "patch", "delete"},
 }
 
 

@@ -66,6 +66,8 @@ def djangoservice(namespace: str, name: str = "shop", **spec: Any) -> dict[str, 
             "replicas": {"min": 2, "max": 5},
             "autoscaling": {"targetRPSPerPod": 20},
             "database": {"secretName": "shop-db", "maxConnections": 40},
+            # KWOK runs no Job pod: test_lifecycle.py drives the migration gate itself.
+            "migrations": {"enabled": False},
         },
     }
     body["spec"].update(spec)

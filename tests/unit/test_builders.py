@@ -41,6 +41,7 @@ def test_children_and_their_owner():
     children = children_by_kind()
     assert set(children) == {
         "Secret",
+        "Job",
         "Deployment",
         "Service",
         "PodDisruptionBudget",

@@ -28,6 +28,8 @@ SHOP: dict[str, Any] = {
         "wsgiApp": "shop.wsgi:application",
         "replicas": {"min": 2, "max": 6},
         "database": {"secretName": "shop-db", "maxConnections": 100},
+        # The migration gate has its own tests (test_migration_gate.py).
+        "migrations": {"enabled": False},
     },
 }
 CHILDREN = [

@@ -170,11 +170,17 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    return {**container, **app_env_from_and_resources(ds)}
+
+
+def app_env_from_and_resources(ds: DjangoService) -> dict[str, Any]:
+    """The app container's envFrom and resources, for every container that runs the app's code."""
+    fields: dict[str, Any] = {}
     if ds.env_from:
-        container["envFrom"] = [dict(item) for item in ds.env_from]
+        fields["envFrom"] = [dict(item) for item in ds.env_from]
     if ds.resources:
-        container["resources"] = ds.resources
-    return container
+        fields["resources"] = ds.resources
+    return fields
 
 
 def pre_stop(ds: DjangoService, seconds: int) -> dict[str, Any]:
@@ -208,6 +214,27 @@ def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict
     }
 
 
+def pod_placement(ds: DjangoService) -> dict[str, Any]:
+    """The pod-level fields every pod of this service shares: account, pull secrets, placement."""
+    fields: dict[str, Any] = {}
+    if ds.service_account_name:
+        fields["serviceAccountName"] = ds.service_account_name
+    if ds.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
+                "priorityClassName"):
+        if key in ds.pod_options:
+            fields[key] = ds.pod_options[key]
+    return fields
+
+
+def pod_security(secret_files: bool = False) -> dict[str, Any]:
+    """The restricted pod security context; `secret_files` adds the group that may read the
+    pgbouncer Secret's files (SECRET_FILE_MODE)."""
+    group = {"fsGroup": SECRET_FILE_GROUP} if secret_files else {}
+    return {"runAsNonRoot": True, **group, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) -> dict[str, Any]:
     """The web Deployment. `secret` is the built database Secret when there is a database."""
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
@@ -231,11 +258,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
                 }
             )
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "fsGroup": SECRET_FILE_GROUP,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(secret_files=True),
         "terminationGracePeriodSeconds": (
             ds.server.timeout_seconds + PRE_STOP_SLEEP + SHUTDOWN_MARGIN_SECONDS
         ),
@@ -245,14 +268,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
-    if ds.service_account_name:
-        pod_spec["serviceAccountName"] = ds.service_account_name
-    if ds.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
-    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
-                "priorityClassName"):
-        if key in ds.pod_options:
-            pod_spec[key] = ds.pod_options[key]
+    pod_spec.update(pod_placement(ds))
     # The user's pod labels never replace the selector labels the Service and HPA rely on.
     labels = {**ds.pod_options.get("podLabels", {}), **common_labels(ds)}
     annotations = {**ds.pod_options.get("podAnnotations", {}), **annotations}

@@ -25,6 +25,7 @@ from djangoscale.contract import (
     VERSION,
 )
 from djangoscale.controller import metrics
+from djangoscale.controller.gate import JobPhase, job_phase
 from djangoscale.controller.reconcile import (
     Outcome,
     reconcile,
@@ -43,21 +44,26 @@ RESYNC_CONCURRENCY: Final = 8
 logger = logging.getLogger(__name__)
 
 
-def _write(context: OperatorContext, body: kopf.Body, outcome: Outcome,
+def _write(context: OperatorContext, body: kopf.Body, live: dict[str, Any], outcome: Outcome,
            logger: logging.Logger) -> None:
     if outcome.warning:
         reason, message = outcome.warning
         kopf.warn(body, reason=reason, message=message)
         logger.warning("%s: %s", reason, message)
-    write_status(context.api, dict(body), outcome.status)
+    write_status(context.api, live, outcome.status)
 
 
 def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger) -> None:
-    metrics.managed(context.managed, body.metadata.namespace or "", body.metadata.name or "")
-    with metrics.reconcile_timer():
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    metrics.managed(context.managed, namespace, name)
+    with context.reconcile_lock(namespace, name), metrics.reconcile_timer():
         try:
-            outcome = reconcile(context.api, dict(body), context.rollouts)
-            _write(context, body, outcome, logger)
+            # Read inside the lock: the status another handler wrote just before counts.
+            live = context.api.get(API_VERSION, KIND, namespace, name)
+            if live is None:
+                return  # deleted meanwhile
+            outcome = reconcile(context.api, live, context.rollouts)
+            _write(context, body, live, outcome, logger)
         except ApiError as error:
             if namespace_terminating(error):
                 # The namespace and everything in it are going away: nothing to converge.
@@ -178,3 +184,19 @@ def on_child_event(
     status = refresh_status(context.api, owner)
     if status is not None:
         write_status(context.api, owner, status)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def on_migration_job_event(
+    body: kopf.Body, namespace: str, logger: logging.Logger, memo: object, **_: Any
+) -> None:
+    """A migration Job finished: open the gate (or report the failure) now, not at the next
+    resync."""
+    if job_phase(dict(body)) is JobPhase.RUNNING:
+        return
+    context = context_of(memo)
+    name = _owner_name(body.metadata.get("ownerReferences", []))
+    owner = None if name is None else context.api.get(API_VERSION, KIND, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    _reconcile(context, kopf.Body(owner), logger)

@@ -15,6 +15,7 @@ from typing import Any
 from djangoscale import spec
 from djangoscale.builders import build_children
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
+from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
     Condition,
@@ -37,8 +38,10 @@ from djangoscale.contract import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
 )
+from djangoscale.controller import migrations
+from djangoscale.controller.gate import MIGRATION_FAILED, Action, gated_conditions
 from djangoscale.controller.status import observed_status
-from djangoscale.k8s import Api
+from djangoscale.k8s import Api, ApiError
 from djangoscale.rollouts import (
     Key,
     RolloutGate,
@@ -123,7 +126,10 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         return _failure(body, error.reason, error.message)
 
     existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
-    children = build_children(ds, credentials)
+    migration = migrations.observe(api, body, ds) if ds.migrations.enabled else None
+    if migration is not None:
+        migrations.run(api, ds, migration)
+    children = held_for_migration(api, ds, migration, build_children(ds, credentials))
     queued = gate is not None and rollout_queued(api, body, ds, children, gate)
     applied = []
     for child in children:
@@ -131,9 +137,16 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         if queued and child["kind"] == "Deployment":
             applied.append(name)  # kept as it is (and never pruned) until its turn
             continue
-        api.apply(child)
+        try:
+            api.apply(child)
+        except ApiError as error:
+            if not missing_kind(child, error):
+                raise
+            # Not something to retry: nothing changes until the CRDs are installed (the
+            # resync picks them up) or spec.gateway goes.
+            return _failure(body, GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE)
         applied.append(name)
-    if existing is None and ds.autoscaling.enabled:
+    if existing is None and ds.autoscaling.enabled and f"Deployment/{ds.name}" in applied:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
         # outside the operator's applied configuration, so the HPA owns it from then on.
         api.scale("apps/v1", "Deployment", ds.namespace, ds.name, ds.min_replicas,
@@ -141,10 +154,30 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
     if ds.uid:
         prune(api, ds, applied)
     if gate is None:
-        return Outcome(status=current_status(api, body, ds), applied=applied)
+        status = current_status(api, body, ds)
+        return Outcome(status=status, warning=_migration_warning(body, status), applied=applied)
     next_up = finish_if_done(api, ds, gate)
-    return Outcome(status=current_status(api, body, ds, queued_conditions(ds, gate)),
-                   applied=applied, next_rollouts=next_up)
+    status = current_status(api, body, ds, queued_conditions(ds, gate))
+    return Outcome(status=status, warning=_migration_warning(body, status), applied=applied,
+                   next_rollouts=next_up)
+
+
+def held_for_migration(api: Api, ds: spec.DjangoService, migration: migrations.Gate | None,
+                       children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The children to apply while the migration gate decides: never the Job (the gate alone
+    creates it), and the Deployments' old pod template until the migration has succeeded."""
+    kept = []
+    for child in children:
+        if child["kind"] == "Job":
+            continue
+        held = migration is not None and migration.action is not Action.OPEN
+        if child["kind"] == "Deployment" and held:
+            live = api.get("apps/v1", "Deployment", ds.namespace, child["metadata"]["name"])
+            if live is None:
+                continue  # no pods run code whose migrations have not run
+            child = migrations.held(child, live)
+        kept.append(child)
+    return kept
 
 
 def rollout_queued(api: Api, body: dict[str, Any], ds: spec.DjangoService,
@@ -191,13 +224,51 @@ def queued_conditions(ds: spec.DjangoService, gate: RolloutGate) -> list[Conditi
     return with_kstatus([Condition("Progressing", "True", "RolloutQueued", message)])
 
 
+def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[str, str] | None:
+    """One Warning event when a migration fails, none while it stays failed."""
+    now = find(status.get("conditions", []), "Degraded") or {}
+    before = find((body.get("status") or {}).get("conditions", []), "Degraded") or {}
+    if now.get("reason") != MIGRATION_FAILED or before.get("reason") == MIGRATION_FAILED:
+        return None
+    return MIGRATION_FAILED, str(now.get("message", ""))
+
+
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
-# Deployment, PDB and HPA of a Celery worker group taken out of the spec.
+# Deployment, PDB and HPA of a Celery worker group taken out of the spec, the Ingress and the
+# HTTPRoute when spec.ingress or spec.gateway goes.
 PRUNABLE = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "Ingress"),
+    (HTTP_ROUTE_API_VERSION, "HTTPRoute"),
 )
+# Kinds a cluster may not serve (their CRDs are optional).
+OPTIONAL_KINDS = frozenset({(HTTP_ROUTE_API_VERSION, "HTTPRoute")})
+
+
+GATEWAY_API_MISSING = "GatewayAPINotInstalled"
+GATEWAY_API_MISSING_MESSAGE = (
+    f"spec.gateway: this cluster does not serve {HTTP_ROUTE_API_VERSION} HTTPRoute (install the "
+    "Gateway API CRDs, or remove spec.gateway)"
+)
+
+
+def serves_http_routes(api: Api, namespace: str) -> bool:
+    """Whether the Gateway API's HTTPRoute CRD is installed (a list of an unserved kind 404s,
+    where a get could not tell it from a missing object)."""
+    try:
+        api.list(HTTP_ROUTE_API_VERSION, "HTTPRoute", namespace, "djangoscale.io/none=none")
+    except ApiError as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def missing_kind(obj: dict[str, Any], error: ApiError) -> bool:
+    """The API server has no such resource: an optional CRD that is not installed."""
+    return (obj["apiVersion"], obj["kind"]) in OPTIONAL_KINDS and error.status == 404
 
 
 def controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
@@ -214,7 +285,13 @@ def prune(api: Api, ds: spec.DjangoService, applied: list[str]) -> list[str]:
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{INSTANCE_LABEL}={ds.name}"
     deleted = []
     for api_version, kind in PRUNABLE:
-        for item in api.list(api_version, kind, ds.namespace, selector):
+        try:
+            items = api.list(api_version, kind, ds.namespace, selector)
+        except ApiError as error:
+            if missing_kind({"apiVersion": api_version, "kind": kind}, error):
+                continue  # no such CRD, so none of ours to prune
+            raise
+        for item in items:
             name = item["metadata"]["name"]
             if controlled_by(item, ds.uid) and f"{kind}/{name}" not in applied:
                 api.delete(api_version, kind, ds.namespace, name)
@@ -237,7 +314,16 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
-    conditions = overriding(rollout_conditions(ds, deployment, workers), list(overrides or []))
+    if ds.gateway is not None and not serves_http_routes(api, ds.namespace):
+        # Also when a child's event refreshes the status: the failure stays until it is fixed.
+        return _status_with(body, failed(GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE),
+                            observed_status(ds, deployment, hpa))
+    conditions = rollout_conditions(ds, deployment, workers)
+    if ds.migrations.enabled:
+        gate = migrations.observe(api, body, ds)
+        conditions = gated_conditions(conditions, gate.action, gate.message,
+                                      deployment is not None)
+    conditions = overriding(conditions, list(overrides or []))
     # The collector found the pods over the budget: that stays the news until it reads less.
     exceeded = live_budget_exceeded(ds, body.get("status") or {})
     if exceeded is not None and degraded_status(conditions) != "True":
@@ -253,12 +339,16 @@ def degraded_status(conditions: list[Condition]) -> str | None:
 
 
 def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
-    """Status from the children alone (on a child's change); None if the spec is invalid."""
+    """Status from the children alone (on a child's change); None if the spec is invalid or
+    a migration has just failed."""
     try:
         ds = spec.parse(body)
     except spec.SpecError:
         return None
-    return current_status(api, body, ds)
+    status = current_status(api, body, ds)
+    if _migration_warning(body, status) is not None:
+        return None  # a new migration failure: the reconcile reports it, with its one event
+    return status
 
 
 def merge_changes(live: Any, patch: Any) -> bool:
