@@ -58,9 +58,10 @@ async def run_every(seconds: float, work: Callable[[], Awaitable[None]],
 
 
 async def each(items: Iterable[T], work: Callable[[T], Awaitable[None]],
-               logger: logging.Logger, what: str, concurrency: int | None = None) -> None:
+               logger: logging.Logger, what: str, concurrency: int | None = None,
+               describe: Callable[[T], object] = lambda item: item) -> None:
     """`work(item)` for every item at once (at most `concurrency` at a time); one failure is
-    logged and does not stop the others."""
+    logged, under `describe(item)` (a key, not a whole object), and does not stop the others."""
     semaphore = asyncio.Semaphore(concurrency) if concurrency else None
 
     async def one(item: T) -> None:
@@ -71,6 +72,6 @@ async def each(items: Iterable[T], work: Callable[[T], Awaitable[None]],
                 async with semaphore:
                     await work(item)
         except Exception:
-            logger.exception("%s failed for %s", what, item)
+            logger.exception("%s failed for %s", what, describe(item))
 
     await asyncio.gather(*(one(item) for item in items))

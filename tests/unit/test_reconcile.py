@@ -61,12 +61,9 @@ def context(api: FakeApi) -> OperatorContext:
 
 
 @pytest.fixture
-def warnings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """The Warning events the handlers post (kopf posts them only inside a running operator)."""
-    posted: list[tuple[str, str]] = []
-    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: posted.append(
-        (reason, message)))
-    return posted
+def warnings(api: FakeApi) -> list[tuple[str, str]]:
+    """(reason, message) of the Warning events the handlers post, in order."""
+    return api.events
 
 
 def change(context: OperatorContext, api: FakeApi, body: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from djangoscale import background, spec
+from djangoscale import background, k8s, spec
 from djangoscale.autoscaling import collector
 from djangoscale.autoscaling.apiserver import (
     REQUESTHEADER_CONFIGMAP,
@@ -89,7 +89,8 @@ class RpsCollection:
             # Ready while there is something to collect: a standby peer, whose watches kopf
             # holds, stays out of the APIService's endpoints as before.
             self.context.rps.beat()
-        await background.each(services.items(), self.collect, logger, "RPS collection")
+        await background.each(services.items(), self.collect, logger, "RPS collection",
+                              describe=lambda item: item[0])
 
     async def collect(self, item: tuple[ServiceKey, dict[str, Any]]) -> None:
         (namespace, name), body = item
@@ -114,7 +115,7 @@ class RpsCollection:
         ])
         warning = collector.budget_warning(body, reading)
         if warning is not None:
-            kopf.warn(body, reason=warning[0], message=warning[1])
+            await asyncio.to_thread(k8s.warn, context.api, body, *warning)
         patch = collector.status_patch(body, reading)
         if patch is not None:
             try:

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import kopf
 
-from djangoscale import background
+from djangoscale import background, k8s
 from djangoscale.background import ServiceKey
 from djangoscale.context import OperatorContext, context_of
 from djangoscale.contract import (
@@ -48,7 +48,7 @@ def _write(context: OperatorContext, body: kopf.Body, live: dict[str, Any], outc
            logger: logging.Logger) -> None:
     if outcome.warning:
         reason, message = outcome.warning
-        kopf.warn(body, reason=reason, message=message)
+        k8s.warn(context.api, live, reason, message)
         logger.warning("%s: %s", reason, message)
     write_status(context.api, live, outcome.status)
 
