@@ -16,12 +16,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
-from djangoscale.autoscaling.windows import (
-    PANIC_THRESHOLD,
-    PANIC_WINDOW_SECONDS,
-    STABLE_WINDOW_SECONDS,
-)
-
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -46,10 +40,7 @@ class OperatorSettings:
     scrape_timeout: float = 1.5
     # Sockets open at once while scraping (a thousand pods do not open a thousand sockets).
     scrape_concurrency: int = 64
-    # The RPS windows and burst rule: defaults and reasons in `djangoscale.autoscaling.windows`.
-    stable_window: float = STABLE_WINDOW_SECONDS
-    panic_window: float = PANIC_WINDOW_SECONDS
-    panic_threshold: float = PANIC_THRESHOLD
+    # The RPS windows and the burst rule are per DjangoService: `spec.autoscaling`.
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -95,7 +86,4 @@ ENV: Final[dict[str, str]] = {
     "scrape_interval": "DJANGOSCALE_SCRAPE_INTERVAL",
     "scrape_timeout": "DJANGOSCALE_SCRAPE_TIMEOUT",
     "scrape_concurrency": "DJANGOSCALE_SCRAPE_CONCURRENCY",
-    "stable_window": "DJANGOSCALE_STABLE_WINDOW",
-    "panic_window": "DJANGOSCALE_PANIC_WINDOW",
-    "panic_threshold": "DJANGOSCALE_PANIC_THRESHOLD",
 }

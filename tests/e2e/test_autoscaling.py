@@ -100,8 +100,7 @@ def operator(cluster: LocalCluster, api: ApiClient, metrics_api: tuple[int, Path
             [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", str(free_port()),
              "--metrics-port", str(free_port()), "--bind", "127.0.0.1",
              "--metrics-api-port", str(port), "--metrics-api-cert-file", str(cert),
-             "--metrics-api-key-file", str(key), "--scrape-interval", str(SCRAPE_INTERVAL),
-             "--stable-window", str(STABLE_WINDOW), "--panic-window", str(PANIC_WINDOW)],
+             "--metrics-api-key-file", str(key), "--scrape-interval", str(SCRAPE_INTERVAL)],
             env={**os.environ, "KUBECONFIG": str(kubeconfig),
                  "DJANGOSCALE_RESYNC_SECONDS": "5"},
             stdout=output, stderr=subprocess.STDOUT,
@@ -168,6 +167,8 @@ def djangoservice(namespace: str) -> dict[str, Any]:
             "replicas": {"min": 2, "max": 10},
             "autoscaling": {
                 "targetRPSPerPod": TARGET_RPS,
+                "stableWindowSeconds": STABLE_WINDOW,
+                "panicWindowSeconds": PANIC_WINDOW,
                 "behavior": {
                     "scaleUp": {"stabilizationWindowSeconds": 0, "maxPercentPerPeriod": 1000,
                                 "maxPodsPerPeriod": 10, "periodSeconds": 5},

@@ -195,3 +195,24 @@ async def test_prometheus_source_gives_per_pod_rates() -> None:
     assert reading.failed == []
     condition = metrics_condition(reading)
     assert (condition.status, condition.message) == ("True", "read from Prometheus")
+
+
+def test_carried_rates_come_from_the_status_the_last_operator_wrote() -> None:
+    from djangoscale.autoscaling.collector import carried_rates
+    from djangoscale.autoscaling.windows import Rates
+
+    assert carried_rates({"status": {"rps": {"stable": "120", "panic": "9.5"}}}) == Rates(
+        120.0, 9.5)
+    assert carried_rates({}) is None
+    assert carried_rates({"status": {"rps": {"stable": "120"}}}) is None
+    assert carried_rates({"status": {"rps": {"stable": "x", "panic": "1"}}}) is None
+
+
+def test_pod_starting() -> None:
+    from djangoscale.autoscaling.collector import pod_starting
+
+    assert pod_starting({"phase": "Pending"}, {}, ready=False)
+    assert pod_starting({"phase": "Running"}, {}, ready=False)
+    assert not pod_starting({"phase": "Running"}, {}, ready=True)
+    assert not pod_starting({"phase": "Running"}, {"deletionTimestamp": "x"}, ready=False)
+    assert not pod_starting({"phase": "Failed"}, {}, ready=False)

@@ -60,11 +60,13 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
     instance = labels.get(INSTANCE_LABEL)
     if not instance or namespace is None:
         return None
+    ready = pod_ready(dict(status), dict(meta))
     target = collector.PodTarget(
         name=name,
         ip=status.get("podIP") or "",
-        ready=pod_ready(dict(status), dict(meta)),
+        ready=ready,
         labels=tuple(sorted(labels.items())),
+        starting=collector.pod_starting(dict(status), dict(meta), ready),
     )
     return {(namespace, instance): target}
 
@@ -78,7 +80,9 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
     namespace = namespace or "default"
     context = context_of(memo)
     settings, store = context.settings, context.rps
-    windows = ServiceWindows(settings.stable_window, settings.panic_window)
+    # Window lengths come from the spec at each round; the rates from the last status carry
+    # over a takeover.
+    windows = ServiceWindows(carried=collector.carried_rates(dict(body)))
     try:
         while not stopped:
             store.beat()
@@ -91,8 +95,7 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 await stopped.wait(settings.scrape_interval)
                 continue
             pods = list(rps_pods.get((namespace, name), []))
-            reading = await collector.collect(ds, pods, windows, context.scraper,
-                                              panic_threshold=settings.panic_threshold)
+            reading = await collector.collect(ds, pods, windows, context.scraper)
             labels = {pod.name: pod.label_dict for pod in pods}
             store.put(namespace, name, [
                 PodValue(pod, labels.get(pod, {}), value)
