@@ -576,3 +576,32 @@ def test_metrics_api_answers_only_the_front_proxy(
     # Through the aggregator, the admin (authorized by RBAC) gets the list.
     listed = api.get(path)
     assert listed["kind"] == "MetricValueList"
+
+
+def test_burst_preset_and_tolerance_reach_the_hpa(
+    api: ApiClient, operator: subprocess.Popen[bytes], namespace: str,
+) -> None:
+    body = djangoservice(namespace)
+    body["spec"]["autoscaling"]["behavior"] = {"preset": "burst",
+                                               "scaleUp": {"tolerance": 0.05},
+                                               "scaleDown": {"tolerance": 0.2}}
+    api.create(f"/apis/{API}/namespaces/{namespace}/djangoservices", body)
+    path = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/shop"
+
+    def hpa() -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = api.get(path)
+        except ApiError:
+            return None
+        return found
+
+    live = wait_for("the HPA", hpa, timeout=30)
+    behavior = live["spec"]["behavior"]
+    # Kept by the API server: HPAConfigurableTolerance is on in this control plane (beta, on by
+    # default in 1.35); with the gate off the field would be dropped.
+    assert behavior["scaleUp"]["tolerance"] == "50m", behavior
+    assert behavior["scaleDown"]["tolerance"] == "200m", behavior
+    assert {(p["type"], p["value"]) for p in behavior["scaleUp"]["policies"]} == {
+        ("Percent", 900), ("Pods", 100)}
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert behavior["scaleUp"]["selectPolicy"] == "Max"
