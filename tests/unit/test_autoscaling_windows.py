@@ -246,3 +246,11 @@ def test_a_pod_created_after_the_takeover_gets_no_carried_rate() -> None:
     assert "new" not in windows.rates()
     windows.forget_missing(["new"])
     assert windows.seeded == {}
+
+
+def test_a_rate_from_prometheus_replaces_the_carried_one() -> None:
+    windows = ServiceWindows(carried=Rates(40, 40))
+    windows.start(["a", "b"])
+    windows.observe_rate("a", 12.0)
+    assert windows.rates() == {"a": Rates(12.0, 12.0), "b": Rates(40, 40)}
+    assert set(windows.seeded) == {"b"}  # b's query answer has not come yet: it holds

@@ -179,6 +179,7 @@ class ServiceWindows:
     def observe_rate(self, pod: str, rate: float) -> None:
         """A rate computed elsewhere (Prometheus): both windows take it as it is."""
         self.given[pod] = Rates(rate, rate)
+        self.seeded.pop(pod, None)  # Prometheus's own window covers the takeover
 
     def rates(self) -> dict[str, Rates]:
         """Every pod that has a rate; pods whose scrape failed keep their last one."""
