@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from djangoscale.autoscaling.apiserver import MetricsStore
 from djangoscale.autoscaling.collector import Scraper
+from djangoscale.autoscaling.windows import STABLE_WINDOW_SECONDS
 from djangoscale.contract import QUEUE_LENGTH_METRIC
 from djangoscale.k8s import Api, ApiError
 from djangoscale.peering import is_active
@@ -76,7 +77,7 @@ class OperatorContext:
         return cls(
             settings=settings,
             api=api,
-            rps=MetricsStore(window_seconds=int(settings.stable_window)),
+            rps=MetricsStore(window_seconds=int(STABLE_WINDOW_SECONDS)),
             queue_lengths=MetricsStore(window_seconds=int(settings.queue_poll_seconds)),
             scraper=Scraper(settings.scrape_concurrency, settings.scrape_timeout),
             rollouts=RolloutGate(settings.max_concurrent_rollouts),

@@ -16,12 +16,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
-from djangoscale.autoscaling.windows import (
-    PANIC_THRESHOLD,
-    PANIC_WINDOW_SECONDS,
-    STABLE_WINDOW_SECONDS,
-)
-
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -46,10 +40,7 @@ class OperatorSettings:
     scrape_timeout: float = 1.5
     # Sockets open at once while scraping (a thousand pods do not open a thousand sockets).
     scrape_concurrency: int = 64
-    # The RPS windows and burst rule: defaults and reasons in `djangoscale.autoscaling.windows`.
-    stable_window: float = STABLE_WINDOW_SECONDS
-    panic_window: float = PANIC_WINDOW_SECONDS
-    panic_threshold: float = PANIC_THRESHOLD
+    # The RPS windows and the burst rule are per DjangoService: `spec.autoscaling`.
     # DjangoServices that roll a pod template change they did not ask for (an operator
     # upgrade, a rotated database Secret) at a time; 0: all at once. `djangoscale.rollouts`.
     max_concurrent_rollouts: int = 1
@@ -98,8 +89,5 @@ ENV: Final[dict[str, str]] = {
     "scrape_interval": "DJANGOSCALE_SCRAPE_INTERVAL",
     "scrape_timeout": "DJANGOSCALE_SCRAPE_TIMEOUT",
     "scrape_concurrency": "DJANGOSCALE_SCRAPE_CONCURRENCY",
-    "stable_window": "DJANGOSCALE_STABLE_WINDOW",
-    "panic_window": "DJANGOSCALE_PANIC_WINDOW",
-    "panic_threshold": "DJANGOSCALE_PANIC_THRESHOLD",
     "max_concurrent_rollouts": "DJANGOSCALE_MAX_CONCURRENT_ROLLOUTS",
 }

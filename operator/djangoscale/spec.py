@@ -71,6 +71,18 @@ class ScalePolicy:
     max_percent_per_period: int
     max_pods_per_period: int
     period_seconds: int
+    tolerance: float | None = None  # None: the cluster's default (the HPA omits the field)
+
+
+# `autoscaling.behavior.preset` -> (scaleUp, scaleDown). A field given in the spec overrides its
+# preset value. The HPA's own default (2x or +4 pods per 15 s) throttles what the panic window
+# sees; `burst` lets one period add 9x the pods, so one HPA sync after the panic window sees
+# a 10x step, the Deployment asks for 10x the pods.
+BEHAVIOR_PRESETS: dict[str, tuple[ScalePolicy, ScalePolicy]] = {
+    "conservative": (ScalePolicy(60, 50, 2, 30), ScalePolicy(600, 5, 1, 120)),
+    "default": (ScalePolicy(0, 100, 4, 15), ScalePolicy(300, 10, 2, 60)),
+    "burst": (ScalePolicy(0, 900, 100, 15), ScalePolicy(300, 10, 2, 60)),
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,10 @@ class AutoscalingSpec:
     target_rps_per_pod: int
     scale_up: ScalePolicy
     scale_down: ScalePolicy
+    # The RPS windows and the burst rule (`djangoscale.autoscaling.windows`); defaults in the CRD.
+    stable_window_seconds: int
+    panic_window_seconds: int
+    panic_threshold: float
     prometheus: PrometheusSource | None = None
 
 
@@ -311,6 +327,13 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         )
     if spec["metricsPort"] == spec["port"]:
         problems.append("spec.metricsPort: must differ from spec.port")
+    autoscaling = spec["autoscaling"]
+    if autoscaling["panicWindowSeconds"] >= autoscaling["stableWindowSeconds"]:
+        problems.append(
+            "spec.autoscaling.panicWindowSeconds: must be shorter than "
+            "spec.autoscaling.stableWindowSeconds "
+            f"({autoscaling['panicWindowSeconds']} >= {autoscaling['stableWindowSeconds']})"
+        )
     env_names = [item["name"] for item in spec.get("env", [])]
     for index, name in enumerate(env_names):
         if name in env_names[:index]:
@@ -392,12 +415,15 @@ def pooling_mode(spec: dict[str, Any]) -> str:
     return "pgbouncer" if spec["pgbouncer"]["enabled"] else "none"
 
 
-def _scale_policy(raw: dict[str, Any]) -> ScalePolicy:
+def _scale_policy(raw: dict[str, Any], preset: ScalePolicy) -> ScalePolicy:
+    """The preset's rules with the fields the spec gives."""
     return ScalePolicy(
-        stabilization_window_seconds=raw["stabilizationWindowSeconds"],
-        max_percent_per_period=raw["maxPercentPerPeriod"],
-        max_pods_per_period=raw["maxPodsPerPeriod"],
-        period_seconds=raw["periodSeconds"],
+        stabilization_window_seconds=raw.get("stabilizationWindowSeconds",
+                                             preset.stabilization_window_seconds),
+        max_percent_per_period=raw.get("maxPercentPerPeriod", preset.max_percent_per_period),
+        max_pods_per_period=raw.get("maxPodsPerPeriod", preset.max_pods_per_period),
+        period_seconds=raw.get("periodSeconds", preset.period_seconds),
+        tolerance=raw.get("tolerance", preset.tolerance),
     )
 
 
@@ -443,6 +469,8 @@ def parse(body: dict[str, Any]) -> DjangoService:
         raise SpecError(problems)
 
     autoscaling = spec["autoscaling"]
+    behavior = autoscaling["behavior"]
+    preset_up, preset_down = BEHAVIOR_PRESETS[behavior["preset"]]
     database = spec.get("database")
     pgbouncer = spec["pgbouncer"]
     return DjangoService(
@@ -463,8 +491,11 @@ def parse(body: dict[str, Any]) -> DjangoService:
         autoscaling=AutoscalingSpec(
             enabled=autoscaling["enabled"],
             target_rps_per_pod=autoscaling["targetRPSPerPod"],
-            scale_up=_scale_policy(autoscaling["behavior"]["scaleUp"]),
-            scale_down=_scale_policy(autoscaling["behavior"]["scaleDown"]),
+            scale_up=_scale_policy(behavior["scaleUp"], preset_up),
+            scale_down=_scale_policy(behavior["scaleDown"], preset_down),
+            stable_window_seconds=autoscaling["stableWindowSeconds"],
+            panic_window_seconds=autoscaling["panicWindowSeconds"],
+            panic_threshold=float(autoscaling["panicThreshold"]),
             prometheus=None
             if "prometheus" not in autoscaling
             else PrometheusSource(

@@ -195,3 +195,61 @@ async def test_prometheus_source_gives_per_pod_rates() -> None:
     assert reading.failed == []
     condition = metrics_condition(reading)
     assert (condition.status, condition.message) == ("True", "read from Prometheus")
+
+
+def test_carried_rates_come_from_the_status_the_last_operator_wrote() -> None:
+    from djangoscale.autoscaling.collector import carried_rates
+    from djangoscale.autoscaling.windows import Rates
+
+    assert carried_rates({"status": {"rps": {"stable": "120", "panic": "9.5"}}}) == Rates(
+        120.0, 9.5)
+    assert carried_rates({}) is None
+    assert carried_rates({"status": {"rps": {"stable": "120"}}}) is None
+    assert carried_rates({"status": {"rps": {"stable": "x", "panic": "1"}}}) is None
+
+
+def test_pod_starting() -> None:
+    from djangoscale.autoscaling.collector import pod_starting
+
+    assert pod_starting({"phase": "Pending"}, {}, ready=False)
+    assert pod_starting({"phase": "Running"}, {}, ready=False)
+    assert not pod_starting({"phase": "Running"}, {}, ready=True)
+    assert not pod_starting({"phase": "Running"}, {"deletionTimestamp": "x"}, ready=False)
+    assert not pod_starting({"phase": "Failed"}, {}, ready=False)
+
+
+async def test_collect_counts_starting_pods_and_takes_the_windows_from_the_spec(
+        pod_server) -> None:
+    fake, port = pod_server
+    ds = service(port)
+    windows = ServiceWindows(stable_window=600, panic_window=60)
+    ready = PodTarget("shop-a", "127.0.0.1", True)
+    scraper = Scraper(concurrency=2, timeout=1.0)
+    try:
+        await collect(ds, [ready], windows, scraper, now=0.0)
+        fake.counter.labels("GET", "2xx").inc(100)  # 100 RPS on one pod at target 20
+        burst = await collect(ds, [ready], windows, scraper, now=1.0)
+        starting = [PodTarget(f"shop-{n}", "", False, starting=True) for n in range(2)]
+        fake.counter.labels("GET", "2xx").inc(100)
+        calm = await collect(ds, [ready, *starting], windows, scraper, now=2.0)
+    finally:
+        await scraper.close()
+    assert (windows.stable_window, windows.panic_window) == (60, 6)  # the spec's defaults
+    assert burst.decision.panic  # 100 >= 2 x (1 x 20)
+    assert not calm.decision.panic  # 100 < 2 x (3 x 20): two pods are on their way
+    assert calm.pods == 1
+
+
+async def test_collect_starts_the_ready_pods_from_the_carried_rates(pod_server) -> None:
+    from djangoscale.autoscaling.windows import Rates
+
+    _, port = pod_server
+    windows = ServiceWindows(carried=Rates(30, 35))
+    scraper = Scraper(concurrency=2, timeout=1.0)
+    try:
+        reading = await collect(service(port), [PodTarget("shop-a", "127.0.0.1", True)],
+                                windows, scraper, now=0.0)
+    finally:
+        await scraper.close()
+    # The first round: one sample of its own, no rate yet, but the HPA reads the carried one.
+    assert reading.decision.per_pod == {"shop-a": 30}

@@ -13,7 +13,7 @@ from djangoscale.settings import OperatorSettings
 def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DJANGOSCALE_METRICS_API_PORT", "7443")
     monkeypatch.setenv("DJANGOSCALE_METRICS_API_CERT_FILE", "/certs/tls.crt")
-    monkeypatch.setenv("DJANGOSCALE_STABLE_WINDOW", "30")
+    monkeypatch.setenv("DJANGOSCALE_SCRAPE_INTERVAL", "3")
     monkeypatch.setenv("DJANGOSCALE_METRICS_API_DNS_NAMES", "a.b.svc,a.b.svc.cluster.local")
     monkeypatch.setenv("DJANGOSCALE_RESYNC_SECONDS", "3")
     monkeypatch.setenv("DJANGOSCALE_QUEUE_POLL_INTERVAL", "1")
@@ -22,8 +22,8 @@ def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert options.port == 7443
     assert options.cert_file == Path("/certs/tls.crt")
     assert options.key_file is None
-    assert options.stable_window == 30.0
-    assert options.panic_window == 6.0
+    assert options.scrape_interval == 3.0
+    assert options.scrape_timeout == 1.5
     assert options.cert_dns_names == ("a.b.svc", "a.b.svc.cluster.local")
     assert (options.resync_seconds, options.queue_poll_seconds) == (3.0, 1.0)
     assert options.scrape_concurrency == 64 and isinstance(options.scrape_concurrency, int)
@@ -40,8 +40,8 @@ def test_every_setting_has_one_variable() -> None:
 
 def test_flags_override_only_what_is_given() -> None:
     options = OperatorSettings(port=7443, bind="127.0.0.1")
-    changed = options.with_overrides(port=9443, bind=None, stable_window=None)
-    assert (changed.port, changed.bind, changed.stable_window) == (9443, "127.0.0.1", 60.0)
+    changed = options.with_overrides(port=9443, bind=None, scrape_interval=None)
+    assert (changed.port, changed.bind, changed.scrape_interval) == (9443, "127.0.0.1", 2.0)
 
 
 RUNNING_READY = {"phase": "Running", "podIP": "127.1.1.4",
@@ -66,7 +66,11 @@ def test_pod_index_keys_pods_by_their_djangoservice() -> None:
     entry = fn(name="shop-1", namespace="web", labels=labels, status=RUNNING_READY, meta={})
     assert entry is not None
     target = entry[("web", "shop")]
-    assert (target.name, target.ip, target.ready) == ("shop-1", "127.1.1.4", True)
+    assert (target.name, target.ip, target.ready, target.starting) == (
+        "shop-1", "127.1.1.4", True, False)
+    pending = fn(name="shop-2", namespace="web", labels=labels, status={"phase": "Pending"},
+                 meta={})
+    assert pending is not None and pending[("web", "shop")].starting
     assert target.label_dict == labels
     assert fn(name="x", namespace="web", labels={}, status=RUNNING_READY, meta={}) is None
 
@@ -79,11 +83,11 @@ def test_djangoscale_run_reads_the_environment_then_its_flags(
 
     parser = argparse.ArgumentParser()
     configure(parser)
-    monkeypatch.setenv("DJANGOSCALE_STABLE_WINDOW", "30")
-    monkeypatch.setenv("DJANGOSCALE_PANIC_WINDOW", "4")
+    monkeypatch.setenv("DJANGOSCALE_SCRAPE_INTERVAL", "4")
+    monkeypatch.setenv("DJANGOSCALE_METRICS_API_PORT", "7443")
     monkeypatch.delenv("DJANGOSCALE_METRICS_API_BIND", raising=False)
-    settings = settings_from(parser.parse_args(["--bind", "127.0.0.1", "--panic-window", "3"]))
-    assert (settings.stable_window, settings.panic_window) == (30.0, 3.0)
+    settings = settings_from(parser.parse_args(["--bind", "127.0.0.1", "--scrape-interval", "3"]))
+    assert (settings.scrape_interval, settings.port) == (3.0, 7443)
     assert settings.bind == "127.0.0.1"  # the metrics API follows --bind unless told
     monkeypatch.setenv("DJANGOSCALE_METRICS_API_BIND", "10.0.0.1")
     assert settings_from(parser.parse_args(["--bind", "127.0.0.1"])).bind == "10.0.0.1"

@@ -115,7 +115,7 @@ def test_a_pod_whose_scrape_failed_holds_its_last_rates() -> None:
 
 def test_decide_reports_stable_values_below_the_burst_threshold() -> None:
     rates = {"a": Rates(stable=20, panic=30), "b": Rates(stable=20, panic=40)}
-    decision = decide(rates, pods=2, target_per_pod=20)  # panic total 70 < 2 x 40
+    decision = decide(rates, pods=2, target_per_pod=20, threshold=2.0)  # panic total 70 < 2 x 40
     assert not decision.panic
     assert decision.per_pod == {"a": 20, "b": 20}
     assert decision.stable_per_pod == pytest.approx(20)
@@ -124,23 +124,23 @@ def test_decide_reports_stable_values_below_the_burst_threshold() -> None:
 
 def test_decide_switches_to_panic_at_twice_capacity() -> None:
     rates = {"a": Rates(stable=10, panic=40), "b": Rates(stable=10, panic=40)}
-    decision = decide(rates, pods=2, target_per_pod=20)  # panic total 80 == 2 x 40
+    decision = decide(rates, pods=2, target_per_pod=20, threshold=2.0)  # panic total 80 == 2 x 40
     assert decision.panic
     assert decision.per_pod == {"a": 40, "b": 40}
 
 
 def test_in_panic_keeps_the_larger_value_per_pod() -> None:
     rates = {"a": Rates(stable=90, panic=50), "b": Rates(stable=10, panic=200)}
-    decision = decide(rates, pods=2, target_per_pod=20)
+    decision = decide(rates, pods=2, target_per_pod=20, threshold=2.0)
     assert decision.panic
     assert decision.per_pod == {"a": 90, "b": 200}
 
 
 def test_burst_threshold_counts_pods_without_a_rate_yet() -> None:
     # 4 ready pods, only 2 with rates: capacity is 4 x 20 = 80, so 120 is not a burst.
-    assert not in_panic(120, pods=4, target_per_pod=20)
-    assert in_panic(160, pods=4, target_per_pod=20)
-    assert not in_panic(1e9, pods=0, target_per_pod=20)
+    assert not in_panic(120, pods=4, target_per_pod=20, threshold=2.0)
+    assert in_panic(160, pods=4, target_per_pod=20, threshold=2.0)
+    assert not in_panic(1e9, pods=0, target_per_pod=20, threshold=2.0)
 
 
 def test_burst_end_to_end_through_windows() -> None:
@@ -150,7 +150,7 @@ def test_burst_end_to_end_through_windows() -> None:
     # 10x burst for 4 s
     feed(windows, "a", 61, 4, rps=50, first=last_a + 50)
     feed(windows, "b", 61, 4, rps=50, first=last_b + 50)
-    decision = decide(windows.rates(), pods=2, target_per_pod=20)
+    decision = decide(windows.rates(), pods=2, target_per_pod=20, threshold=2.0)
     assert decision.panic
     assert min(decision.per_pod.values()) > 30
     assert decision.stable_per_pod < 20
@@ -174,3 +174,83 @@ def test_quantity_is_in_milli_units() -> None:
     assert quantity(0) == "0m"
     assert quantity(-1) == "0m"
     assert quantity(1 / 3) == "333m"
+
+
+def test_pods_starting_count_as_capacity_on_the_way() -> None:
+    # 2 ready pods at 20 RPS each take 40; the short window sees 100: a burst ...
+    rates = {"a": Rates(stable=20, panic=50), "b": Rates(stable=20, panic=50)}
+    assert decide(rates, pods=2, target_per_pod=20, threshold=2.0).panic
+    # ... until 3 more pods are starting: 5 x 20 x 2 = 200 > 100, so the stable value stands
+    # and the HPA asks for no more pods while those start.
+    calm = decide(rates, pods=2, target_per_pod=20, threshold=2.0, starting=3)
+    assert not calm.panic
+    assert calm.per_pod == {"a": 20, "b": 20}
+    # A burst bigger than the pods on the way still panics.
+    big = {"a": Rates(stable=20, panic=300), "b": Rates(stable=20, panic=300)}
+    assert decide(big, pods=2, target_per_pod=20, threshold=2.0, starting=3).panic
+
+
+def test_a_takeover_starts_from_the_carried_rates_with_no_gap() -> None:
+    windows = ServiceWindows(stable_window=60, panic_window=6, carried=Rates(40, 45))
+    windows.start(["a", "b"])
+    # Before any sample of its own (the first round: one sample is not a rate), the carried
+    # rates stand: the HPA's value does not vanish.
+    assert windows.rates() == {"a": Rates(40, 45), "b": Rates(40, 45)}
+    windows.observe_counter("a", 0.0, 10_000.0)
+    windows.observe_counter("b", 0.0, 20_000.0)
+    assert windows.rates()["a"] == Rates(40, 45)
+
+
+def test_carried_rates_fade_out_as_the_samples_cover_each_window() -> None:
+    windows = ServiceWindows(stable_window=60, panic_window=6, carried=Rates(40, 40))
+    windows.start(["a"])
+    feed(windows, "a", 0, 3, rps=10)  # the load fell to 10 RPS meanwhile
+    after_3s = windows.rates()["a"]
+    # 3 s of 60 measured: the stable value is still mostly the carried one; the panic window
+    # (6 s) is half measured.
+    assert after_3s.stable == pytest.approx(40 * 57 / 60 + 10 * 3 / 60)
+    assert after_3s.panic == pytest.approx(25)
+    feed(windows, "a", 4, 60, rps=10, first=40)
+    settled = windows.rates()["a"]
+    assert settled == Rates(pytest.approx(10), pytest.approx(10))  # type: ignore[arg-type]
+    assert "a" not in windows.seeded  # its own samples cover both windows now
+
+
+def test_steady_load_reads_the_same_through_a_takeover() -> None:
+    """What the HPA reads per pod, every 2 s, when the active operator dies at t=120 under a
+    steady 30 RPS per pod and a new one takes over at t=140 from the status it left."""
+    before = ServiceWindows(stable_window=60, panic_window=6)
+    for t in range(0, 121, 2):
+        before.observe_counter("a", float(t), 30.0 * t)
+    status = before.rates()["a"]
+    after = ServiceWindows(stable_window=60, panic_window=6, carried=status)
+    after.start(["a"])
+    read = []
+    for t in range(140, 260, 2):
+        read.append(after.rates()["a"].stable)
+        after.observe_counter("a", float(t), 30.0 * t)
+    read.append(after.rates()["a"].stable)
+    assert min(read) == pytest.approx(30) and max(read) == pytest.approx(30)
+    # Without the carried rates the first round has nothing for the HPA to read.
+    cold = ServiceWindows(stable_window=60, panic_window=6)
+    cold.start(["a"])
+    cold.observe_counter("a", 140.0, 30.0 * 140)
+    assert cold.rates() == {}
+
+
+def test_a_pod_created_after_the_takeover_gets_no_carried_rate() -> None:
+    windows = ServiceWindows(stable_window=60, panic_window=6, carried=Rates(40, 40))
+    windows.start(["a"])
+    windows.start(["a", "new"])  # later rounds do not seed
+    windows.observe_counter("new", 0.0, 0.0)
+    assert "new" not in windows.rates()
+    windows.forget_missing(["new"])
+    assert windows.seeded == {}
+
+
+def test_a_rate_from_prometheus_replaces_the_carried_one() -> None:
+    windows = ServiceWindows(carried=Rates(40, 40))
+    windows.start(["a", "b"])
+    windows.observe_rate("a", 12.0)
+    assert windows.rates() == {"a": Rates(12.0, 12.0), "b": Rates(40, 40)}
+    assert set(windows.seeded) == {"b"}  # b's query answer has not come yet: it holds

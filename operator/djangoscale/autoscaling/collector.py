@@ -28,8 +28,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from djangoscale.autoscaling.windows import (
-    PANIC_THRESHOLD,
     Decision,
+    Rates,
     ServiceWindows,
     decide,
     format_rps,
@@ -51,8 +51,6 @@ from djangoscale.spec import DjangoService
 logger = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True)
 class PodTarget:
     """A pod as the collector needs it: where to scrape and what the selector sees."""
@@ -61,10 +59,27 @@ class PodTarget:
     ip: str
     ready: bool
     labels: tuple[tuple[str, str], ...] = ()
+    starting: bool = False  # created and not yet ready: capacity on the way
 
     @property
     def label_dict(self) -> dict[str, str]:
         return dict(self.labels)
+
+
+def pod_starting(status: dict[str, Any], meta: dict[str, Any], ready: bool) -> bool:
+    """Not ready yet, but neither terminating nor finished: it will take traffic soon."""
+    return not ready and not meta.get("deletionTimestamp") and status.get("phase") in (
+        None, "Pending", "Running")
+
+
+def carried_rates(body: dict[str, Any]) -> Rates | None:
+    """The per-pod rates the DjangoService's status last gave (`status.rps`), if it has them:
+    what an operator taking over starts from."""
+    rps = (body.get("status") or {}).get("rps") or {}
+    try:
+        return Rates(float(rps["stable"]), float(rps["panic"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -185,10 +200,14 @@ class Reading:
 
 
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
-                  scraper: Scraper, now: float | None = None,
-                  panic_threshold: float = PANIC_THRESHOLD) -> Reading:
+                  scraper: Scraper, now: float | None = None) -> Reading:
     """Scrape (or query) once, feed the windows, and decide what the HPA sees."""
+    pods = list(pods)
     ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
+    starting = sum(1 for p in pods if p.starting)
+    windows.stable_window = ds.autoscaling.stable_window_seconds
+    windows.panic_window = ds.autoscaling.panic_window_seconds
+    windows.start(p.name for p in ready)
     windows.forget_missing(p.name for p in ready)
     failed: list[str] = []
     source = ds.autoscaling.prometheus
@@ -220,7 +239,7 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
             else:
                 windows.observe_counter(pod.name, t, scrape.requests_total)
     decision = decide(windows.rates(), len(ready), ds.autoscaling.target_rps_per_pod,
-                      panic_threshold)
+                      ds.autoscaling.panic_threshold, starting)
     reported = [s.server_connections for s in by_pod.values()
                 if s is not None and s.server_connections is not None]
     return Reading(

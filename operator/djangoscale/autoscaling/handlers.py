@@ -60,11 +60,13 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
     instance = labels.get(INSTANCE_LABEL)
     if not instance or namespace is None:
         return None
+    ready = pod_ready(dict(status), dict(meta))
     target = collector.PodTarget(
         name=name,
         ip=status.get("podIP") or "",
-        ready=pod_ready(dict(status), dict(meta)),
+        ready=ready,
         labels=tuple(sorted(labels.items())),
+        starting=collector.pod_starting(dict(status), dict(meta), ready),
     )
     return {(namespace, instance): target}
 
@@ -102,12 +104,14 @@ class RpsCollection:
         if ds is None or not ds.autoscaling.enabled:
             store.drop(namespace, name)
             return
-        settings = context.settings
-        windows = self.windows.setdefault(
-            (namespace, name), ServiceWindows(settings.stable_window, settings.panic_window))
+        windows = self.windows.get((namespace, name))
+        if windows is None:
+            # Window lengths come from the spec at each round; the rates the last status gave
+            # carry over a takeover (a new operator starts from them, not from nothing).
+            windows = self.windows[(namespace, name)] = ServiceWindows(
+                carried=collector.carried_rates(body))
         pods = list(self.pods.get((namespace, name), []))
-        reading = await collector.collect(ds, pods, windows, context.scraper,
-                                          panic_threshold=settings.panic_threshold)
+        reading = await collector.collect(ds, pods, windows, context.scraper)
         labels = {pod.name: pod.label_dict for pod in pods}
         store.put(namespace, name, [
             PodValue(pod, labels.get(pod, {}), value)

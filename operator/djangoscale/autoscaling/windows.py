@@ -13,7 +13,16 @@ Rules kept here, all pure (time is an argument) so they are tested without a clu
   forgotten (churn);
 - a pod whose scrape failed keeps its last known rates (no new sample, so nothing changes):
   a metrics outage must never read as "zero traffic", which would collapse the service to its
-  minimum.
+  minimum;
+- pods that are starting count as capacity on the way in the burst rule, so a burst does not
+  keep asking for pods while the first ones start (an app that takes 20-30 s to start would
+  otherwise be flooded with pods);
+- an operator that takes over from another (failover, restart) starts from the rates the
+  DjangoService's status last gave, blended out as its own samples cover the windows, so
+  the HPA's value neither vanishes nor drops during the takeover.
+
+The window lengths and the threshold are per DjangoService (`spec.autoscaling`); the values
+here are what a fresh `ServiceWindows` holds until the first collection sets them.
 """
 
 from __future__ import annotations
@@ -25,10 +34,6 @@ from dataclasses import dataclass, field
 
 STABLE_WINDOW_SECONDS = 60.0
 PANIC_WINDOW_SECONDS = 6.0
-# Knative's default: panic when the short window wants at least twice the current capacity.
-# Below it a moderate step waits for the stable window (see bench/bench_metrics_latency.py);
-# lower reacts faster, and to noise too.
-PANIC_THRESHOLD = 2.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class PodCounter:
         # Keep one sample older than the window so the window is always fully covered.
         while len(self.samples) > 2 and self.samples[1][0] <= t - keep_seconds:
             self.samples.popleft()
+
+    def span(self) -> float:
+        """Seconds between the oldest and the newest sample kept."""
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0.0
 
     def rate(self, window: float) -> float | None:
         """Rate over the `window` seconds ending at the newest sample; None with one sample."""
@@ -96,43 +105,70 @@ class Decision:
         return self.panic_total / len(self.per_pod) if self.per_pod else 0.0
 
 
-def in_panic(panic_total: float, pods: int, target_per_pod: float,
-             threshold: float = PANIC_THRESHOLD) -> bool:
+def in_panic(panic_total: float, pods: int, target_per_pod: float, threshold: float) -> bool:
     """The burst rule: the short window asks for >= `threshold` times what the pods can take."""
     capacity = pods * target_per_pod
     return capacity > 0 and panic_total >= threshold * capacity
 
 
-def decide(rates: dict[str, Rates], pods: int, target_per_pod: float,
-           threshold: float = PANIC_THRESHOLD) -> Decision:
+def decide(rates: dict[str, Rates], pods: int, target_per_pod: float, threshold: float,
+           starting: int = 0) -> Decision:
     """Choose the stable or the panic value for every pod (one choice for the whole service).
 
-    `pods` is how many pods can take traffic now (ready pods). In panic the larger of the two
-    values is reported, so a burst that eases for a moment does not undo the scale-up at once
-    (Knative never scales down while panicking either).
+    `pods` is how many pods can take traffic now (ready pods), `starting` how many more are on
+    their way (created, not yet ready). The burst rule counts both: once enough pods are
+    starting, the service leaves panic and the HPA reads the stable window, which asks for no
+    more pods than the load needs. In panic the larger of the two values is reported, so a
+    burst that eases for a moment does not undo the scale-up at once (Knative never scales
+    down while panicking either).
     """
     stable_total = sum(r.stable for r in rates.values())
     panic_total = sum(r.panic for r in rates.values())
-    panic = in_panic(panic_total, pods, target_per_pod, threshold)
+    panic = in_panic(panic_total, pods + starting, target_per_pod, threshold)
     per_pod = {
         pod: max(r.stable, r.panic) if panic else r.stable for pod, r in rates.items()
     }
     return Decision(per_pod, stable_total, panic_total, panic)
 
 
+def blend(carried: float, measured: float | None, covered: float, window: float) -> float:
+    """A window's rate while this operator's own samples cover only `covered` of its seconds:
+    the carried rate stands for the part not covered yet, as it would in the window."""
+    if measured is None:
+        return carried
+    weight = min(1.0, covered / window) if window > 0 else 1.0
+    return carried * (1.0 - weight) + measured * weight
+
+
 @dataclass
 class ServiceWindows:
-    """Every pod's counter (or, from Prometheus, its rate) for one DjangoService."""
+    """Every pod's counter (or, from Prometheus, its rate) for one DjangoService.
+
+    `carried` is the per-pod average an earlier operator last reported (the DjangoService's
+    `status.rps`). The pods ready at the first collection start from it; it fades out as the
+    samples cover each window, and a pod created later never gets it.
+    """
 
     stable_window: float = STABLE_WINDOW_SECONDS
     panic_window: float = PANIC_WINDOW_SECONDS
+    carried: Rates | None = None
     counters: dict[str, PodCounter] = field(default_factory=dict)
     given: dict[str, Rates] = field(default_factory=dict)  # rates read from Prometheus
+    seeded: dict[str, Rates] = field(default_factory=dict)  # pods still blending `carried`
+    started: bool = False
+
+    def start(self, pods: Iterable[str]) -> None:
+        """At the first collection: the pods ready now start from the carried rates."""
+        if self.started:
+            return
+        self.started = True
+        if self.carried is not None:
+            self.seeded = dict.fromkeys(pods, self.carried)
 
     def forget_missing(self, pods: Iterable[str]) -> None:
         """Pod churn: drop the pods that are gone."""
         alive = set(pods)
-        for store in (self.counters, self.given):
+        for store in (self.counters, self.given, self.seeded):
             for name in [name for name in store if name not in alive]:
                 del store[name]
 
@@ -143,12 +179,22 @@ class ServiceWindows:
     def observe_rate(self, pod: str, rate: float) -> None:
         """A rate computed elsewhere (Prometheus): both windows take it as it is."""
         self.given[pod] = Rates(rate, rate)
+        self.seeded.pop(pod, None)  # Prometheus's own window covers the takeover
 
     def rates(self) -> dict[str, Rates]:
         """Every pod that has a rate; pods whose scrape failed keep their last one."""
         result = dict(self.given)
+        for pod, seed in self.seeded.items():
+            result.setdefault(pod, seed)  # no sample of its own yet
         for pod, counter in self.counters.items():
             stable, panic = counter.rate(self.stable_window), counter.rate(self.panic_window)
+            carried = self.seeded.get(pod)
+            if carried is not None:
+                covered = counter.span()
+                stable = blend(carried.stable, stable, covered, self.stable_window)
+                panic = blend(carried.panic, panic, covered, self.panic_window)
+                if covered >= self.stable_window:
+                    del self.seeded[pod]  # its own samples cover both windows now
             if stable is not None and panic is not None:
                 result[pod] = Rates(stable, panic)
         return result

@@ -16,7 +16,7 @@ from djangoscale.spec import DjangoService, ScalePolicy
 
 
 def _rules(policy: ScalePolicy, select_policy: str) -> dict[str, Any]:
-    return {
+    rules: dict[str, Any] = {
         "stabilizationWindowSeconds": policy.stabilization_window_seconds,
         "selectPolicy": select_policy,
         "policies": [
@@ -32,6 +32,10 @@ def _rules(policy: ScalePolicy, select_policy: str) -> dict[str, Any]:
             },
         ],
     }
+    if policy.tolerance is not None:
+        # A quantity in milli-units (0.05 -> "50m"), as the API server prints it back.
+        rules["tolerance"] = f"{round(policy.tolerance * 1000)}m"
+    return rules
 
 
 def pods_metric_hpa(

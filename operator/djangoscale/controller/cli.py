@@ -38,10 +38,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     metrics_api.add_argument("--metrics-api-key-file", type=Path, default=None)
     metrics_api.add_argument("--scrape-interval", type=float, default=None,
                              help="seconds between scrapes of the pods (default 2)")
-    metrics_api.add_argument("--stable-window", type=float, default=None,
-                             help="seconds of the stable RPS window (default 60)")
-    metrics_api.add_argument("--panic-window", type=float, default=None,
-                             help="seconds of the burst RPS window (default 6)")
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
@@ -53,8 +49,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         port=args.metrics_api_port,
         bind=args.metrics_api_bind or settings.bind or args.bind,
         cert_file=args.metrics_api_cert_file, key_file=args.metrics_api_key_file,
-        scrape_interval=args.scrape_interval, stable_window=args.stable_window,
-        panic_window=args.panic_window,
+        scrape_interval=args.scrape_interval,
     )
 
 
