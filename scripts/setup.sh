@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server)
+# The real node of the local cluster: containerd + runc, CNI plugins, iptables/conntrack for
+# kube-proxy, busybox-static for the pause image; buildah + debootstrap build the images.
+APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server
+  containerd runc containernetworking-plugins iptables conntrack iproute2 busybox-static
+  buildah debootstrap)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -15,8 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian packages start their own servers; the tests run private ones on free ports.
-for service in postgresql pgbouncer rabbitmq-server redis-server; do
+# The Debian packages start their own servers; the tests run private ones on free ports (the
+# real node runs its own containerd on a socket in the cluster directory).
+for service in postgresql pgbouncer rabbitmq-server redis-server containerd; do
   (command -v systemctl >/dev/null && systemctl disable --now "$service" >/dev/null 2>&1) || true
   service "$service" stop >/dev/null 2>&1 || true
 done

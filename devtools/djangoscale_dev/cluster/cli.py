@@ -6,6 +6,7 @@ Only argparse at import time: the dispatcher imports this module to build the pa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DEFAULT_DIR = Path(".djangoscale/cluster")
@@ -24,7 +25,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
             default=DEFAULT_DIR,
             help="cluster directory: PKI, kubeconfig, data, logs, pids (default: %(default)s)",
         )
-    up.add_argument("--nodes", type=int, default=1, help="fake (KWOK) nodes (default: 1)")
+    up.add_argument(
+        "--node",
+        choices=("real", "kwok"),
+        default="real",
+        help="real: one kubelet + containerd + runc + CNI + kube-proxy node that runs pods; "
+        "kwok: fake nodes, for hundreds of pods (default: %(default)s)",
+    )
+    up.add_argument("--nodes", type=int, default=1, help="fake nodes with --node kwok (default: 1)")
     up.add_argument(
         "--hpa-sync-period",
         default="5s",
@@ -60,7 +68,13 @@ def main(args: argparse.Namespace) -> int:
         hpa_downscale_stabilization=getattr(args, "hpa_downscale_stabilization", "30s"),
     )
     if args.action == "up":
-        kubeconfig = cluster.up(nodes=args.nodes, timeout=args.timeout)
+        from djangoscale_dev.cluster.local import ClusterError
+
+        try:
+            kubeconfig = cluster.up(nodes=args.nodes, timeout=args.timeout, node=args.node)
+        except (ClusterError, ValueError) as error:
+            print(f"cluster up: {error}", file=sys.stderr)
+            return 1
         print(kubeconfig)
         return 0
     if args.action == "down":
@@ -71,4 +85,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"no cluster running in {cluster.dir}")
         return 1
     print(state.kubeconfig)
+    if state.host_address is not None:
+        print(f"pods reach services on this host at {state.host_address}")
     return 0

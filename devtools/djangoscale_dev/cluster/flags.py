@@ -2,7 +2,7 @@
 
 Kept apart from the code that starts processes so every flag is unit-tested, and so the one
 place that says how this cluster differs from a kubeadm one is easy to read:
-- everything listens on 127.0.0.1 and free ports;
+- everything listens on 127.0.0.1 and free ports; Services get addresses in 198.19.0.0/16;
 - no leader election (one replica of each), short HPA sync period for fast tests;
 - aggregated APIs work: the front-proxy flags are set as kubeadm sets them;
 - the kubernetes.default Endpoints are not reconciled, since their only possible address here
@@ -17,7 +17,9 @@ from pathlib import Path
 from djangoscale_dev.cluster.pki import FRONT_PROXY_CLIENT_CN, PkiPaths
 
 LOOPBACK = "127.0.0.1"
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # only stored in Service objects; never routed here
+# Inside 198.18.0.0/15 (RFC 2544 benchmarking) beside the real node's pods: kube-proxy routes
+# it on the real node, and no private range is ever a target on the machines this runs on.
+SERVICE_CLUSTER_IP_RANGE = "198.19.0.0/16"
 # Pod IPs are handed out from here, one /24 per node, so a test can bind a real process to a
 # pod's IP on this machine.
 POD_CIDR_PREFIX = "127.1"
@@ -88,6 +90,8 @@ def apiserver_args(config: ClusterConfig) -> list[str]:
         "--allow-privileged=true",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--endpoint-reconciler-type=none",
+        # The real node registers no resolvable hostname; logs and exec go to its address.
+        "--kubelet-preferred-address-types=InternalIP",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
