@@ -53,3 +53,8 @@ def test_up_runs_the_real_node_unless_kwok_is_asked() -> None:
     assert parse("cluster", "up", "--node", "kwok", "--nodes", "3").node == "kwok"
     with pytest.raises(SystemExit):
         parse("cluster", "up", "--node", "docker")
+
+
+def test_load_takes_an_archive_and_a_dir() -> None:
+    args = parse("cluster", "load", "app.oci.tar", "--dir", "c")
+    assert (args.action, args.archive, args.dir) == ("load", Path("app.oci.tar"), Path("c"))

@@ -162,3 +162,18 @@ def test_mounts_are_unmounted_newest_first(tmp_path: Path) -> None:
         f"{root}/node/kubelet/pods/a b",
         f"{root}/node/kubelet",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "full"),
+    [
+        ("shop:1", "docker.io/library/shop:1"),
+        ("djangoscale/app-base:dev", "docker.io/djangoscale/app-base:dev"),
+        ("djangoscale/app", "docker.io/djangoscale/app:latest"),
+        ("docker.io/djangoscale/pause:dev", "docker.io/djangoscale/pause:dev"),
+        ("localhost/x/y:1", "localhost/x/y:1"),
+        ("registry.example.com:5000/shop@sha256:ab", "registry.example.com:5000/shop@sha256:ab"),
+    ],
+)
+def test_image_names_are_stored_as_cri_looks_them_up(name: str, full: str) -> None:
+    assert node.normalized_image_name(name) == full

@@ -18,7 +18,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     down = sub.add_parser("down", help="stop every process the cluster started")
     status = sub.add_parser("status", help="print the kubeconfig if the cluster is running")
     sub.add_parser("build", help="build (or find cached) binaries and print their folder")
-    for command in (up, down, status):
+    load = sub.add_parser(
+        "load", help="import an OCI or docker image archive into the real node's containerd"
+    )
+    load.add_argument("archive", type=Path, help="image archive (e.g. from `buildah push`)")
+    for command in (up, down, status, load):
         command.add_argument(
             "--dir",
             type=Path,
@@ -76,6 +80,17 @@ def main(args: argparse.Namespace) -> int:
             print(f"cluster up: {error}", file=sys.stderr)
             return 1
         print(kubeconfig)
+        return 0
+    if args.action == "load":
+        from djangoscale_dev.cluster.local import ClusterError
+        from djangoscale_dev.cluster.node import NodeError
+
+        try:
+            names = cluster.load_image(args.archive)
+        except (ClusterError, NodeError) as error:
+            print(f"cluster load: {error}", file=sys.stderr)
+            return 1
+        print("\n".join(names))
         return 0
     if args.action == "down":
         cluster.down()

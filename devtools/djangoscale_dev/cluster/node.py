@@ -222,24 +222,46 @@ def containerd_ready(paths: NodePaths) -> bool:
     return paths.containerd_socket.exists() and ctr(paths, "version", check=False).returncode == 0
 
 
+def normalized_image_name(name: str) -> str:
+    """The full reference a pod's `image:` means, as CRI resolves it: `shop:1` is
+    `docker.io/library/shop:1`, `djangoscale/app` is `docker.io/djangoscale/app:latest`."""
+    first, _, rest = name.partition("/")
+    if not rest:
+        name = f"docker.io/library/{name}"
+    elif not ("." in first or ":" in first or first == "localhost"):
+        name = f"docker.io/{name}"
+    last = name.rsplit("/", 1)[1]
+    if ":" not in last and "@" not in last:
+        name += ":latest"
+    return name
+
+
 def import_image(paths: NodePaths, archive: Path) -> list[str]:
     """Import an OCI (or docker) archive into the node's containerd; return the image names.
 
-    The pods' images come this way, as `kind load` does: the pod names them with
-    `imagePullPolicy: Never` or `IfNotPresent` and the kubelet finds them here.
+    The pods' images come this way, as `kind load` does: a pod names one with
+    `imagePullPolicy: Never` or `IfNotPresent` and the kubelet finds it here. An archive's
+    short name (`djangoscale/app:dev`, as builders write it) is stored under the full name CRI
+    looks up (`docker.io/djangoscale/app:dev`).
     """
     if not archive.is_file():
         raise NodeError(f"image archive not found: {archive}")
     if not containerd_ready(paths):
         raise NodeError(f"the real node's containerd is not running ({paths.containerd_socket})")
-    before = set(image_names(paths))
-    output = ctr(paths, "images", "import", "--no-unpack=false", str(archive)).stdout
-    names = [
-        line.split()[1]
-        for line in output.splitlines()
-        if line.startswith("unpacking ") and len(line.split()) > 1
-    ]
-    return names or sorted(set(image_names(paths)) - before)
+    output = ctr(paths, "images", "import", str(archive)).stdout
+    names = []
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] != "unpacking":
+            continue
+        name, full = words[1], normalized_image_name(words[1])
+        if full != name:
+            ctr(paths, "images", "tag", "--force", name, full)
+            ctr(paths, "images", "rm", name)
+        names.append(full)
+    if not names:
+        raise NodeError(f"{archive}: no named image in the archive (ctr said: {output.strip()})")
+    return names
 
 
 def image_names(paths: NodePaths) -> list[str]:
