@@ -248,7 +248,8 @@ def import_image(paths: NodePaths, archive: Path) -> list[str]:
         raise NodeError(f"image archive not found: {archive}")
     if not containerd_ready(paths):
         raise NodeError(f"the real node's containerd is not running ({paths.containerd_socket})")
-    output = ctr(paths, "images", "import", str(archive)).stdout
+    # --all-platforms: an index that names no platform would otherwise be skipped.
+    output = ctr(paths, "images", "import", "--all-platforms", str(archive)).stdout
     names = []
     for line in output.splitlines():
         words = line.split()
