@@ -63,7 +63,9 @@ def test_pool_is_the_budget_over_max_replicas_plus_surge():
     assert "max_db_connections = 6\n" in ini
     assert "reserve_pool_size = 0\n" in ini
     assert "pool_mode = transaction\n" in ini
-    assert "listen_addr = 127.0.0.1\n" in ini
+    # The kubelet probes the sidecar at the pod IP: loopback alone never passes the startup
+    # probe on a real node.
+    assert "listen_addr = *\n" in ini
     assert "shop = host=db.internal port=5432 dbname=shop\n" in ini
 
 
@@ -113,6 +115,21 @@ def test_pods_pass_the_restricted_pod_security_standard():
         assert context.get("privileged") is not True
     for volume in pod["volumes"]:
         assert set(volume) & {"emptyDir", "secret"}, volume  # no hostPath
+
+
+def test_the_sidecar_reads_its_config_as_whatever_non_root_user_its_image_runs():
+    # Secret files are owned by root; pgbouncer images run as their own uid (10002 for the
+    # project's, another for upstream's), with no fsGroup in the pod: 0440 was unreadable on a
+    # real kubelet ("could not load file .../pgbouncer.ini: Permission denied").
+    pod = children_by_kind()["Deployment"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "pgbouncer-config"]
+    assert volume["secret"]["defaultMode"] == 0o444
+    # ... and only the sidecar mounts them.
+    mounted_by = [
+        c["name"] for c in pod["containers"] + pod["initContainers"]
+        if any(m["name"] == "pgbouncer-config" for m in c.get("volumeMounts", []))
+    ]
+    assert mounted_by == ["pgbouncer"]
 
 
 def test_a_secret_change_rolls_the_pods():

@@ -179,7 +179,9 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
                             {"key": pgbouncer.INI_KEY, "path": pgbouncer.INI_KEY},
                             {"key": pgbouncer.USERLIST_KEY, "path": pgbouncer.USERLIST_KEY},
                         ],
-                        "defaultMode": 0o440,
+                        # Secret files are root-owned; the sidecar runs as its image's
+                        # non-root user, whatever uid that is. Only the sidecar mounts them.
+                        "defaultMode": 0o444,
                     },
                 }
             )
