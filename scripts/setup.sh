@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The real node of the local cluster: containerd + runc, CNI plugins, iptables/conntrack for
-# kube-proxy, busybox-static for the pause image; buildah + debootstrap build the images.
-APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server
-  containerd runc containernetworking-plugins iptables conntrack iproute2 busybox-static
-  buildah debootstrap)
+APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server)
+# Images without Docker or a registry (devtools/djangoscale_dev/images); runc runs them in tests.
+APT_PACKAGES+=(debootstrap buildah runc)
+# The real node of the local cluster: containerd, CNI plugins, iptables/conntrack for
+# kube-proxy, busybox-static for the pause image.
+APT_PACKAGES+=(containerd containernetworking-plugins iptables conntrack iproute2 busybox-static)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

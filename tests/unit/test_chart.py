@@ -271,7 +271,7 @@ def test_plain_install_is_rendered_from_the_chart():
 
 def test_dockerfile_runs_the_install_script_as_non_root():
     text = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)[1]
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)[1]
     # A patch release or a digest, never a moving tag.
     assert re.search(r":3\.11\.\d+-slim|@sha256:[0-9a-f]{64}$", base), base
     assert "RUN sh docker/install.sh /opt/venv /src" in text

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from djangoscale_dev.images import cli as images_cli
+
 DEFAULT_DIR = Path(".djangoscale/cluster")
 
 
@@ -22,6 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "load", help="import an OCI or docker image archive into the real node's containerd"
     )
     load.add_argument("archive", type=Path, help="image archive (e.g. from `buildah push`)")
+    images_cli.add_commands(sub, DEFAULT_DIR)
     for command in (up, down, status, load):
         command.add_argument(
             "--dir",
@@ -58,6 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action in ("build-image", "build-images"):
+        return images_cli.run(args)
     if args.action == "build":
         from djangoscale_dev.cluster.build import ensure_binaries
 
