@@ -132,6 +132,14 @@ def test_the_sidecar_reads_its_config_as_whatever_non_root_user_its_image_runs()
     assert mounted_by == ["pgbouncer"]
 
 
+def test_probes_wait_as_long_as_a_queued_request_may():
+    # Both probes queue behind the requests a busy pod holds: the kubelet's 1 s default
+    # marked a loaded pod unready on a real node.
+    (app,) = children_by_kind()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert app["readinessProbe"]["timeoutSeconds"] >= 5
+    assert app["livenessProbe"]["timeoutSeconds"] >= 5
+
+
 def test_a_secret_change_rolls_the_pods():
     before = children_by_kind()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     rotated = DatabaseCredentials("db.internal", 5432, "shop", "shop", "rotated")

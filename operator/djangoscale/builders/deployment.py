@@ -20,6 +20,11 @@ PRE_STOP_SLEEP = 5
 # between transactions such a client connection holds no server connection, and keeping it
 # saves a connect and a SCRAM exchange per request (docs/benchmarks.md: ~2.7x on a DB view).
 PERSISTENT_CONN_MAX_AGE = 60
+# Seconds the kubelet waits for /readyz and /healthz. They are answered by the server's own
+# threads, behind the requests already queued, and /readyz does a database round trip through
+# the pool: under load they take as long as a request does. With the kubelet's default of 1 s,
+# a busy pod was marked unready (its load moved to the others) on a real node.
+PROBE_TIMEOUT = 5
 
 
 def restricted_container_security() -> dict[str, Any]:
@@ -121,11 +126,13 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
+            "timeoutSeconds": PROBE_TIMEOUT,
             "failureThreshold": 2,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "periodSeconds": 10,
+            "timeoutSeconds": PROBE_TIMEOUT,
             "failureThreshold": 6,
         },
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
