@@ -359,7 +359,13 @@ def test_a_load_step_scales_the_real_pods_up_and_its_end_back_down(
 ) -> None:
     namespace = restricted_namespace
     path = f"/apis/{API}/namespaces/{namespace}/djangoservices/{NAME}"
-    merge_patch(api, path, {"spec": {"autoscaling": {"targetRPSPerPod": 20}}})
+    merge_patch(api, path, {"spec": {"autoscaling": {"targetRPSPerPod": 20, "behavior": {
+        "scaleUp": {"stabilizationWindowSeconds": 0, "maxPercentPerPeriod": 1000,
+                    "maxPodsPerPeriod": 10, "periodSeconds": 5},
+        # The defaults (300 s, 10 % a minute) are for production; the test waits for less.
+        "scaleDown": {"stabilizationWindowSeconds": 10, "maxPercentPerPeriod": 100,
+                      "maxPodsPerPeriod": 10, "periodSeconds": 5},
+    }}}})
     wait_for("the HPA to read the pods' RPS", lambda: hpa_scaling_active(api, namespace),
              timeout=60)
     script = tmp_path / "count.lua"
@@ -382,7 +388,7 @@ def test_a_load_step_scales_the_real_pods_up_and_its_end_back_down(
         "the scale back down once the load ends",
         lambda: (deployment(api, namespace)["spec"]["replicas"] == REPLICAS
                  and time.monotonic() - ended),
-        timeout=180,
+        timeout=120,
     )
     print(f"autoscaling: up {scaled_up:.1f}s after the step, back to {REPLICAS} "
           f"{back:.1f}s after it ended; load {load.report}")
@@ -394,6 +400,8 @@ def test_a_rolling_update_under_load_fails_no_request(
     api: ApiClient, shop: dict[str, Any], restricted_namespace: str, tmp_path: Path,
 ) -> None:
     namespace = restricted_namespace
+    wait_for(f"{REPLICAS} pods", lambda: len(ready_pods(api, namespace)) == REPLICAS
+             == len(pods(api, namespace)), timeout=120)
     before = {p["metadata"]["name"] for p in pods(api, namespace)}
     script = tmp_path / "count.lua"
     script.write_text(WRK_SCRIPT)

@@ -47,6 +47,9 @@ def test_containerd_config_is_private_and_may_not_lower_oom_score(paths: NodePat
     )
     assert config["grpc"]["address"] == str(paths.containerd_socket)
     assert len(str(paths.containerd_socket) + ".ttrpc") <= 104  # a unix socket path's limit
+    # The kubelet's sockets (pod-resources, plugins) live under its root dir too.
+    assert len(str(paths.kubelet_root / "pod-resources" / "1234567890")) <= 104
+    assert paths.kubelet_root.parent in paths.mount_roots
     cri = config["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["restrict_oom_score_adj"] is True
     assert cri["netns_mounts_under_state_dir"] is True

@@ -287,7 +287,8 @@ class LocalCluster:
         Only what `up` itself writes is removed (so `--dir .` cannot wipe a checkout); old
         logs are kept one generation back for post-mortems."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        mounted = node_module.mounts_under(self.dir)
+        roots = nodeconfig.NodePaths(self.dir / "node").mount_roots
+        mounted = [m for root in roots for m in node_module.mounts_under(root)]
         if mounted:
             raise ClusterError(f"{self.dir} still has mounts ({mounted[0]}); not removing it")
         for child in self.dir.iterdir():
@@ -306,13 +307,20 @@ class LocalCluster:
         self, binaries: Binaries, nodes: int, kind: NodeKind, deadline: float
     ) -> ClusterState:
         ports = flags.Ports(*processes.free_ports(6))
+        address = flags.LOOPBACK
+        if kind == "real":
+            # The bridge first: the apiserver listens on its gateway address.
+            node_module.prepare_host(self.dir, binaries.k8s_local)
+            address = nodeconfig.GATEWAY
         config = flags.ClusterConfig(
             dir=self.dir,
             ports=ports,
             hpa_sync_period=self.hpa_sync_period,
             hpa_downscale_stabilization=self.hpa_downscale_stabilization,
+            apiserver_address=address,
         )
-        pki = generate_pki(config.pki.root)
+        serving_ips = (flags.LOOPBACK, address, flags.KUBERNETES_SERVICE_IP)
+        pki = generate_pki(config.pki.root, apiserver_ips=tuple(dict.fromkeys(serving_ips)))
         for identity in CLIENTS:
             path = (
                 self.dir / ADMIN_KUBECONFIG

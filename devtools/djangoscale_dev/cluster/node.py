@@ -269,15 +269,22 @@ def image_names(paths: NodePaths) -> list[str]:
     return ctr(paths, "images", "ls", "-q").stdout.split()
 
 
-def start_processes(
-    cluster_dir: Path, binary: Path, ports: NodePorts, kubeconfig: Path, wait: Callable[..., None]
-) -> None:
-    """Record the host's state, then bring the node up; `wait(started, what, check)` polls."""
+def prepare_host(cluster_dir: Path, binary: Path) -> None:
+    """Record the host's state, then make the pod bridge (the apiserver listens on its
+    gateway)."""
     paths = NodePaths(cluster_dir / "node")
-    write_configs(paths, ports, kubeconfig)
+    paths.root.mkdir(parents=True, exist_ok=True)
     new_dirs = [str(d) for d in (*HOST_DIRS, KUBELET_FIXED_DIR) if not d.exists()]
     Record(str(cluster_dir), str(binary), read_sysctls(), all_chains(), new_dirs).save(paths)
     create_bridge(cluster_dir)
+
+
+def start_processes(
+    cluster_dir: Path, binary: Path, ports: NodePorts, kubeconfig: Path, wait: Callable[..., None]
+) -> None:
+    """Bring the node up on a prepared host; `wait(started, what, check)` polls."""
+    paths = NodePaths(cluster_dir / "node")
+    write_configs(paths, ports, kubeconfig)
     containerd_binary = shutil.which("containerd")
     assert containerd_binary is not None  # checked by missing_for_real_node
     containerd = processes.start(
@@ -373,7 +380,7 @@ def teardown(cluster_dir: Path, emit: Callable[[str], None]) -> list[str]:
             ctr(paths, "tasks", "kill", "--signal", "SIGKILL", bundle.id, check=False)
         for bundle in found:
             if bundle.pids:
-                _wait_until(lambda pid=bundle.pids[0]: not _alive(pid), 10.0)  # type: ignore[misc]
+                _wait_gone(bundle.pids[0], 10.0)
             ctr(paths, "tasks", "delete", "--force", bundle.id, check=False)
         for name in ctr(paths, "containers", "ls", "-q", check=False).stdout.split():
             ctr(paths, "containers", "delete", name, check=False)
@@ -386,7 +393,7 @@ def teardown(cluster_dir: Path, emit: Callable[[str], None]) -> list[str]:
         _kill(pid)
     if leftovers:
         removed.append(f"{len(leftovers)} leftover container process(es)")
-    unmounted = unmount_all(cluster_dir)
+    unmounted = sum(unmount_all(root) for root in paths.mount_roots)
     if unmounted:
         removed.append(f"{unmounted} mount(s)")
     if bridge_owner() == record.cluster_dir:
@@ -528,7 +535,11 @@ def _kill(pid: int) -> None:
         os.kill(pid, 9)
     except ProcessLookupError:
         return
-    _wait_until(lambda: not _alive(pid), 5.0)
+    _wait_gone(pid, 5.0)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    return _wait_until(lambda: not _alive(pid), timeout)
 
 
 def _wait_until(check: Callable[[], bool], timeout: float) -> bool:

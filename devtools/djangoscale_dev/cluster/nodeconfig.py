@@ -34,7 +34,8 @@ CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 PAUSE_IMAGE = "docker.io/djangoscale/pause:dev"
 CONTAINERD_NAMESPACE = "k8s.io"
 # Unix socket paths are limited to 104 bytes (containerd adds ".ttrpc"), and a pytest temp dir
-# is longer than that: containerd's sockets live here, in a folder named by the cluster dir.
+# is longer than that: containerd's socket and the kubelet's root dir (which holds the
+# kubelet's own sockets) live here, in a folder named by a hash of the cluster dir.
 SOCKET_ROOT = Path("/run/djangoscale")
 
 
@@ -66,6 +67,11 @@ class NodePaths:
         return SOCKET_ROOT / digest
 
     @property
+    def mount_roots(self) -> tuple[Path, Path]:
+        """Where the node's mounts are: under the cluster dir, and the kubelet's root."""
+        return (self.root.parent, self.socket_dir)
+
+    @property
     def containerd_socket(self) -> Path:
         return self.socket_dir / "containerd.sock"
 
@@ -92,7 +98,7 @@ class NodePaths:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.root / "kubelet"
+        return self.socket_dir / "kubelet"
 
     @property
     def pod_logs(self) -> Path:
