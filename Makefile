@@ -12,10 +12,11 @@ dev: setup
 test: setup
 	.venv/bin/ruff check operator devtools tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 	.venv/bin/djangoscale cluster build
 	.venv/bin/python -m pytest tests
 
-# Only the fast unit tests, for the edit loop.
+# Only the fast unit tests, for the edit loop (tests/chart builds helm from Go: `make test`).
 unit: setup
 	.venv/bin/python -m pytest tests/unit
 

@@ -53,7 +53,9 @@ def main() -> int:
     reused = cluster.running() is not None
     kubeconfig = cluster.up(nodes=2)
     os.environ["KUBECONFIG"] = str(kubeconfig)
-    from djangoscale.controller import kube
+    from djangoscale.k8s import KubernetesApi
+
+    kube = KubernetesApi(str(kubeconfig))
 
     try:
         kube.apply(crd())
@@ -103,7 +105,7 @@ def main() -> int:
         print(f"ratio operator / floor:           {operator_seconds / floor_seconds:7.1f}x")
         print(f"operator peak RSS (VmHWM):        {peak:7.1f} MiB")
         for namespace in (ours, floor):
-            kube._call("DELETE", f"/api/v1/namespaces/{namespace}")
+            kube.call("DELETE", f"/api/v1/namespaces/{namespace}")
     finally:
         if not reused:
             cluster.down()

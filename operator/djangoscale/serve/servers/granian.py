@@ -8,14 +8,12 @@ fork.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from granian.constants import Interfaces
 from granian.server import Server
 
-from djangoscale.serve.app import APP_ENV, THREADS_ENV
-from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.config import APP_ENV, THREADS_ENV, ServeConfig, hand_down
 
 FACTORY = "djangoscale.serve.app:create_application"
 
@@ -36,7 +34,6 @@ def granian_settings(config: ServeConfig) -> dict[str, Any]:
 
 
 def run(config: ServeConfig) -> int:
-    os.environ[APP_ENV] = config.wsgi_app
-    os.environ[THREADS_ENV] = str(config.threads)
+    hand_down({APP_ENV: config.wsgi_app, THREADS_ENV: str(config.threads)})
     Server(FACTORY, **granian_settings(config)).serve()
     return 0
