@@ -237,6 +237,7 @@ class LocalCluster:
         return what was stopped and removed."""
         stopped = node_module.teardown(self.dir, self.emit) if self.dir.is_dir() else []
         stopped += processes.stop_all(self.dir) if self.dir.is_dir() else []
+        stopped += node_module.release_bridge(self.dir) if self.dir.is_dir() else []
         state_file = self.dir / STATE_FILE
         if state_file.exists():
             state_file.unlink()

@@ -8,9 +8,10 @@ imports the local pause image, and starts the kubelet and kube-proxy as recorded
 containerd kills and deletes every container (the shims exit with them), containerd stops,
 any process still recorded in a container bundle is killed, every mount under the cluster
 directory is unmounted (rootfs overlays, shm, volumes, and the pods' network namespaces, which
-live under containerd's state dir; their veths go with them), the bridge is deleted, kube-proxy
+live under containerd's state dir; their veths go with them), kube-proxy
 cleans its chains, the other KUBE-/CNI- chains that appeared since `up` are removed, and the
-kernel tunables the kubelet set are put back. Nothing is matched by a broad name.
+kernel tunables the kubelet set are put back; once the control plane has stopped, the bridge
+goes (`release_bridge`). Nothing is matched by a broad name.
 """
 
 from __future__ import annotations
@@ -396,9 +397,6 @@ def teardown(cluster_dir: Path, emit: Callable[[str], None]) -> list[str]:
     unmounted = sum(unmount_all(root) for root in paths.mount_roots)
     if unmounted:
         removed.append(f"{unmounted} mount(s)")
-    if bridge_owner() == record.cluster_dir:
-        _run(["ip", "link", "del", nodeconfig.BRIDGE])
-        removed.append(f"bridge {nodeconfig.BRIDGE}")
     cleanup = subprocess.run(
         [record.binary, "kube-proxy", "--cleanup"], capture_output=True, text=True, check=False
     )
@@ -417,6 +415,21 @@ def teardown(cluster_dir: Path, emit: Callable[[str], None]) -> list[str]:
         else:
             _remove_empty_dirs(Path(directory))
     restore_sysctls(record.sysctls)
+    return removed
+
+
+def release_bridge(cluster_dir: Path) -> list[str]:
+    """Last step of `down`, once the control plane has stopped too: the apiserver listens on
+    the bridge's address and, on its way out, calls itself there (10 s of timeout without
+    it)."""
+    paths = NodePaths(cluster_dir / "node")
+    record = Record.load(paths)
+    if record is None:
+        return []
+    removed = []
+    if bridge_owner() == record.cluster_dir:
+        _run(["ip", "link", "del", nodeconfig.BRIDGE])
+        removed.append(f"bridge {nodeconfig.BRIDGE}")
     paths.record.unlink()
     return removed
 
