@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server)
 # Images without Docker or a registry (devtools/djangoscale_dev/images); runc runs them in tests.
 APT_PACKAGES+=(debootstrap buildah runc)
+# The real node of the local cluster: containerd, CNI plugins, iptables/conntrack for
+# kube-proxy, busybox-static for the pause image.
+APT_PACKAGES+=(containerd containernetworking-plugins iptables conntrack iproute2 busybox-static)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -17,8 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian packages start their own servers; the tests run private ones on free ports.
-for service in postgresql pgbouncer rabbitmq-server redis-server; do
+# The Debian packages start their own servers; the tests run private ones on free ports (the
+# real node runs its own containerd on a socket in the cluster directory).
+for service in postgresql pgbouncer rabbitmq-server redis-server containerd; do
   (command -v systemctl >/dev/null && systemctl disable --now "$service" >/dev/null 2>&1) || true
   service "$service" stop >/dev/null 2>&1 || true
 done

@@ -1,9 +1,12 @@
 """End-to-end tests run against the real local control plane, started once per session.
 
 Every test under tests/e2e is marked `e2e`, so `pytest -m "not e2e"` runs the fast suite
-alone. The cluster comes from the same launcher as `djangoscale cluster up`; its directory is a
-pytest temp dir (logs kept for post-mortems) unless DJANGOSCALE_E2E_CLUSTER_DIR names one, and
-a cluster already running there is reused and left running.
+alone. The session cluster comes from the same launcher as `djangoscale cluster up`, with KWOK
+fake nodes (tests bind hand-started processes to their 127.1.x pod IPs, and some need hundreds
+of pods); its directory is a pytest temp dir (logs kept for post-mortems) unless
+DJANGOSCALE_E2E_CLUSTER_DIR names one, and a cluster already running there is reused and left
+running. Tests of the real node (kubelet, containerd, CNI, kube-proxy) get their own cluster
+per module from `real_cluster`: only one real node can run on a machine at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import pytest
 
 from djangoscale.spec import crd
 from djangoscale_dev.cluster import LocalCluster
+from djangoscale_dev.cluster.node import missing_for_real_node
+from tests.fixtures import services
 from tests.fixtures.polling import wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -38,12 +43,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     directory = Path(wanted) if wanted else tmp_path_factory.mktemp("cluster")
     local = LocalCluster(directory, hpa_sync_period="2s")
     reused = local.running() is not None
-    local.up(nodes=NODES)
+    local.up(nodes=NODES, node="kwok")
     try:
         yield local
     finally:
         if not reused:
             local.down()
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A cluster of this module's own with the real node; taken apart (containers, mounts,
+    network namespaces, bridge, iptables chains, processes) when the module ends, also after
+    a failure."""
+    services.require(missing_for_real_node())
+    local = LocalCluster(tmp_path_factory.mktemp("real-node"), hpa_sync_period="2s")
+    try:
+        local.up(node="real")
+        yield local
+    finally:
+        local.down()
 
 
 @pytest.fixture(scope="session")

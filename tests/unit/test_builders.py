@@ -69,7 +69,9 @@ def test_pool_is_the_budget_over_max_replicas_plus_surge():
     assert "admin_users = shop\n" in ini
     assert "reserve_pool_size = 0\n" in ini
     assert "pool_mode = transaction\n" in ini
-    assert "listen_addr = 127.0.0.1\n" in ini
+    # The kubelet probes the sidecar at the pod IP: loopback alone never passes the startup
+    # probe on a real node.
+    assert "listen_addr = *\n" in ini
     assert "shop = host=db.internal port=5432 dbname=shop\n" in ini
 
 
@@ -122,11 +124,26 @@ def test_pods_pass_the_restricted_pod_security_standard():
 
 
 def test_a_non_root_pgbouncer_can_read_its_config_files():
-    # The kubelet gives Secret files to root and to the fsGroup only (mode 0440).
+    # The kubelet gives Secret files to root and to the fsGroup only (mode 0440); every
+    # container runs with the fsGroup as a supplementary group, whatever uid its image uses.
     pod = children_by_kind()["Deployment"]["spec"]["template"]["spec"]
     config = next(v for v in pod["volumes"] if v["name"] == "pgbouncer-config")
     assert config["secret"]["defaultMode"] == 0o440
     assert pod["securityContext"]["fsGroup"] not in (None, 0)
+    # ... and only the sidecar mounts them.
+    mounted_by = [
+        c["name"] for c in pod["containers"] + pod["initContainers"]
+        if any(m["name"] == "pgbouncer-config" for m in c.get("volumeMounts", []))
+    ]
+    assert mounted_by == ["pgbouncer"]
+
+
+def test_probes_wait_as_long_as_a_queued_request_may():
+    # Both probes queue behind the requests a busy pod holds: the kubelet's 1 s default
+    # marked a loaded pod unready on a real node.
+    (app,) = children_by_kind()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert app["readinessProbe"]["timeoutSeconds"] >= 5
+    assert app["livenessProbe"]["timeoutSeconds"] >= 5
 
 
 def test_a_secret_change_rolls_the_pods():

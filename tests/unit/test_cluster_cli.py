@@ -46,3 +46,15 @@ def test_down_takes_a_dir_but_no_up_options() -> None:
 def test_an_action_is_required() -> None:
     with pytest.raises(SystemExit):
         parse("cluster")
+
+
+def test_up_runs_the_real_node_unless_kwok_is_asked() -> None:
+    assert parse("cluster", "up").node == "real"
+    assert parse("cluster", "up", "--node", "kwok", "--nodes", "3").node == "kwok"
+    with pytest.raises(SystemExit):
+        parse("cluster", "up", "--node", "docker")
+
+
+def test_load_takes_an_archive_and_a_dir() -> None:
+    args = parse("cluster", "load", "app.oci.tar", "--dir", "c")
+    assert (args.action, args.archive, args.dir) == ("load", Path("app.oci.tar"), Path("c"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -55,6 +56,21 @@ def test_every_listener_is_on_loopback(config: flags.ClusterConfig) -> None:
             if key.startswith("--listen-") or key == "--server-address":
                 host = value.split("//")[-1].rsplit(":", 1)[0]
                 assert ipaddress.ip_address(host).is_loopback, (key, value)
+
+
+def test_with_the_real_node_the_apiserver_listens_on_its_gateway_for_pods(
+    config: flags.ClusterConfig,
+) -> None:
+    assert as_dict(flags.apiserver_args(config))["--endpoint-reconciler-type"] == "none"
+    real = dataclasses.replace(config, apiserver_address="198.18.0.1")
+    api = as_dict(flags.apiserver_args(real))
+    assert (api["--bind-address"], api["--advertise-address"]) == ("198.18.0.1", "198.18.0.1")
+    # The `kubernetes` Service gets the gateway as its endpoint, so pods reach the apiserver.
+    assert api["--endpoint-reconciler-type"] == "lease"
+    assert real.server == "https://198.18.0.1:6443"
+    assert ipaddress.ip_address(flags.KUBERNETES_SERVICE_IP) in ipaddress.ip_network(
+        flags.SERVICE_CLUSTER_IP_RANGE
+    )
 
 
 def test_subcommands_and_ports(config: flags.ClusterConfig) -> None:

@@ -6,6 +6,7 @@ Only argparse at import time: the dispatcher imports this module to build the pa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from djangoscale_dev.images import cli as images_cli
@@ -19,15 +20,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     down = sub.add_parser("down", help="stop every process the cluster started")
     status = sub.add_parser("status", help="print the kubeconfig if the cluster is running")
     sub.add_parser("build", help="build (or find cached) binaries and print their folder")
+    load = sub.add_parser(
+        "load", help="import an OCI or docker image archive into the real node's containerd"
+    )
+    load.add_argument("archive", type=Path, help="image archive (e.g. from `buildah push`)")
     images_cli.add_commands(sub, DEFAULT_DIR)
-    for command in (up, down, status):
+    for command in (up, down, status, load):
         command.add_argument(
             "--dir",
             type=Path,
             default=DEFAULT_DIR,
             help="cluster directory: PKI, kubeconfig, data, logs, pids (default: %(default)s)",
         )
-    up.add_argument("--nodes", type=int, default=1, help="fake (KWOK) nodes (default: 1)")
+    up.add_argument(
+        "--node",
+        choices=("real", "kwok"),
+        default="real",
+        help="real: one kubelet + containerd + runc + CNI + kube-proxy node that runs pods; "
+        "kwok: fake nodes, for hundreds of pods (default: %(default)s)",
+    )
+    up.add_argument("--nodes", type=int, default=1, help="fake nodes with --node kwok (default: 1)")
     up.add_argument(
         "--hpa-sync-period",
         default="5s",
@@ -65,8 +77,25 @@ def main(args: argparse.Namespace) -> int:
         hpa_downscale_stabilization=getattr(args, "hpa_downscale_stabilization", "30s"),
     )
     if args.action == "up":
-        kubeconfig = cluster.up(nodes=args.nodes, timeout=args.timeout)
+        from djangoscale_dev.cluster.local import ClusterError
+
+        try:
+            kubeconfig = cluster.up(nodes=args.nodes, timeout=args.timeout, node=args.node)
+        except (ClusterError, ValueError) as error:
+            print(f"cluster up: {error}", file=sys.stderr)
+            return 1
         print(kubeconfig)
+        return 0
+    if args.action == "load":
+        from djangoscale_dev.cluster.local import ClusterError
+        from djangoscale_dev.cluster.node import NodeError
+
+        try:
+            names = cluster.load_image(args.archive)
+        except (ClusterError, NodeError) as error:
+            print(f"cluster load: {error}", file=sys.stderr)
+            return 1
+        print("\n".join(names))
         return 0
     if args.action == "down":
         cluster.down()
@@ -76,4 +105,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"no cluster running in {cluster.dir}")
         return 1
     print(state.kubeconfig)
+    if state.host_address is not None:
+        print(f"pods reach services on this host at {state.host_address}")
     return 0

@@ -2,11 +2,12 @@
 
 Kept apart from the code that starts processes so every flag is unit-tested, and so the one
 place that says how this cluster differs from a kubeadm one is easy to read:
-- everything listens on 127.0.0.1 and free ports;
+- everything listens on 127.0.0.1 and free ports; Services get addresses in 198.19.0.0/16;
 - no leader election (one replica of each), short HPA sync period for fast tests;
 - aggregated APIs work: the front-proxy flags are set as kubeadm sets them;
-- the kubernetes.default Endpoints are not reconciled, since their only possible address here
-  would be 127.0.0.1, which Endpoints validation rejects (loopback range).
+- with KWOK, the kubernetes.default Endpoints are not reconciled, since their only possible
+  address would be 127.0.0.1, which Endpoints validation rejects (loopback range); with the
+  real node the apiserver listens on the node's gateway instead, and its pods reach it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from pathlib import Path
 from djangoscale_dev.cluster.pki import FRONT_PROXY_CLIENT_CN, PkiPaths
 
 LOOPBACK = "127.0.0.1"
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # only stored in Service objects; never routed here
+# Inside 198.18.0.0/15 (RFC 2544 benchmarking) beside the real node's pods: kube-proxy routes
+# it on the real node, and no private range is ever a target on the machines this runs on.
+SERVICE_CLUSTER_IP_RANGE = "198.19.0.0/16"
+# The `kubernetes` Service's ClusterIP (the range's first address): pods reach the apiserver
+# there, so its serving cert names it.
+KUBERNETES_SERVICE_IP = "198.19.0.1"
 # Pod IPs are handed out from here, one /24 per node, so a test can bind a real process to a
 # pod's IP on this machine.
 POD_CIDR_PREFIX = "127.1"
@@ -43,6 +49,9 @@ class ClusterConfig:
     hpa_sync_period: str = "5s"
     hpa_downscale_stabilization: str = "30s"
     extra_controller_manager_flags: tuple[str, ...] = field(default=())
+    # Where the apiserver listens: loopback, or the real node's gateway, where its pods reach
+    # it (through the `kubernetes` Service).
+    apiserver_address: str = LOOPBACK
 
     @property
     def pki(self) -> PkiPaths:
@@ -53,7 +62,7 @@ class ClusterConfig:
 
     @property
     def server(self) -> str:
-        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+        return f"https://{self.apiserver_address}:{self.ports.apiserver}"
 
 
 def node_pod_cidr(index: int) -> str:
@@ -77,8 +86,8 @@ def apiserver_args(config: ClusterConfig) -> list[str]:
     return [
         "apiserver",
         f"--etcd-servers=http://{LOOPBACK}:{config.ports.etcd_client}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
+        f"--bind-address={config.apiserver_address}",
+        f"--advertise-address={config.apiserver_address}",
         f"--secure-port={config.ports.apiserver}",
         f"--cert-dir={config.dir / 'apiserver-certs'}",
         f"--tls-cert-file={pki.cert('apiserver')}",
@@ -87,7 +96,10 @@ def apiserver_args(config: ClusterConfig) -> list[str]:
         "--authorization-mode=RBAC",
         "--allow-privileged=true",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        "--endpoint-reconciler-type=none",
+        # The `kubernetes` Endpoints can hold the gateway, never 127.0.0.1 (loopback range).
+        f"--endpoint-reconciler-type={'none' if config.apiserver_address == LOOPBACK else 'lease'}",
+        # The real node registers no resolvable hostname; logs and exec go to its address.
+        "--kubelet-preferred-address-types=InternalIP",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",

@@ -1,10 +1,12 @@
 """`LocalCluster`: bring the local control plane up in a directory, and take it down.
 
 The order is the one a real cluster boots in: PKI, etcd, kube-apiserver (wait for /readyz),
-controller-manager and scheduler, KWOK, then the fake nodes; `up` returns only when the nodes
-are Ready and the `default` service account exists, so a caller can create pods at once.
-Everything the processes need (certs, kubeconfigs, KWOK's stages, etcd data, logs, pids) is in
-the cluster directory, so `down` (or another shell) needs nothing but that directory.
+controller-manager and scheduler, then the node(s): either the real node (containerd, kubelet,
+kube-proxy: see `node.py`) or KWOK and its fake nodes. `up` returns only when the nodes are
+Ready and the `default` service account exists, so a caller can create pods at once.
+Everything the processes need (certs, kubeconfigs, KWOK's stages, etcd data, the node's
+containerd root, logs, pids) is in the cluster directory, so `down` (or another shell) needs
+nothing but that directory.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from djangoscale_dev.cluster import flags, processes
+from djangoscale_dev.cluster import flags, nodeconfig, processes
+from djangoscale_dev.cluster import node as node_module
 from djangoscale_dev.cluster.api import ApiClient, ApiError
 from djangoscale_dev.cluster.build import Binaries, ensure_binaries
 from djangoscale_dev.cluster.pki import CLIENTS, PkiPaths, generate_pki
@@ -29,6 +32,8 @@ DEFAULT_DIR = Path(".djangoscale/cluster")
 STATE_FILE = "state.json"
 ADMIN_KUBECONFIG = "kubeconfig"
 PORT_RACE_ATTEMPTS = 3
+NodeKind = Literal["real", "kwok"]
+NODE_KINDS: tuple[NodeKind, ...] = ("real", "kwok")
 
 
 class ClusterError(RuntimeError):
@@ -45,6 +50,12 @@ class ClusterState:
     ports: flags.Ports
     nodes: list[str]
     binaries: Path
+    node: NodeKind = "kwok"
+
+    @property
+    def host_address(self) -> str | None:
+        """Where pods on the real node reach services that listen on this host."""
+        return nodeconfig.GATEWAY if self.node == "real" else None
 
     def save(self) -> None:
         data = asdict(self)
@@ -64,6 +75,7 @@ class ClusterState:
             ports=flags.Ports(**data["ports"]),
             nodes=list(data["nodes"]),
             binaries=Path(data["binaries"]),
+            node=data.get("node", "kwok"),
         )
 
 
@@ -139,7 +151,7 @@ def kwok_config_text(stages_dir: Path) -> str:
 
 
 CLUSTER_FILES = frozenset(
-    {"pki", "etcd", "logs", "kwok.yaml", ADMIN_KUBECONFIG, STATE_FILE, processes.PIDS_FILE}
+    {"pki", "etcd", "logs", "node", "kwok.yaml", ADMIN_KUBECONFIG, STATE_FILE, processes.PIDS_FILE}
 )
 
 
@@ -175,25 +187,37 @@ class LocalCluster:
 
     # -- public API ---------------------------------------------------------------------
 
-    def up(self, nodes: int = 1, timeout: float = 180.0) -> Path:
+    def up(self, nodes: int = 1, timeout: float = 180.0, node: NodeKind = "kwok") -> Path:
         """Start the cluster (building the binaries first if needed); return the kubeconfig.
 
-        If this directory already holds a running cluster, it is reused as it is.
+        `node="real"` runs one real node (kubelet, containerd, runc, CNI, kube-proxy);
+        `node="kwok"` runs `nodes` fake nodes. If this directory already holds a running
+        cluster, it is reused as it is.
         """
+        if node not in NODE_KINDS:
+            raise ValueError(f"node: {node!r} is not one of {', '.join(NODE_KINDS)}")
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
+        if node == "real" and nodes != 1:
+            raise ValueError("nodes: the real node is one node; use --node kwok for more")
         running = self.running()
         if running is not None:
             self.emit(f"already running in {self.dir}")
             self.state = running
             return running.kubeconfig
+        if node == "real":
+            missing = node_module.missing_for_real_node()
+            if missing is not None:
+                raise ClusterError(missing)
         binaries = ensure_binaries(emit=self.emit)
         started = time.monotonic()
         for attempt in range(PORT_RACE_ATTEMPTS):
             self.down(quiet=True)
             self._reset_dir()
             try:
-                self.state = self._start(binaries, nodes, deadline=time.monotonic() + timeout)
+                self.state = self._start(
+                    binaries, nodes, node, deadline=time.monotonic() + timeout
+                )
                 break
             except ClusterError as error:
                 self.down(quiet=True)
@@ -205,12 +229,15 @@ class LocalCluster:
                 self.down(quiet=True)
                 raise
         assert self.state is not None
-        self.emit(f"up in {time.monotonic() - started:.1f}s with {nodes} node(s)")
+        self.emit(f"up in {time.monotonic() - started:.1f}s with {nodes} {node} node(s)")
         return self.state.kubeconfig
 
     def down(self, quiet: bool = False) -> list[str]:
-        """Stop every process this directory records; return their names."""
-        stopped = processes.stop_all(self.dir) if self.dir.is_dir() else []
+        """Take the real node apart (if any), then stop every process this directory records;
+        return what was stopped and removed."""
+        stopped = node_module.teardown(self.dir, self.emit) if self.dir.is_dir() else []
+        stopped += processes.stop_all(self.dir) if self.dir.is_dir() else []
+        stopped += node_module.release_bridge(self.dir) if self.dir.is_dir() else []
         state_file = self.dir / STATE_FILE
         if state_file.exists():
             state_file.unlink()
@@ -226,6 +253,15 @@ class LocalCluster:
         if state is None or not entries or not all(processes.is_ours(e) for e in entries):
             return None
         return state
+
+    def load_image(self, archive: Path) -> list[str]:
+        """Import an OCI or docker image archive into the real node's containerd, as `kind
+        load` does; return the image names it holds. Pods use them with
+        `imagePullPolicy: IfNotPresent` (or `Never`)."""
+        state = self.state or ClusterState.load(self.dir)
+        if state is None or state.node != "real":
+            raise ClusterError(f"no real node runs in {self.dir} (`cluster up --node real`)")
+        return node_module.import_image(nodeconfig.NodePaths(self.dir / "node"), Path(archive))
 
     def client(self) -> ApiClient:
         if self.state is None:
@@ -252,6 +288,10 @@ class LocalCluster:
         Only what `up` itself writes is removed (so `--dir .` cannot wipe a checkout); old
         logs are kept one generation back for post-mortems."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        roots = nodeconfig.NodePaths(self.dir / "node").mount_roots
+        mounted = [m for root in roots for m in node_module.mounts_under(root)]
+        if mounted:
+            raise ClusterError(f"{self.dir} still has mounts ({mounted[0]}); not removing it")
         for child in self.dir.iterdir():
             if not is_cluster_file(child.name):
                 continue
@@ -264,15 +304,24 @@ class LocalCluster:
             else:
                 child.unlink()
 
-    def _start(self, binaries: Binaries, nodes: int, deadline: float) -> ClusterState:
+    def _start(
+        self, binaries: Binaries, nodes: int, kind: NodeKind, deadline: float
+    ) -> ClusterState:
         ports = flags.Ports(*processes.free_ports(6))
+        address = flags.LOOPBACK
+        if kind == "real":
+            # The bridge first: the apiserver listens on its gateway address.
+            node_module.prepare_host(self.dir, binaries.k8s_local)
+            address = nodeconfig.GATEWAY
         config = flags.ClusterConfig(
             dir=self.dir,
             ports=ports,
             hpa_sync_period=self.hpa_sync_period,
             hpa_downscale_stabilization=self.hpa_downscale_stabilization,
+            apiserver_address=address,
         )
-        pki = generate_pki(config.pki.root)
+        serving_ips = (flags.LOOPBACK, address, flags.KUBERNETES_SERVICE_IP)
+        pki = generate_pki(config.pki.root, apiserver_ips=tuple(dict.fromkeys(serving_ips)))
         for identity in CLIENTS:
             path = (
                 self.dir / ADMIN_KUBECONFIG
@@ -304,15 +353,10 @@ class LocalCluster:
             ("scheduler", flags.scheduler_args(config)),
         ):
             processes.start(name, k8s, args, self.dir)
-        kwok_config = self.dir / "kwok.yaml"
-        kwok_config.write_text(kwok_config_text(binaries.stages))
-        processes.start("kwok", binaries.kwok, flags.kwok_args(config, kwok_config), self.dir)
-
-        names = []
-        for index in range(nodes):
-            manifest = node_manifest(index)
-            client.create("/api/v1/nodes", manifest)
-            names.append(manifest["metadata"]["name"])
+        if kind == "real":
+            names = self._start_real_node(k8s, deadline)
+        else:
+            names = self._start_kwok(binaries, config, client, nodes)
         self._wait_all("nodes Ready", lambda: _nodes_ready(client, names), deadline)
         # Pods are refused until the namespace's service account exists (ServiceAccount
         # admission), so wait for the controller that makes it.
@@ -328,9 +372,32 @@ class LocalCluster:
             ports=ports,
             nodes=names,
             binaries=binaries.root,
+            node=kind,
         )
         state.save()
         return state
+
+    def _start_kwok(
+        self, binaries: Binaries, config: flags.ClusterConfig, client: ApiClient, nodes: int
+    ) -> list[str]:
+        kwok_config = self.dir / "kwok.yaml"
+        kwok_config.write_text(kwok_config_text(binaries.stages))
+        processes.start("kwok", binaries.kwok, flags.kwok_args(config, kwok_config), self.dir)
+        names = []
+        for index in range(nodes):
+            manifest = node_manifest(index)
+            client.create("/api/v1/nodes", manifest)
+            names.append(manifest["metadata"]["name"])
+        return names
+
+    def _start_real_node(self, k8s: Path, deadline: float) -> list[str]:
+        ports = nodeconfig.NodePorts(*processes.free_ports(4))
+
+        def wait(proc: processes.Started, what: str, check: Callable[[], bool]) -> None:
+            self._wait(proc, what, check, deadline)
+
+        node_module.start_processes(self.dir, k8s, ports, self.dir / ADMIN_KUBECONFIG, wait)
+        return [nodeconfig.NODE_NAME]
 
     def _wait(
         self, proc: processes.Started, what: str, check: Callable[[], bool], deadline: float

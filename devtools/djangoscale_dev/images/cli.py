@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 # The real node's containerd socket, under the cluster directory.
-NODE_SOCKET = Path("node/containerd/containerd.sock")
 
 
 def build_arg(text: str) -> tuple[str, str]:
@@ -59,15 +58,16 @@ def _emit(message: str) -> None:
 
 
 def _load(archives: dict[str, Path], cluster_dir: Path) -> None:
-    from djangoscale_dev.images.containerd import import_image
+    from djangoscale_dev.cluster.local import ClusterState, LocalCluster
 
-    socket = cluster_dir / NODE_SOCKET
-    if not socket.exists():
+    state = ClusterState.load(cluster_dir)
+    if state is None or state.node != "real":
         _emit(f"no real node running in {cluster_dir}: built only")
         return
+    cluster = LocalCluster(cluster_dir)
     for tag, archive in archives.items():
-        import_image(archive, socket)
-        _emit(f"{tag}: loaded into the node's containerd")
+        names = cluster.load_image(archive)
+        _emit(f"{tag}: loaded into the node's containerd as {', '.join(names)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,9 +92,16 @@ def run(args: argparse.Namespace) -> int:
             archive = build_image(args.context, args.tag, args.file, build_args, _emit)
             _emit(f"{args.tag}: {time.monotonic() - started:.1f}s")
             archives = {args.tag: archive}
-        _load(archives, args.dir)
     except BuildError as error:
         print(f"build failed: {error}", file=sys.stderr)
+        return 1
+    from djangoscale_dev.cluster.local import ClusterError
+    from djangoscale_dev.cluster.node import NodeError
+
+    try:
+        _load(archives, args.dir)
+    except (ClusterError, NodeError) as error:
+        print(f"load failed: {error}", file=sys.stderr)
         return 1
     for tag, archive in archives.items():
         print(f"{tag}\t{archive}")

@@ -38,6 +38,11 @@ READINESS_FAILURES = 2
 # the default timeout allows, so a busy pod is never killed for being busy.
 LIVENESS_PERIOD_SECONDS = 10
 LIVENESS_FAILURES = 6
+# Seconds the kubelet waits for /readyz and /healthz. They are answered by the server's own
+# threads, behind the requests already queued, and /readyz does a database round trip through
+# the pool: under load they take as long as a request does. With the kubelet's default of 1 s,
+# a busy pod was marked unready (its load moved to the others) on a real node.
+PROBE_TIMEOUT_SECONDS = 5
 # pgbouncer starts in well under a second; the app container waits for it up to 30 s.
 PGBOUNCER_STARTUP_PERIOD_SECONDS = 1
 PGBOUNCER_STARTUP_FAILURES = 30
@@ -159,11 +164,13 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": READINESS_PERIOD_SECONDS,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
             "failureThreshold": READINESS_FAILURES,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "periodSeconds": LIVENESS_PERIOD_SECONDS,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
             "failureThreshold": LIVENESS_FAILURES,
         },
         "lifecycle": {"preStop": pre_stop(ds, PRE_STOP_SLEEP)},

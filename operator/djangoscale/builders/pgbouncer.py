@@ -20,7 +20,12 @@ from djangoscale.budget import size_pool
 from djangoscale.builders.labels import child_metadata
 from djangoscale.spec import DjangoService
 
+# Where the app reaches its sidecar.
 LISTEN_HOST = "127.0.0.1"
+# Where pgbouncer listens: the pod's own addresses too, since the kubelet's tcpSocket startup
+# probe connects to the pod IP, never to the pod's loopback (on 127.0.0.1 alone the sidecar
+# never starts). The Service publishes only the app's ports; clients still need credentials.
+LISTEN_ADDR = "*"
 LISTEN_PORT = 6432
 CONFIG_DIR = "/etc/pgbouncer"
 INI_KEY = "pgbouncer.ini"
@@ -93,7 +98,7 @@ def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:
             f"dbname={credentials.dbname}",
             "",
             "[pgbouncer]",
-            f"listen_addr = {LISTEN_HOST}",
+            f"listen_addr = {LISTEN_ADDR}",
             f"listen_port = {LISTEN_PORT}",
             "unix_socket_dir =",
             "auth_type = scram-sha-256",
