@@ -7,36 +7,83 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from djangoscale.spec import GROUP, VERSION
-from tests.fixtures.services import stop_process
+from tests.fixtures import operator_log
+from tests.fixtures.polling import wait_for
+from tests.fixtures.services import free_port, stop_process
 
 API = f"{GROUP}/{VERSION}"
 
 
+@dataclass
+class OperatorProcess:
+    """A running `djangoscale run`, its log, and its Prometheus metrics port."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+    def metric(self, name: str) -> float:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.split("{")[0].split(" ")[0] == name)
+
+    def reconciles(self) -> float:
+        """The operator's reconcile counter (creations, changes and resyncs alike)."""
+        return self.metric("djangoscale_operator_reconciles_total")
+
+    def wait_for_resyncs(self, rounds: int = 2, timeout: float = 60.0) -> float:
+        """Wait until every managed object could have been reconciled `rounds` times from now.
+
+        The counter is the operator's, not one object's: it must move by `rounds` times the
+        number of objects it manages (the managed-objects gauge), each object's resync timer
+        having the same period. Returns how far it moved."""
+        start = self.reconciles()
+        wanted = rounds * max(1.0, self.metric("djangoscale_operator_managed_objects"))
+        wait_for(f"{wanted:.0f} reconciles after {start:.0f}",
+                 lambda: self.reconciles() - start >= wanted, timeout=timeout)
+        return self.reconciles() - start
 
 
 @contextlib.contextmanager
 def start_operator(
-    kubeconfig: Path, log: Path, *args: str, resync_seconds: int = 3
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`djangoscale run` as a real process, stopped (SIGTERM, then SIGKILL) at the end."""
+    kubeconfig: Path, log: Path, *args: str, resync_seconds: int = 3,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[OperatorProcess]:
+    """`djangoscale run` as a real process, stopped (SIGTERM, then SIGKILL) at the end.
+
+    Its log is then checked (tests/fixtures/operator_log.py): no traceback, no failed handler,
+    whatever the exit code. `args` come last, so they override the defaults here."""
+    metrics_port = free_port()
     with open(log, "ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
-             "--metrics-port", "0", "--metrics-api-port", "0", "--bind", "127.0.0.1", *args],
+             "--metrics-port", str(metrics_port), "--metrics-api-port", "0",
+             "--bind", "127.0.0.1", *args],
             env={**os.environ, "KUBECONFIG": str(kubeconfig),
-                 "DJANGOSCALE_RESYNC_SECONDS": str(resync_seconds)},
+                 "DJANGOSCALE_RESYNC_SECONDS": str(resync_seconds), **(env or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
         )
     try:
-        yield process
-    finally:
+        yield OperatorProcess(process, log, metrics_port)
+    except BaseException as error:
         stop_process(process)
+        # The test's own failure stays the one reported; the log's problems go with it.
+        found = operator_log.problems(log.read_text(errors="replace"))
+        if found:
+            error.add_note("operator log:\n" + "\n---\n".join(found[:3]))
+        raise
+    stop_process(process)
+    operator_log.assert_clean(log.read_text(errors="replace"))
 
 
 def secret(namespace: str, password: str = "e2e-secret-password") -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import ssl
@@ -41,6 +40,7 @@ from djangoscale_dev.registration import (
     register_metrics_apiservice,
     unregister_metrics_apiservice,
 )
+from tests.e2e.helpers import OperatorProcess, start_operator
 from tests.fixtures.launcher import SAMPLE_WSGI, SAMPLEAPP, launcher_env
 from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port
@@ -88,41 +88,30 @@ def metrics_api(cluster: LocalCluster, api: ApiClient) -> Iterator[tuple[int, Pa
 
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, api: ApiClient, metrics_api: tuple[int, Path, Path],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     port, cert, key = metrics_api
     directory = tmp_path_factory.mktemp("operator")
     log = directory / "operator.log"
     # Exactly the Helm chart's RBAC: its ServiceAccount's token.
     kubeconfig = operator_kubeconfig(cluster.kubeconfig, directory / "sa" / "kubeconfig")
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            # Real free ports: kopf reads a liveness URL with port 0 as port 80.
-            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", str(free_port()),
-             "--metrics-port", str(free_port()), "--bind", "127.0.0.1",
-             "--metrics-api-port", str(port), "--metrics-api-cert-file", str(cert),
-             "--metrics-api-key-file", str(key), "--scrape-interval", str(SCRAPE_INTERVAL),
-             "--stable-window", str(STABLE_WINDOW), "--panic-window", str(PANIC_WINDOW)],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig),
-                 "DJANGOSCALE_RESYNC_SECONDS": "5"},
-            stdout=output, stderr=subprocess.STDOUT,
-        )
+    with start_operator(
+        kubeconfig, log, "--metrics-api-port", str(port), "--metrics-api-cert-file", str(cert),
+        "--metrics-api-key-file", str(key), "--scrape-interval", str(SCRAPE_INTERVAL),
+        "--stable-window", str(STABLE_WINDOW), "--panic-window", str(PANIC_WINDOW),
+        resync_seconds=5,
+    ) as running:
 
-    def available() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"operator exited:\n{log.read_text()[-3000:]}")
-        live = api.get("/apis/apiregistration.k8s.io/v1/apiservices/v1beta2.custom.metrics.k8s.io")
-        return any(c["type"] == "Available" and c["status"] == "True"
-                   for c in (live.get("status") or {}).get("conditions") or [])
+        def available() -> bool:
+            if running.process.poll() is not None:
+                raise AssertionError(f"operator exited:\n{log.read_text()[-3000:]}")
+            live = api.get(
+                "/apis/apiregistration.k8s.io/v1/apiservices/v1beta2.custom.metrics.k8s.io")
+            return any(c["type"] == "Available" and c["status"] == "True"
+                       for c in (live.get("status") or {}).get("conditions") or [])
 
-    wait_for("the metrics APIService to be Available", available, timeout=60)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        wait_for("the metrics APIService to be Available", available, timeout=60)
+        yield running
     text = log.read_text(errors="replace")
-    assert "Traceback" not in text or process.returncode in (0, -15), text[-4000:]
     # The chart's RBAC was enough: pods watched, the request-header ConfigMap read, status
     # written.
     assert "Forbidden" not in text and " 403" not in text, text[-3000:]
@@ -435,7 +424,7 @@ def readyz(port: int) -> int:
 
 
 def test_load_step_scales_up_through_the_burst_path_and_back_down(
-    api: ApiClient, operator: subprocess.Popen[bytes], namespace: str, tmp_path: Path,
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path,
     metrics_api: tuple[int, Path, Path],
 ) -> None:
     with PodHarness(api, namespace, tmp_path) as harness:
@@ -479,7 +468,7 @@ def test_load_step_scales_up_through_the_burst_path_and_back_down(
 
 
 def test_metrics_outage_holds_replicas_and_says_why(
-    api: ApiClient, operator: subprocess.Popen[bytes], namespace: str, tmp_path: Path,
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path,
 ) -> None:
     with PodHarness(api, namespace, tmp_path) as harness:
         start_service(api, namespace, harness)
@@ -537,7 +526,7 @@ def settled(api: ApiClient, namespace: str, seconds: float = 6.0) -> int:
 
 
 def test_metrics_api_answers_only_the_front_proxy(
-    cluster: LocalCluster, api: ApiClient, operator: subprocess.Popen[bytes],
+    cluster: LocalCluster, api: ApiClient, operator: OperatorProcess,
     metrics_api: tuple[int, Path, Path],
 ) -> None:
     port = metrics_api[0]

@@ -92,7 +92,7 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 ds = None  # the reconciler reports it; nothing to scale
             if ds is None or not ds.autoscaling.enabled:
                 STORE.drop(namespace, name)
-                await stopped.wait(opts.scrape_interval)
+                await asyncio.sleep(opts.scrape_interval)
                 continue
             pods = list(rps_pods.get((namespace, name), []))
             reading = await collector.collect(ds, pods, windows, _scraper(),
@@ -109,7 +109,10 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 except ApiException as error:
                     logger.warning("could not write RPS status: %s %s", error.status,
                                    error.reason)
-            await stopped.wait(opts.scrape_interval)
+            # A sleep, not `stopped.wait(...)`: that one runs its timeout in a task of its own,
+            # which, still pending when the operator exits, kopf collects and re-raises: a
+            # TimeoutError traceback and exit code 1 on SIGTERM. `while not stopped` ends it.
+            await asyncio.sleep(opts.scrape_interval)
     finally:
         STORE.drop(namespace, name)
 

@@ -109,7 +109,7 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
             except spec.SpecError:
                 ds = None  # the reconciler reports it
             if ds is None or ds.broker is None or not ds.workers:
-                await stopped.wait(POLL_SECONDS)
+                await asyncio.sleep(POLL_SECONDS)
                 continue
             queues = sorted({queue for group in ds.workers for queue in group.queues})
             lengths = None
@@ -151,7 +151,9 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
             for key in served - current:
                 STORE.drop(namespace, key)
             served = current
-            await stopped.wait(POLL_SECONDS)
+            # A sleep, not `stopped.wait(...)` (see autoscaling/handlers.py: a TimeoutError
+            # re-raised by kopf at exit).
+            await asyncio.sleep(POLL_SECONDS)
     finally:
         for key in served:
             STORE.drop(namespace, key)
