@@ -19,6 +19,8 @@ from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port, stop_process
 
 API = f"{GROUP}/{VERSION}"
+# The local cluster's HPA controller syncs every this many seconds (the `cluster` fixture).
+HPA_SYNC_PERIOD = 2
 
 
 @dataclass
