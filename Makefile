@@ -12,6 +12,7 @@ dev: setup
 test: setup
 	.venv/bin/ruff check operator devtools tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 	.venv/bin/python bench/check_docs_figures.py
 	.venv/bin/djangoscale cluster build
 	.venv/bin/python -m pytest tests
@@ -20,7 +21,7 @@ test: setup
 docs-check:
 	.venv/bin/python bench/check_docs_figures.py
 
-# Only the fast unit tests, for the edit loop.
+# Only the fast unit tests, for the edit loop (tests/chart builds helm from Go: `make test`).
 unit: setup
 	.venv/bin/python -m pytest tests/unit
 

@@ -83,8 +83,8 @@ def rss_mib() -> float:
 async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
     from djangoscale import spec
     from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
-    from djangoscale.autoscaling.options import AutoscalingOptions
     from djangoscale.autoscaling.windows import ServiceWindows
+    from djangoscale.settings import OperatorSettings
 
     ds = spec.parse({
         "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
@@ -95,7 +95,7 @@ async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
     })
     pods = [PodTarget(f"shop-{i}", ip, True, (("app.kubernetes.io/instance", "shop"),))
             for i, ip in enumerate(addresses(n))]
-    opts = AutoscalingOptions()  # the operator's defaults: 64 scrapes at a time, 1.5 s timeout
+    opts = OperatorSettings()  # the operator's defaults: 64 scrapes at a time, 1.5 s timeout
     windows = ServiceWindows(opts.stable_window, opts.panic_window)
     scraper = Scraper(opts.scrape_concurrency, opts.scrape_timeout)
     rss_before = rss_mib()

@@ -103,7 +103,7 @@ def one_round(kube: Any, kubeconfig: Path, directory: Path, names: list[str],
     figures["parallel"] = time.monotonic() - started
     figures["children"] = len(children)
     for namespace in (ours, sequential, parallel):
-        kube._call("DELETE", f"/api/v1/namespaces/{namespace}")
+        kube.call("DELETE", f"/api/v1/namespaces/{namespace}")
     return figures
 
 
@@ -119,7 +119,9 @@ def main() -> int:
     reused = cluster.running() is not None
     kubeconfig = cluster.up(nodes=2)
     os.environ["KUBECONFIG"] = str(kubeconfig)
-    from djangoscale.controller import kube
+    from djangoscale.k8s import KubernetesApi
+
+    kube = KubernetesApi(str(kubeconfig))
 
     try:
         kube.apply(crd())

@@ -1,23 +1,30 @@
 """`djangoscale dev`: the whole product on one machine, in one command.
 
 Starts the local control plane unless a kubeconfig is given, installs the CRD, runs the operator,
-applies the example and prints the objects as they converge, until Ctrl-C stops everything.
+applies the example and prints the objects as they converge. Once the example is Ready, it
+offers load steps to its Service with a live view and writes a PNG timeline (`dev_load`;
+`--no-load` skips that), then goes on printing until Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from djangoscale_dev import DATA_DIR
+from djangoscale_dev.dev_load import configure_load, run_load
+
+if TYPE_CHECKING:
+    from djangoscale.k8s import KubernetesApi
 
 EXAMPLE = DATA_DIR / "examples" / "dev.yaml"
 
@@ -35,10 +42,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--once", action="store_true", help="exit once the DjangoServices are Ready (for tests)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="with --once: give up after")
+    configure_load(parser)
+
+
+@functools.cache
+def _kube() -> KubernetesApi:
+    """The product's API layer, on the cluster of $KUBECONFIG (`main` sets it)."""
+    from djangoscale.k8s import KubernetesApi
+
+    return KubernetesApi(os.environ.get("KUBECONFIG"))
 
 
 def install_crd() -> None:
-    from djangoscale.controller import kube
+    kube = _kube()
     from djangoscale.spec import crd
 
     kube.apply(crd())
@@ -53,7 +69,7 @@ def install_crd() -> None:
 
 
 def apply_documents(path: Path) -> list[dict[str, Any]]:
-    from djangoscale.controller import kube
+    kube = _kube()
 
     documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     for document in documents:
@@ -63,7 +79,7 @@ def apply_documents(path: Path) -> list[dict[str, Any]]:
 
 def summary_lines(services: list[dict[str, Any]]) -> tuple[list[str], bool]:
     """One line per DjangoService and per child; True when every DjangoService is Ready."""
-    from djangoscale.controller import kube
+    kube = _kube()
     from djangoscale.spec import GROUP, VERSION
 
     lines, all_ready = [], True
@@ -155,11 +171,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"applied {args.filename}")
         deadline = time.monotonic() + args.timeout
         previous: list[str] = []
+        loaded = args.no_load or not services
         while not stopping:
             lines, ready = summary_lines(services)
             if lines != previous:
                 print(time.strftime("%H:%M:%S"), *lines, sep="\n")
                 previous = lines
+            if ready and not loaded:
+                loaded = True
+                run_load(args, services[0], args.dir.parent)
             if args.once and ready:
                 return 0
             if args.once and time.monotonic() > deadline:

@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The extra that brings a built-in command's dependencies (`pip install 'djangoscale[...]'`).
+# `render` needs none: it runs from the base install.
+COMMAND_EXTRAS: dict[str, str] = {"run": "operator", "serve": "serve", "worker": "celery"}
+
+
 def available_commands() -> dict[str, tuple[str, str]]:
     """The built-in commands, plus those that installed plugins declare."""
     commands = dict(COMMANDS)
@@ -53,8 +58,23 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        args = build_parser(argv).parse_args(argv)
+        return int(args.handler(args) or 0)
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").partition(".")[0]
+        if not missing or missing == "djangoscale":
+            raise  # a bug of ours, not a missing extra
+        print(missing_dependency(argv[0] if argv else "", missing), file=sys.stderr)
+        return 2
+
+
+def missing_dependency(command: str, module: str) -> str:
+    """One line: what is missing and what installs it."""
+    extra = COMMAND_EXTRAS.get(command)
+    remedy = (f"pip install 'djangoscale[{extra}]'" if extra
+              else "install the package that provides this command")
+    return f"djangoscale {command}: the Python module {module!r} is not installed: {remedy}"
 
 
 if __name__ == "__main__":

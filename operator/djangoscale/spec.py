@@ -1,7 +1,8 @@
 """The typed model of a DjangoService, parsed and validated once.
 
-Validation runs the CRD's own OpenAPI schema (the file in `crds/`, shipped as package data) and
-then the cross-field rules the CRD states in CEL, with the same messages. So `djangoscale
+Validation runs the CRD's own OpenAPI schema (the file in `crds/`, shipped as package data,
+checked by `djangoscale.schema` as the API server checks it, unknown fields included) and then
+the cross-field rules the CRD states in CEL, with the same messages. So `djangoscale
 render`, the operator and the API server's admission all refuse the same objects, and the
 defaults live in one place: the schema.
 """
@@ -18,22 +19,22 @@ from typing import Any
 
 import yaml
 
-GROUP = "djangoscale.io"
-VERSION = "v1alpha1"
-KIND = "DjangoService"
-PLURAL = "djangoservices"
+from djangoscale import schema
+from djangoscale.budget import budget_problems, pods_at_most
+from djangoscale.contract import (
+    DEFAULT_THREADS,
+    GROUP,
+    GROWING_SERVER,
+    KIND,
+    PLURAL,
+    SINGLE_THREADED_SERVERS,
+    VERSION,
+)
 
-# Threads per process when the user gives none: what each server handles well.
-DEFAULT_THREADS = {
-    "cherrypy": 100,
-    "gunicorn-sync": 1,
-    "gunicorn-gthread": 32,
-    "gunicorn-gevent": 500,
-    "bjoern": 1,
-    "waitress": 32,
-    "granian": 32,
-}
-# Only cheroot's pool grows (our launcher grows it); the PRODUCT story ran 100 growing to 150.
+__all__ = ["DEFAULT_THREADS", "GROUP", "KIND", "PLURAL", "VERSION"]
+
+# Only cheroot's pool grows (the launcher grows it): by half again, so a pool of 100 threads
+# meets a burst with up to 150 before requests queue.
 CHERRYPY_GROWTH = 1.5
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Children are named <name>-database, <name>-worker-<group>: the Service name is a DNS label.
@@ -43,8 +44,6 @@ POD_OPTIONS = (
     "podAnnotations", "podLabels", "nodeSelector", "tolerations", "affinity",
     "topologySpreadConstraints", "priorityClassName",
 )
-# The Deployment rolls out with maxSurge 1, so one pod more than replicas.max may hold a pool.
-ROLLOUT_SURGE = 1
 
 
 class SpecError(ValueError):
@@ -173,7 +172,7 @@ class DjangoService:
     @property
     def max_pods(self) -> int:
         """The most pods that can hold database connections at once, surge pods included."""
-        return worker_pods(self.max_replicas, [w.max_replicas for w in self.workers])
+        return pods_at_most(self.max_replicas, [w.max_replicas for w in self.workers])
 
     @property
     def uses_pgbouncer(self) -> bool:
@@ -191,10 +190,14 @@ def crd() -> dict[str, Any]:
     return loaded
 
 
+def crd_version() -> dict[str, Any]:
+    found: dict[str, Any] = next(v for v in crd()["spec"]["versions"] if v["name"] == VERSION)
+    return found
+
+
 def spec_schema() -> dict[str, Any]:
-    version = next(v for v in crd()["spec"]["versions"] if v["name"] == VERSION)
-    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    return schema
+    found: dict[str, Any] = crd_version()["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return found
 
 
 def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
@@ -212,50 +215,11 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     return result
 
 
-def _field_path(error: Any) -> str:
-    parts = ["spec"]
-    for part in error.absolute_path:
-        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
-    return "".join(parts).replace(".[", "[")
-
-
-def _schema_message(error: Any) -> str:
-    """Short messages in the API server's words, rather than jsonschema's repr of the value."""
-    validator, bound = error.validator, error.validator_value
-    if validator == "enum":
-        return "must be one of " + ", ".join(str(value) for value in bound)
-    templates = {
-        "minimum": "must be >= {}",
-        "maximum": "must be <= {}",
-        "minLength": "must be at least {} characters",
-        "maxLength": "must be at most {} characters",
-        "maxItems": "must have at most {} items",
-        "maxProperties": "must have at most {} entries",
-        "pattern": "must match {}",
-        "type": "must be of type {}",
-    }
-    if validator in templates:
-        return templates[validator].format(bound)
-    return str(error.message)
-
-
 def schema_problems(spec: dict[str, Any]) -> list[str]:
-    from jsonschema import Draft7Validator
-
-    problems = []
-    validator = Draft7Validator(spec_schema())
-    for error in sorted(validator.iter_errors(spec), key=lambda e: list(e.absolute_path)):
-        path = _field_path(error)
-        message = _schema_message(error)
-        if error.validator == "required":
-            # jsonschema says "'image' is a required property": name the missing field instead.
-            path, message = f"{path}.{error.message.split(chr(39))[1]}", "required"
-        problems.append(f"{path}: {message}")
-    return problems
-
-
-def worker_pods(web_max: int, worker_maxes: list[int]) -> int:
-    return web_max + ROLLOUT_SURGE + sum(m + ROLLOUT_SURGE for m in worker_maxes)
+    """The CRD schema's verdict on a spec (defaults applied): types, bounds, unknown fields."""
+    found = schema.problems(spec, spec_schema())
+    return [f"{schema.field_path('spec', path)}: {message}"
+            for path, message in sorted(found, key=lambda item: list(item[0]))]
 
 
 def cross_field_problems(spec: dict[str, Any]) -> list[str]:
@@ -276,13 +240,13 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         problems.append(
             f"spec.server.maxThreads: must be >= spec.server.threads ({max_threads} < {threads})"
         )
-    if server["type"] in ("gunicorn-sync", "bjoern") and threads not in (None, 1):
+    if server["type"] in SINGLE_THREADED_SERVERS and threads not in (None, 1):
         problems.append(
             "spec.server.threads: gunicorn-sync and bjoern serve one request at a time per "
             "worker; threads must be 1 (use gunicorn-gthread or cherrypy for threads)"
         )
     if (
-        server["type"] != "cherrypy"
+        server["type"] != GROWING_SERVER
         and threads is not None
         and max_threads is not None
         and max_threads != threads
@@ -304,7 +268,7 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
         problems.append("spec.pooling.mode: pgbouncer contradicts spec.pgbouncer.enabled=false")
     database = spec.get("database")
     if database is not None:
-        problems += _budget_problems(spec, database, mode, explicit_mode)
+        problems += budget_problems(spec, database, mode, explicit_mode)
     return problems
 
 
@@ -331,50 +295,6 @@ def _worker_problems(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _budget_problems(
-    spec: dict[str, Any], database: dict[str, Any], mode: str, explicit_mode: str | None
-) -> list[str]:
-    problems = []
-    replicas = spec["replicas"]
-    budget = database["maxConnections"] - database["reservedConnections"]
-    worker_maxes = [group["replicas"]["max"] for group in spec.get("workers", [])]
-    pods = worker_pods(replicas["max"], worker_maxes)
-    figures = (
-        f"({database['maxConnections']} - {database['reservedConnections']} = {budget} "
-        f"connections for {pods} pods)"
-    )
-    if budget < pods:
-        largest = budget - (pods - replicas["max"])
-        problems.append(
-            "spec.database.maxConnections: the budget (maxConnections minus reservedConnections) "
-            "must give one server connection to each of spec.replicas.max pods plus one rollout "
-            "surge pod (and the same for each worker group); the largest spec.replicas.max it "
-            "supports is maxConnections - reservedConnections - 1 - the worker groups' pods = "
-            f"{largest} here"
-        )
-    if mode == "pgbouncer" and "secretName" not in database:
-        problems.append(
-            "spec.database.secretName: required when spec.pgbouncer.enabled is true "
-            "(pgbouncer needs the credentials)"
-        )
-    workers = spec["server"]["workers"]
-    if explicit_mode == "django" and budget < pods * workers:
-        problems.append(
-            "spec.pooling.mode: django pools per process; the budget (maxConnections minus "
-            "reservedConnections) must give one connection to each of spec.server.workers "
-            f"processes in spec.replicas.max pods plus one surge pod {figures[:-1]}, "
-            f"x {workers} workers)"
-        )
-    pool_size = spec["pgbouncer"].get("poolSize")
-    if pool_size is not None and pool_size * pods > budget:
-        problems.append(
-            "spec.pgbouncer.poolSize: poolSize x (spec.replicas.max + 1 surge pod) must fit the "
-            "budget (spec.database.maxConnections minus reservedConnections) "
-            f"({pool_size} x {pods} > {budget})"
-        )
-    return problems
-
-
 def pooling_mode(spec: dict[str, Any]) -> str:
     explicit: str | None = spec["pooling"].get("mode")
     if explicit is not None:
@@ -395,7 +315,7 @@ def _server(raw: dict[str, Any]) -> ServerSpec:
     threads = raw.get("threads", DEFAULT_THREADS[raw["type"]])
     if "maxThreads" in raw:
         max_threads = raw["maxThreads"]
-    elif raw["type"] == "cherrypy":
+    elif raw["type"] == GROWING_SERVER:
         max_threads = math.ceil(threads * CHERRYPY_GROWTH)
     else:
         max_threads = threads
@@ -416,6 +336,9 @@ def parse(body: dict[str, Any]) -> DjangoService:
         problems.append(f"apiVersion: must be {GROUP}/{VERSION}")
     if body.get("kind") not in (None, KIND):
         problems.append(f"kind: must be {KIND}")
+    declared = crd_version()["schema"]["openAPIV3Schema"]["properties"]
+    problems += [f"{key}: unknown field (not declared in the schema)" for key in body
+                 if key not in declared]
     metadata = body.get("metadata") or {}
     if not metadata.get("name"):
         problems.append("metadata.name: required")

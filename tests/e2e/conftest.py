@@ -49,11 +49,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="session")
 def kube(cluster) -> Iterator[Any]:
-    """The operator's own API module, pointed at the local cluster, with the CRD installed."""
+    """The operator's own API layer, pointed at the local cluster, with the CRD installed."""
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    from djangoscale.controller import kube as kube_module
+    from djangoscale.k8s import KubernetesApi
 
-    kube_module.api_client.cache_clear()
+    kube_module = KubernetesApi(str(cluster.kubeconfig))
     kube_module.apply(crd())
 
     def established() -> bool:
@@ -74,4 +74,4 @@ def namespace(kube) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
-    kube._call("DELETE", f"/api/v1/namespaces/{name}")
+    kube.call("DELETE", f"/api/v1/namespaces/{name}")

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from djangoscale.builders.hpa import RPS_METRIC
+from djangoscale.contract import RPS_METRIC
 from djangoscale.spec import GROUP, VERSION, crd
 from djangoscale_dev.cluster import LocalCluster
 from djangoscale_dev.cluster.api import ApiClient, ApiError

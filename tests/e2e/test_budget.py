@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from djangoscale import spec
+from djangoscale.budget import size_pool
 from djangoscale.builders import build_children
 from djangoscale.builders.deployment import build_deployment, serve_env
 from djangoscale.builders.pgbouncer import (
@@ -31,7 +32,6 @@ from djangoscale.builders.pgbouncer import (
     USERLIST_KEY,
     DatabaseCredentials,
     build_database_secret,
-    size_pool,
 )
 from tests.fixtures import services
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
+from djangoscale.contract import INITIAL_SCALE_FIELD_MANAGER
+from djangoscale.k8s import ApiError
 from tests.e2e.helpers import (
     API,
     OperatorProcess,
@@ -19,7 +20,7 @@ from tests.e2e.helpers import (
     secret,
     start_operator,
 )
-from tests.fixtures.invalid_specs import INVALID_FIELDS
+from tests.fixtures.invalid_specs import INVALID_FIELDS, UNKNOWN_FIELDS
 from tests.fixtures.polling import wait_for
 from tests.tools.chart_install import operator_kubeconfig
 
@@ -90,7 +91,7 @@ def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace
     ],
 )
 def test_admission_refuses_bad_specs_naming_the_field(kube, namespace, spec, message):
-    with pytest.raises(ApiException) as raised:
+    with pytest.raises(ApiError) as raised:
         kube.apply(djangoservice(namespace, **spec))
     assert raised.value.status == 422
     assert message in json.loads(raised.value.body)["message"]
@@ -109,10 +110,10 @@ def test_the_api_server_refuses_every_invalid_spec_naming_the_field(
 ):
     body = djangoservice(namespace)
     body["spec"] = {"image": "shop:1", "wsgiApp": "shop.wsgi:application", **fields}
-    with pytest.raises(ApiException) as raised:
-        kube._call(
+    with pytest.raises(ApiError) as raised:
+        kube.call(
             "POST", f"/apis/{API}/namespaces/{namespace}/djangoservices", body=body,
-            query_params=[("fieldValidation", "Strict")],
+            query=[("fieldValidation", "Strict")],
         )
     assert raised.value.status == 422
     message = json.loads(raised.value.body)["message"]
@@ -120,28 +121,28 @@ def test_the_api_server_refuses_every_invalid_spec_naming_the_field(
     assert field in message or field.replace("[0]", "[]") in message, message
 
 
-def test_unknown_fields_are_refused_with_strict_validation(kube, namespace):
+@pytest.mark.parametrize(("fields", "path"), UNKNOWN_FIELDS)
+def test_unknown_fields_are_refused_with_strict_validation(kube, namespace, fields, path):
     body = djangoservice(namespace)
-    body["spec"]["server"]["thread"] = 10
-    with pytest.raises(ApiException) as raised:
-        kube._call(
+    body["spec"] = {"image": "shop:1", "wsgiApp": "shop.wsgi:application", **fields}
+    with pytest.raises(ApiError) as raised:
+        kube.call(
             "POST", f"/apis/{API}/namespaces/{namespace}/djangoservices", body=body,
-            query_params=[("fieldValidation", "Strict")],
+            query=[("fieldValidation", "Strict")],
         )
-    assert 'unknown field "spec.server.thread"' in json.loads(raised.value.body)["message"]
+    assert f'unknown field "{path}"' in json.loads(raised.value.body)["message"]
 
 
 def test_pods_are_admitted_in_a_restricted_namespace(kube, operator, namespace):
-    kube._call(
+    kube.call(
         "PATCH", f"/api/v1/namespaces/{namespace}",
         body={"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
-        header_params={"Content-Type": "application/merge-patch+json",
-                       "Accept": "application/json"},
+        content_type="application/merge-patch+json",
     )
     kube.apply(secret(namespace))
     kube.apply(djangoservice(namespace))
     wait_for("Ready under the restricted Pod Security Standard", lambda: ready(kube, namespace))
-    pods = kube._call("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+    pods = kube.call("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
     assert len(pods) >= 2 and all(p["status"]["phase"] == "Running" for p in pods)
 
 
@@ -174,10 +175,7 @@ def test_missing_secret_is_a_condition_and_an_event_then_recovers(kube, operator
     events = wait_for(
         "a Warning event",
         lambda: [
-            e for e in kube._call(
-                "GET", f"/api/v1/namespaces/{namespace}/events",
-                header_params={"Accept": "application/json"},
-            )["items"]
+            e for e in kube.call("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
             if e["type"] == "Warning" and e["reason"] == "DatabaseSecretNotFound"
         ],
     )
@@ -201,9 +199,9 @@ def test_changes_roll_out_and_secret_rotation_rolls_pods(kube, operator, namespa
         return next((e.get("value") for e in app["env"] if e["name"] == name), None)
 
     def replicasets() -> set[str]:
-        items = kube._call(
+        items = kube.call(
             "GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets",
-            query_params=[("labelSelector", "app.kubernetes.io/instance=shop")],
+            query=[("labelSelector", "app.kubernetes.io/instance=shop")],
         )["items"]
         return {item["metadata"]["name"] for item in items}
 
@@ -234,15 +232,13 @@ def test_deleted_child_is_recreated_and_deleting_the_owner_collects_all(kube, op
     kube.apply(djangoservice(namespace))
     wait_for("Ready", lambda: ready(kube, namespace))
     uid = kube.get("v1", "Service", namespace, "shop")["metadata"]["uid"]
-    kube._call("DELETE", f"/api/v1/namespaces/{namespace}/services/shop",
-               header_params={"Accept": "application/json"})
+    kube.call("DELETE", f"/api/v1/namespaces/{namespace}/services/shop")
     wait_for(
         "the Service to come back",
         lambda: (s := kube.get("v1", "Service", namespace, "shop")) and s["metadata"]["uid"] != uid,
     )
 
-    kube._call("DELETE", f"/apis/{API}/namespaces/{namespace}/djangoservices/shop",
-               header_params={"Accept": "application/json"})
+    kube.call("DELETE", f"/apis/{API}/namespaces/{namespace}/djangoservices/shop")
     wait_for(
         "garbage collection of every child",
         lambda: all(
@@ -258,15 +254,7 @@ def test_deleted_child_is_recreated_and_deleting_the_owner_collects_all(kube, op
 
 def gitops_apply(kube: Any, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
     """Server-side apply under a GitOps tool's own field manager (as Argo CD or Flux do)."""
-    query = [("fieldManager", "gitops"), ("force", "true")]
-    if dry_run:
-        query.append(("dryRun", "All"))
-    result: dict[str, Any] = kube._call(
-        "PATCH", f"/apis/{API}/namespaces/{body['metadata']['namespace']}/djangoservices/shop",
-        body=body, query_params=query,
-        header_params={"Content-Type": "application/apply-patch+yaml",
-                       "Accept": "application/json"},
-    )
+    result: dict[str, Any] = kube.apply(body, field_manager="gitops", dry_run=dry_run)
     return result
 
 
@@ -303,7 +291,7 @@ def test_no_drift_and_no_fight_with_the_hpa(kube, operator, namespace):
 
     # Replicas belong to the HPA (here set through the scale subresource, as the HPA does):
     # the operator's resyncs leave them alone.
-    kube.scale(namespace, "shop", 4)
+    kube.scale("apps/v1", "Deployment", namespace, "shop", 4, INITIAL_SCALE_FIELD_MANAGER)
     assert operator.wait_for_resyncs(2) >= 2
     deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
     # (The local cluster's HPA scale-down window is 30 s, longer than two 3 s resyncs.)
@@ -325,14 +313,12 @@ def test_hand_edits_of_owned_fields_are_put_back(kube, operator, namespace):
         return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
     owned = args()
-    kube._call(
+    kube.call(
         "PATCH",
         f"/apis/apps/v1/namespaces/{namespace}/deployments/shop",
         body=[{"op": "replace", "path": "/spec/template/spec/containers/0/args",
                "value": ["sleep", "infinity"]}],
-        query_params=[("fieldManager", "kubectl-edit")],
-        header_params={"Content-Type": "application/json-patch+json",
-                       "Accept": "application/json"},
+        query=[("fieldManager", "kubectl-edit")], content_type="application/json-patch+json",
     )
     wait_for("the operator to put its args back", lambda: args() == owned, timeout=30)
 

@@ -28,7 +28,7 @@ def create_services(kube: Any, namespace: str, count: int) -> list[str]:
 
 def ready_names(kube: Any, namespace: str) -> set[str]:
     """DjangoServices Ready at their current generation, with one list call."""
-    items = kube._call("GET", f"/apis/{API}/namespaces/{namespace}/djangoservices")["items"]
+    items = kube.call("GET", f"/apis/{API}/namespaces/{namespace}/djangoservices")["items"]
     found = set()
     for item in items:
         status = item.get("status") or {}
@@ -41,7 +41,7 @@ def ready_names(kube: Any, namespace: str) -> set[str]:
 
 def owned_counts(kube: Any, namespace: str, plural: str, group: str = "apps/v1") -> dict:
     prefix = "/api/v1" if group == "v1" else f"/apis/{group}"
-    items = kube._call("GET", f"{prefix}/namespaces/{namespace}/{plural}")["items"]
+    items = kube.call("GET", f"{prefix}/namespaces/{namespace}/{plural}")["items"]
     counts: dict[str, int] = {}
     for item in items:
         owners = item["metadata"].get("ownerReferences") or []
@@ -88,5 +88,5 @@ def test_a_hundred_djangoservices_all_become_ready(kube, cluster, namespace, tmp
         wait_for("all 100 Ready", lambda: ready_names(kube, namespace) == set(names),
                  timeout=480)
     print(f"\n100 DjangoServices Ready in {time.monotonic() - started:.1f} s")
-    live = kube._call("GET", f"/apis/{API}/namespaces/{namespace}/djangoservices")["items"]
+    live = kube.call("GET", f"/apis/{API}/namespaces/{namespace}/djangoservices")["items"]
     assert len(live) == 100

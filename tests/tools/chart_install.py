@@ -8,98 +8,47 @@ Any e2e test can run the operator with exactly the chart's RBAC:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import install_manifests
 import yaml
-from kubernetes import config
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
+from djangoscale.contract import API_VERSION
+from djangoscale.k8s import KubernetesApi, object_path
 from tests.fixtures.polling import wait_for
 
 NAMESPACE = install_manifests.NAMESPACE
 SERVICE_ACCOUNT = install_manifests.RELEASE  # the chart's fullname for release "djangoscale"
 FIELD_MANAGER = "djangoscale-e2e-install"
-API = "djangoscale.io/v1alpha1"
-
-# kind -> (URL prefix, plural, namespaced) for every kind the chart renders.
-KINDS = {
-    "Namespace": ("/api/v1", "namespaces", False),
-    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
-    "Secret": ("/api/v1", "secrets", True),
-    "Service": ("/api/v1", "services", True),
-    "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions",
-                                 False),
-    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
-    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
-    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
-    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
-    "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
-    "Deployment": ("/apis/apps/v1", "deployments", True),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
-    "APIService": ("/apis/apiregistration.k8s.io/v1", "apiservices", False),
-    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
-    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
-    "DjangoService": (f"/apis/{API}", "djangoservices", True),
-}
-
-
+API = API_VERSION
 
 
 class Api:
-    """Raw REST calls with one kubeconfig's credentials (admin, or the operator's token)."""
+    """The operator's API layer with one kubeconfig's credentials (admin, or the operator's
+    token), addressed by kind alone (every kind the chart renders is in its table)."""
 
     def __init__(self, kubeconfig: Path):
-        self.client: ApiClient = config.new_client_from_config(config_file=str(kubeconfig))
+        self.api = KubernetesApi(str(kubeconfig))
 
     def call(self, method: str, path: str, body: Any = None, query: list | None = None,
              content_type: str = "application/json") -> Any:
-        method, url, headers, body, _ = self.client.param_serialize(
-            method=method, resource_path=path, query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"],
-        )
-        response = self.client.call_api(method, url, header_params=headers, body=body,
-                                        _request_timeout=30)
-        response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
-        return json.loads(response.data) if response.data else None
+        return self.api.call(method, path, body=body, query=query, content_type=content_type)
 
     def path(self, obj: dict[str, Any], name: str | None = None) -> str:
-        prefix, plural, namespaced = KINDS[obj["kind"]]
-        namespace = obj["metadata"].get("namespace")
-        base = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced else f"{prefix}/{plural}"
-        return f"{base}/{name or obj['metadata']['name']}"
+        metadata = obj["metadata"]
+        return object_path(obj.get("apiVersion"), obj["kind"], metadata.get("namespace"),
+                           name or metadata["name"])
 
     def apply(self, obj: dict[str, Any], dry_run: bool = False) -> Any:
         """Server-side apply as `kubectl apply --server-side` does, rejecting unknown fields."""
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true"),
-                 ("fieldValidation", "Strict")]
-        if dry_run:
-            query.append(("dryRun", "All"))
-        return self.call("PATCH", self.path(obj), body=obj, query=query,
-                         content_type="application/apply-patch+yaml")
+        return self.api.apply(obj, field_manager=FIELD_MANAGER, strict=True, dry_run=dry_run)
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        obj = {"kind": kind, "metadata": {"name": name, "namespace": namespace}}
-        try:
-            return self.call("GET", self.path(obj))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return self.api.get(None, kind, namespace, name)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        obj = {"kind": kind, "metadata": {"name": name, "namespace": namespace}}
-        try:
-            self.call("DELETE", self.path(obj))
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        self.api.delete(None, kind, namespace, name)
 
     def can(self, verb: str, resource: str, namespace: str = "", group: str = "",
             name: str = "", subresource: str = "") -> bool:

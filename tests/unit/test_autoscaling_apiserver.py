@@ -30,7 +30,7 @@ from djangoscale.autoscaling.apiserver import (
     start_server,
     write_serving_cert,
 )
-from djangoscale.builders.hpa import RPS_METRIC
+from djangoscale.contract import RPS_METRIC
 
 NOW = datetime.datetime.now(datetime.UTC)
 LABELS = {"app.kubernetes.io/name": "django", "app.kubernetes.io/instance": "shop",

@@ -7,9 +7,10 @@ import copy
 import json
 
 from djangoscale import spec
+from djangoscale.budget import size_pool
 from djangoscale.builders import build_children
 from djangoscale.builders.deployment import CHECKSUM_ANNOTATION
-from djangoscale.builders.pgbouncer import DatabaseCredentials, size_pool
+from djangoscale.builders.pgbouncer import DatabaseCredentials
 
 SHOP = {
     "apiVersion": "djangoscale.io/v1alpha1",
@@ -187,7 +188,7 @@ def test_django_pool_mode_refuses_a_budget_below_one_per_process():
 
 
 def test_conditions_keep_one_order_whoever_writes_them():
-    from djangoscale.controller.conditions import Condition, merge_conditions
+    from djangoscale.conditions import Condition, merge_conditions
 
     theirs = merge_conditions([], [Condition("MetricsAvailable", "True", "Scraped", "ok")], 1, "t0")
     ours = merge_conditions(theirs, [Condition("Ready", "True", "Available", "2/2")], 1, "t1")
@@ -207,7 +208,7 @@ def test_pgbouncer_takes_the_clients_of_the_busiest_pod_web_or_worker():
 
 
 def test_kstatus_reads_reconciling_and_stalled_mirroring_ours():
-    from djangoscale.controller.conditions import failed
+    from djangoscale.conditions import failed
 
     by_type = {c.type: c for c in failed("InvalidSpec", "spec.port: must be >= 1")}
     assert by_type["Stalled"].status == by_type["Degraded"].status == "True"

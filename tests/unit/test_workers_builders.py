@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 
 from djangoscale import spec
+from djangoscale.budget import size_pool
 from djangoscale.builders import build_children
-from djangoscale.builders.pgbouncer import DatabaseCredentials, size_pool
-from djangoscale.builders.workers import (
-    QUEUE_LENGTH_METRIC,
-    WORKER_GRACE_SECONDS,
-    gevent_warning,
-)
+from djangoscale.builders.pgbouncer import DatabaseCredentials
+from djangoscale.builders.workers import WORKER_GRACE_SECONDS
+from djangoscale.conditions import gevent_warning
+from djangoscale.contract import QUEUE_LENGTH_METRIC
 
 SHOP = {
     "apiVersion": "djangoscale.io/v1alpha1",
@@ -170,7 +169,7 @@ def test_gevent_warning_only_for_an_opted_in_group():
 
 
 def test_gevent_condition_in_status_only_with_worker_groups():
-    from djangoscale.controller.status import worker_conditions
+    from djangoscale.conditions import worker_conditions
 
     (threads,) = worker_conditions(spec.parse(SHOP))
     assert (threads.type, threads.status, threads.reason) == ("GeventWorkers", "False",
@@ -205,7 +204,7 @@ def test_without_autoscaling_worker_groups_hold_min_replicas_and_get_no_hpa():
 
 
 def test_ready_waits_for_every_worker_deployment():
-    from djangoscale.controller.status import rollout_conditions
+    from djangoscale.conditions import rollout_conditions
 
     def deployment(desired: int, available: int) -> dict:
         return {"metadata": {"generation": 1}, "spec": {"replicas": desired},

@@ -5,5 +5,4 @@ the HPA as `custom.metrics.k8s.io/v1beta2`, so no Prometheus or prometheus-adapt
 - `collector`: scraping the pods' `metrics` port (or querying Prometheus) and the status to write.
 - `apiserver`: the HTTPS server the API aggregation layer proxies to.
 - `handlers`: kopf glue (pod index, one collecting daemon per DjangoService, server lifecycle).
-- `registration`: the APIService for the local cluster (`djangoscale dev`, e2e tests).
 """

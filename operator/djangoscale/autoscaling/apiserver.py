@@ -22,7 +22,7 @@ import re
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,16 @@ from typing import Any
 from aiohttp import web
 
 from djangoscale.autoscaling.windows import quantity
-from djangoscale.builders.hpa import RPS_METRIC
+from djangoscale.contract import RPS_METRIC
 
 GROUP = "custom.metrics.k8s.io"
 VERSION = "v1beta2"
 GROUP_VERSION = f"{GROUP}/{VERSION}"
 REQUESTHEADER_CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
+# A generated serving cert lasts a year (the operator makes a new one at every start) and is
+# valid from a few minutes back, so a client whose clock lags a little accepts it.
+GENERATED_CERT_DAYS = 365
+CLOCK_SKEW_MINUTES = 5
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,6 @@ class MetricsStore:
             if ns == namespace:
                 for value in values:
                     yield value, self.updated[(ns, service)]
-
-
-# Pod metrics served beside RPS, by name: another collector (the Celery queue length,
-# `djangoscale.celery.handlers`) keeps its per-pod values in a store of its own and adds it here.
-EXTRA_POD_METRICS: dict[str, MetricsStore] = {}
 
 
 # -- label selectors (the HPA sends its target's selector in this string form) ---------------
@@ -136,7 +135,7 @@ def parse_selector(selector: str) -> Callable[[Labels], bool]:
 
 # -- documents ----------------------------------------------------------------------------------
 
-def resource_list() -> dict[str, Any]:
+def resource_list(extra_metrics: Iterable[str] = ()) -> dict[str, Any]:
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -147,7 +146,7 @@ def resource_list() -> dict[str, Any]:
             "namespaced": True,
             "kind": "MetricValueList",
             "verbs": ["get"],
-        } for metric in [RPS_METRIC, *EXTRA_POD_METRICS]],
+        } for metric in [RPS_METRIC, *extra_metrics]],
     }
 
 
@@ -187,9 +186,13 @@ def client_common_name(request: web.Request) -> str | None:
 
 
 def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
-              ready_max_age: float = 10.0) -> web.Application:
-    """`ready_max_age`: /readyz fails unless a collector ran this recently (see `readyz`)."""
+              ready_max_age: float = 10.0,
+              extra: Mapping[str, MetricsStore] | None = None) -> web.Application:
+    """`store` holds RPS; `extra` the pod metrics served beside it, by name (the Celery queue
+    length keeps its per-pod values in a store of its own). `ready_max_age`: /readyz fails
+    unless a collector ran this recently (see `readyz`)."""
     allowed = set(allowed_names)
+    extra = dict(extra or {})
 
     @web.middleware
     async def front_proxy_only(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -213,7 +216,7 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
                                              "DjangoService)")
 
     async def discovery(_: web.Request) -> web.Response:
-        return web.json_response(resource_list())
+        return web.json_response(resource_list(extra))
 
     async def group(_: web.Request) -> web.Response:
         return web.json_response(api_group())
@@ -221,7 +224,7 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
     async def pod_metric(request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
         pod, metric = request.match_info["pod"], request.match_info["metric"]
-        source = store if metric == RPS_METRIC else EXTRA_POD_METRICS.get(metric)
+        source = store if metric == RPS_METRIC else extra.get(metric)
         if source is None:
             return status_error(404, "NotFound", f"metric {metric} is not served here")
         try:
@@ -286,7 +289,7 @@ class ServingCert:
 
 
 def generate_serving_cert(dns_names: tuple[str, ...], ip_addresses: tuple[str, ...] = (),
-                          days: int = 365) -> ServingCert:
+                          days: int = GENERATED_CERT_DAYS) -> ServingCert:
     """A throwaway CA and a serving cert it signs, for when no cert files are given."""
     import ipaddress
 
@@ -295,7 +298,7 @@ def generate_serving_cert(dns_names: tuple[str, ...], ip_addresses: tuple[str, .
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=CLOCK_SKEW_MINUTES)
     until = now + datetime.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "djangoscale-metrics-ca")])

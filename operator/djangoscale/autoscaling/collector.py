@@ -29,14 +29,19 @@ from djangoscale.autoscaling.windows import (
     decide,
     format_rps,
 )
-from djangoscale.controller.conditions import Condition, find, merge_conditions, now_rfc3339
+from djangoscale.conditions import (
+    METRICS_AVAILABLE,
+    Condition,
+    find,
+    merge_conditions,
+    now_rfc3339,
+)
+from djangoscale.contract import METRICS_PATH, REQUESTS_COUNTER
 from djangoscale.spec import DjangoService
 
 logger = logging.getLogger(__name__)
 
-REQUESTS_COUNTER = "djangoscale_requests_total"
-METRICS_PATH = "/metrics"
-CONDITION_TYPE = "MetricsAvailable"
+
 
 
 @dataclass(frozen=True)
@@ -180,19 +185,19 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
 def metrics_condition(reading: Reading) -> Condition:
     """True when every ready pod answered; False says which did not and that values hold."""
     if reading.source == "prometheus" and reading.failed:
-        return Condition(CONDITION_TYPE, "False", "PrometheusUnavailable",
+        return Condition(METRICS_AVAILABLE, "False", "PrometheusUnavailable",
                          "the Prometheus query failed; holding the last known values")
     if reading.pods == 0:
-        return Condition(CONDITION_TYPE, "False", "NoReadyPods", "no ready pod to read")
+        return Condition(METRICS_AVAILABLE, "False", "NoReadyPods", "no ready pod to read")
     if reading.failed:
         names = ", ".join(reading.failed[:5]) + (" ..." if len(reading.failed) > 5 else "")
         return Condition(
-            CONDITION_TYPE, "False", "ScrapeFailed",
+            METRICS_AVAILABLE, "False", "ScrapeFailed",
             f"{len(reading.failed)} of {reading.pods} pods did not answer ({names}); "
             "holding their last known values",
         )
     origin = "Prometheus" if reading.source == "prometheus" else "the pods' metrics port"
-    return Condition(CONDITION_TYPE, "True", "Collected", f"read from {origin}")
+    return Condition(METRICS_AVAILABLE, "True", "Collected", f"read from {origin}")
 
 
 def rps_status(reading: Reading) -> dict[str, str]:
@@ -209,7 +214,7 @@ def status_patch(body: dict[str, Any], reading: Reading) -> dict[str, Any] | Non
     rps = rps_status(reading)
     condition = metrics_condition(reading)
     previous = status.get("conditions") or []
-    live = find(previous, CONDITION_TYPE) or {}
+    live = find(previous, METRICS_AVAILABLE) or {}
     same_condition = (live.get("status"), live.get("reason"), live.get("message")) == (
         condition.status, condition.reason, condition.message)
     if status.get("rps") == rps and same_condition:

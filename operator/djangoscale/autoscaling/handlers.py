@@ -11,17 +11,11 @@ import asyncio
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from djangoscale import spec
-
-# A module reference, not names: `controller/__init__` (the kopf entry module) imports this
-# module, and `collector` imports `djangoscale.controller.conditions`, so importing
-# `collector` first runs this module while `collector` is still half-initialized.
-from djangoscale.autoscaling import collector, options
+from djangoscale.autoscaling import collector
 from djangoscale.autoscaling.apiserver import (
     REQUESTHEADER_CONFIGMAP,
-    MetricsStore,
     PodValue,
     build_app,
     generate_serving_cert,
@@ -31,25 +25,25 @@ from djangoscale.autoscaling.apiserver import (
     write_serving_cert,
 )
 from djangoscale.autoscaling.windows import ServiceWindows
-from djangoscale.builders.labels import (
+from djangoscale.context import context_of
+from djangoscale.contract import (
+    API_VERSION,
     COMPONENT_LABEL,
     INSTANCE_LABEL,
+    KIND,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    WEB_COMPONENT,
 )
-from djangoscale.controller import kube
+from djangoscale.k8s import Api, ApiError
 
 RESOURCE = (spec.GROUP, spec.VERSION, spec.PLURAL)
-STORE = MetricsStore()
-_state: dict[str, Any] = {}
-
-
-def _scraper() -> collector.Scraper:
-    if "scraper" not in _state:
-        opts = options.OPTIONS
-        _state["scraper"] = collector.Scraper(opts.scrape_concurrency, opts.scrape_timeout)
-    scraper: collector.Scraper = _state["scraper"]
-    return scraper
+# Seconds kopf waits for a collecting daemon to finish its round once asked to stop.
+DAEMON_CANCELLATION_SECONDS = 5.0
+# /readyz stays up through this many missed collection rounds (a slow API), at least
+# READY_MIN_AGE_SECONDS, so one slow round does not flap the APIService's endpoints.
+READY_MISSED_ROUNDS = 5
+READY_MIN_AGE_SECONDS = 10.0
 
 
 def pod_ready(status: dict[str, Any], meta: dict[str, Any]) -> bool:
@@ -59,7 +53,8 @@ def pod_ready(status: dict[str, Any], meta: dict[str, Any]) -> bool:
                for c in status.get("conditions") or [])
 
 
-@kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: "web"})
+@kopf.index("", "v1", "pods",
+            labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: WEB_COMPONENT})
 def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
              meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], collector.PodTarget] | None:
     instance = labels.get(INSTANCE_LABEL)
@@ -74,100 +69,95 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
     return {(namespace, instance): target}
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+@kopf.daemon(*RESOURCE, cancellation_timeout=DAEMON_CANCELLATION_SECONDS)
 async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
-                      stopped: kopf.DaemonStopped, logger: kopf.Logger, **kwargs: Any) -> None:
+                      stopped: kopf.DaemonStopped, logger: kopf.Logger, memo: object,
+                      **kwargs: Any) -> None:
     """Every few seconds: read the pods, publish per-pod values, write status if it changed."""
     rps_pods: kopf.Index[tuple[str, str], collector.PodTarget] = kwargs["rps_pods"]
     namespace = namespace or "default"
-    opts = options.OPTIONS
-    windows = ServiceWindows(opts.stable_window, opts.panic_window)
-    STORE.window_seconds = int(opts.stable_window)
+    context = context_of(memo)
+    settings, store = context.settings, context.rps
+    windows = ServiceWindows(settings.stable_window, settings.panic_window)
     try:
         while not stopped:
-            STORE.beat()
+            store.beat()
             try:
                 ds = spec.parse(dict(body))
             except spec.SpecError:
                 ds = None  # the reconciler reports it; nothing to scale
             if ds is None or not ds.autoscaling.enabled:
-                STORE.drop(namespace, name)
-                await asyncio.sleep(opts.scrape_interval)
+                store.drop(namespace, name)
+                await asyncio.sleep(settings.scrape_interval)
                 continue
             pods = list(rps_pods.get((namespace, name), []))
-            reading = await collector.collect(ds, pods, windows, _scraper(),
-                                              panic_threshold=opts.panic_threshold)
+            reading = await collector.collect(ds, pods, windows, context.scraper,
+                                              panic_threshold=settings.panic_threshold)
             labels = {pod.name: pod.label_dict for pod in pods}
-            STORE.put(namespace, name, [
+            store.put(namespace, name, [
                 PodValue(pod, labels.get(pod, {}), value)
                 for pod, value in reading.decision.per_pod.items()
             ])
             patch = collector.status_patch(dict(body), reading)
             if patch is not None:
                 try:
-                    await asyncio.to_thread(kube.patch_status, namespace, name, patch)
-                except ApiException as error:
+                    await asyncio.to_thread(context.api.patch_status, API_VERSION, KIND,
+                                            namespace, name, patch)
+                except ApiError as error:
                     logger.warning("could not write RPS status: %s %s", error.status,
                                    error.reason)
             # A sleep, not `stopped.wait(...)`: that one runs its timeout in a task of its own,
             # which, still pending when the operator exits, kopf collects and re-raises: a
             # TimeoutError traceback and exit code 1 on SIGTERM. `while not stopped` ends it.
-            await asyncio.sleep(opts.scrape_interval)
+            await asyncio.sleep(settings.scrape_interval)
     finally:
-        STORE.drop(namespace, name)
+        store.drop(namespace, name)
 
 
-def read_requestheader_configmap() -> dict[str, Any]:
-    from kubernetes import client
-
-    api = kube.api_client()
+def read_requestheader_configmap(api: Api) -> dict[str, Any]:
     namespace, name = REQUESTHEADER_CONFIGMAP
-    configmap = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
-    result: dict[str, Any] = api.sanitize_for_serialization(configmap)  # type: ignore[no-untyped-call]
-    return result
+    configmap = api.get("v1", "ConfigMap", namespace, name)
+    if configmap is None:
+        raise ValueError("the ConfigMap does not exist")
+    return configmap
 
 
 @kopf.on.startup()
-async def start_metrics_api(logger: kopf.Logger, **_: Any) -> None:
-    opts = options.OPTIONS
-    if opts.port < 0:
+async def start_metrics_api(logger: kopf.Logger, memo: object, **_: Any) -> None:
+    context = context_of(memo)
+    settings = context.settings
+    bind = settings.bind or "0.0.0.0"
+    if settings.port < 0:
         logger.info("custom.metrics.k8s.io server disabled")
         return
     try:
-        configmap = await asyncio.to_thread(read_requestheader_configmap)
+        configmap = await asyncio.to_thread(read_requestheader_configmap, context.api)
         client_ca, allowed_names = requestheader_settings(configmap)
-    except (ApiException, ValueError) as error:
+    except (ApiError, ValueError) as error:
         # The reconciler is still useful without the metrics API: say why and go on.
         logger.error("not serving custom.metrics.k8s.io: cannot read %s/%s: %s",
                      *REQUESTHEADER_CONFIGMAP, getattr(error, "reason", error))
         return
-    if opts.cert_file and opts.key_file:
-        cert_file, key_file = opts.cert_file, opts.key_file
+    if settings.cert_file and settings.key_file:
+        cert_file, key_file = settings.cert_file, settings.key_file
     else:
-        generated = generate_serving_cert(opts.cert_dns_names)
+        generated = generate_serving_cert(settings.cert_dns_names)
         cert_file, key_file = write_serving_cert(generated)
         logger.info("serving with a generated certificate (APIService needs "
                     "insecureSkipTLSVerify, or give --metrics-api-cert-file/--key-file)")
-    context = server_ssl_context(cert_file, key_file, client_ca)
+    tls = server_ssl_context(cert_file, key_file, client_ca)
     # Ready while collectors run; a few missed rounds (a slow API) do not flap it.
-    app = build_app(STORE, allowed_names, ready_max_age=max(10.0, 5 * opts.scrape_interval))
+    ready_max_age = max(READY_MIN_AGE_SECONDS, READY_MISSED_ROUNDS * settings.scrape_interval)
+    app = build_app(context.rps, allowed_names, ready_max_age=ready_max_age,
+                    extra=context.extra_pod_metrics)
     try:
-        runner, port = await start_server(app, context, opts.bind, opts.port)
+        runner, port = await start_server(app, tls, bind, settings.port)
     except OSError as error:
         # Not fatal for reconciling, and kopf would retry a failed startup handler forever.
-        logger.error("not serving custom.metrics.k8s.io on %s:%d: %s", opts.bind, opts.port,
+        logger.error("not serving custom.metrics.k8s.io on %s:%d: %s", bind, settings.port,
                      error)
         return
-    _state["runner"] = runner
+    # On the operator's own memo, before kopf copies it for any object.
+    context.metrics_server = runner
     logger.info("serving custom.metrics.k8s.io/v1beta2 on https://%s:%d (clients: %s)",
-                opts.bind, port, ", ".join(allowed_names) or "any front-proxy cert")
-
-
-@kopf.on.cleanup()
-async def stop_metrics_api(**_: Any) -> None:
-    runner = _state.pop("runner", None)
-    if runner is not None:
-        await runner.cleanup()
-    scraper = _state.pop("scraper", None)
-    if scraper is not None:
-        await scraper.close()
+                bind, port, ", ".join(allowed_names) or "any front-proxy cert")

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from djangoscale.budget import ROLLOUT_SURGE, size_pool
 from djangoscale.builders import pgbouncer
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
-from djangoscale.spec import ROLLOUT_SURGE, DjangoService
+from djangoscale.contract import (
+    GREENLET_SERVER,
+    MULTIPROC_DIR_ENV,
+    MULTIPROC_DIR_IN_POD,
+    SERVE_ENV,
+)
+from djangoscale.spec import DjangoService
 
 CHECKSUM_ANNOTATION = "djangoscale.io/config-checksum"
 # Seconds between the pod leaving the endpoints and SIGTERM: load balancers stop sending first.
@@ -20,6 +27,27 @@ PRE_STOP_SLEEP = 5
 # between transactions such a client connection holds no server connection, and keeping it
 # saves a connect and a SCRAM exchange per request (docs/benchmarks.md: ~2.7x on a DB view).
 PERSISTENT_CONN_MAX_AGE = 60
+# Readiness: a pod leaves the Service after two failed checks 5 s apart (10 s), quickly
+# enough to stop sending requests to a stuck pod, slowly enough to ride out one slow answer.
+READINESS_PERIOD_SECONDS = 5
+READINESS_FAILURES = 2
+# Liveness: restarted only after a minute of failures (6 x 10 s), longer than any request
+# the default timeout allows, so a busy pod is never killed for being busy.
+LIVENESS_PERIOD_SECONDS = 10
+LIVENESS_FAILURES = 6
+# pgbouncer starts in well under a second; the app container waits for it up to 30 s.
+PGBOUNCER_STARTUP_PERIOD_SECONDS = 1
+PGBOUNCER_STARTUP_FAILURES = 30
+# What the sidecar needs at rest: pgbouncer is single-threaded and keeps little memory per
+# connection. Requests, no limits: a burst may use more.
+PGBOUNCER_REQUESTS = {"cpu": "50m", "memory": "32Mi"}
+# Beyond the request timeout and the preStop sleep: time for the server to close its
+# sockets and the launcher to flush metrics before SIGKILL.
+SHUTDOWN_MARGIN_SECONDS = 10
+# Owner read-only, group read-only (the fsGroup), nobody else: the files hold credentials.
+SECRET_FILE_MODE = 0o440
+# Old ReplicaSets kept for `kubectl rollout undo`.
+REVISION_HISTORY = 5
 
 
 def restricted_container_security() -> dict[str, Any]:
@@ -35,18 +63,18 @@ def restricted_container_security() -> dict[str, Any]:
 def serve_env(ds: DjangoService) -> list[dict[str, Any]]:
     """The launcher reads its flags from these (see `djangoscale serve --help`)."""
     server = ds.server
-    values = {
-        "DJANGOSCALE_SERVER": server.type,
-        "DJANGOSCALE_WORKERS": server.workers,
-        "DJANGOSCALE_THREADS": server.threads,
-        "DJANGOSCALE_MAX_THREADS": server.max_threads,
-        "DJANGOSCALE_QUEUE_SIZE": server.queue_size,
-        "DJANGOSCALE_TIMEOUT": server.timeout_seconds,
-        "DJANGOSCALE_BIND": f"0.0.0.0:{ds.port}",
-        "DJANGOSCALE_METRICS_BIND": f"0.0.0.0:{ds.metrics_port}",
-        "PROMETHEUS_MULTIPROC_DIR": "/tmp/djangoscale-metrics",
+    settings = {
+        "server": server.type,
+        "workers": server.workers,
+        "threads": server.threads,
+        "max_threads": server.max_threads,
+        "queue_size": server.queue_size,
+        "timeout": server.timeout_seconds,
+        "bind": f"0.0.0.0:{ds.port}",
+        "metrics_bind": f"0.0.0.0:{ds.metrics_port}",
     }
-    return [{"name": name, "value": str(value)} for name, value in values.items()]
+    env = [{"name": SERVE_ENV[key], "value": str(value)} for key, value in settings.items()]
+    return env + [{"name": MULTIPROC_DIR_ENV, "value": MULTIPROC_DIR_IN_POD}]
 
 
 def conn_max_age(ds: DjangoService, greenlets: bool) -> int:
@@ -82,7 +110,7 @@ def database_env(
         env.append(
             {
                 "name": "DATABASE_POOL_MAX_SIZE",
-                "value": str(pgbouncer.size_pool(ds).pool_size_per_process),
+                "value": str(size_pool(ds).pool_size_per_process),
             }
         )
     env.append({"name": "DATABASE_CONN_MAX_AGE", "value": str(max_age)})
@@ -105,7 +133,7 @@ def with_user_env(ds: DjangoService, env: list[dict[str, Any]]) -> list[dict[str
 def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dict[str, Any]:
     env = serve_env(ds)
     if secret is not None:
-        greenlets = ds.server.type == "gunicorn-gevent"
+        greenlets = ds.server.type == GREENLET_SERVER
         env += database_env(ds, secret, max_age=conn_max_age(ds, greenlets))
     env = with_user_env(ds, env)
     container: dict[str, Any] = {
@@ -120,13 +148,13 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
         ],
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
+            "periodSeconds": READINESS_PERIOD_SECONDS,
+            "failureThreshold": READINESS_FAILURES,
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 6,
+            "periodSeconds": LIVENESS_PERIOD_SECONDS,
+            "failureThreshold": LIVENESS_FAILURES,
         },
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
         "securityContext": restricted_container_security(),
@@ -149,15 +177,15 @@ def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict
         "ports": [{"name": "pgbouncer", "containerPort": pgbouncer.LISTEN_PORT}],
         "startupProbe": {
             "tcpSocket": {"port": pgbouncer.LISTEN_PORT},
-            "periodSeconds": 1,
-            "failureThreshold": 30,
+            "periodSeconds": PGBOUNCER_STARTUP_PERIOD_SECONDS,
+            "failureThreshold": PGBOUNCER_STARTUP_FAILURES,
         },
         "securityContext": restricted_container_security(),
         "volumeMounts": [
             {"name": "pgbouncer-config", "mountPath": pgbouncer.CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+        "resources": {"requests": dict(PGBOUNCER_REQUESTS)},
     }
 
 
@@ -179,7 +207,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
                             {"key": pgbouncer.INI_KEY, "path": pgbouncer.INI_KEY},
                             {"key": pgbouncer.USERLIST_KEY, "path": pgbouncer.USERLIST_KEY},
                         ],
-                        "defaultMode": 0o440,
+                        "defaultMode": SECRET_FILE_MODE,
                     },
                 }
             )
@@ -188,7 +216,9 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": ds.server.timeout_seconds + PRE_STOP_SLEEP + 10,
+        "terminationGracePeriodSeconds": (
+            ds.server.timeout_seconds + PRE_STOP_SLEEP + SHUTDOWN_MARGIN_SECONDS
+        ),
         "enableServiceLinks": False,
         "containers": [build_app_container(ds, secret)],
         "volumes": volumes,
@@ -222,7 +252,7 @@ def deployment_object(
             # The pool sizing counts exactly this one surge pod against the budget.
             "rollingUpdate": {"maxSurge": ROLLOUT_SURGE, "maxUnavailable": 0},
         },
-        "revisionHistoryLimit": 5,
+        "revisionHistoryLimit": REVISION_HISTORY,
         "template": template,
     }
     # With an HPA the replicas belong to it: leaving the field out is what keeps the operator

@@ -1,8 +1,9 @@
-"""The HorizontalPodAutoscaler: requests per second per pod, served by the operator.
+"""HorizontalPodAutoscalers on a Pods metric that the operator itself serves.
 
-The metric comes from the operator's own custom.metrics.k8s.io server, so no Prometheus or
-prometheus-adapter is needed. The HPA owns the Deployment's replicas; the operator never sets
-them once the HPA exists (no fight, no GitOps drift).
+The web Deployment scales on requests per second per pod, a Celery worker group on its queue
+length per worker pod; both read the operator's own custom.metrics.k8s.io server, so no
+Prometheus or prometheus-adapter is needed. The HPA owns the Deployment's replicas; the
+operator never sets them once the HPA exists (no fight, no GitOps drift).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from djangoscale.builders.labels import child_metadata
+from djangoscale.contract import RPS_METRIC, WEB_COMPONENT
 from djangoscale.spec import DjangoService, ScalePolicy
-
-RPS_METRIC = "djangoscale_requests_per_second"
 
 
 def _rules(policy: ScalePolicy, select_policy: str) -> dict[str, Any]:
@@ -34,24 +34,30 @@ def _rules(policy: ScalePolicy, select_policy: str) -> dict[str, Any]:
     }
 
 
-def build_hpa(ds: DjangoService) -> dict[str, Any]:
+def pods_metric_hpa(
+    ds: DjangoService,
+    name: str,
+    component: str,
+    replicas: tuple[int, int],
+    metric: str,
+    target_per_pod: int,
+) -> dict[str, Any]:
+    """An HPA of the Deployment `name` on the average of `metric` over its pods."""
+    min_replicas, max_replicas = replicas
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": child_metadata(ds, ds.name),
+        "metadata": child_metadata(ds, name, component),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ds.name},
-            "minReplicas": ds.min_replicas,
-            "maxReplicas": ds.max_replicas,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
             "metrics": [
                 {
                     "type": "Pods",
                     "pods": {
-                        "metric": {"name": RPS_METRIC},
-                        "target": {
-                            "type": "AverageValue",
-                            "averageValue": str(ds.autoscaling.target_rps_per_pod),
-                        },
+                        "metric": {"name": metric},
+                        "target": {"type": "AverageValue", "averageValue": str(target_per_pod)},
                     },
                 }
             ],
@@ -63,3 +69,11 @@ def build_hpa(ds: DjangoService) -> dict[str, Any]:
             },
         },
     }
+
+
+def build_hpa(ds: DjangoService) -> dict[str, Any]:
+    """The web Deployment's HPA: requests per second per pod."""
+    return pods_metric_hpa(
+        ds, ds.name, WEB_COMPONENT, (ds.min_replicas, ds.max_replicas), RPS_METRIC,
+        ds.autoscaling.target_rps_per_pod,
+    )

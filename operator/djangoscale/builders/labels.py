@@ -4,30 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from djangoscale.spec import GROUP, KIND, VERSION, DjangoService
+from djangoscale.contract import (
+    API_VERSION,
+    APP_NAME,
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
+    KIND,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    WEB_COMPONENT,
+)
+from djangoscale.spec import DjangoService
 
-MANAGED_BY = "djangoscale"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 
-
-def selector_labels(ds: DjangoService, component: str = "web") -> dict[str, str]:
+def selector_labels(ds: DjangoService, component: str = WEB_COMPONENT) -> dict[str, str]:
     """The labels a selector matches: stable for the life of the object."""
     return {
-        "app.kubernetes.io/name": "django",
+        NAME_LABEL: APP_NAME,
         INSTANCE_LABEL: ds.name,
         COMPONENT_LABEL: component,
     }
 
 
-def common_labels(ds: DjangoService, component: str = "web") -> dict[str, str]:
+def common_labels(ds: DjangoService, component: str = WEB_COMPONENT) -> dict[str, str]:
     return {**selector_labels(ds, component), MANAGED_BY_LABEL: MANAGED_BY}
 
 
 def owner_reference(ds: DjangoService) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": KIND,
         "name": ds.name,
         "uid": ds.uid or "",
@@ -36,7 +42,7 @@ def owner_reference(ds: DjangoService) -> dict[str, Any]:
     }
 
 
-def child_metadata(ds: DjangoService, name: str, component: str = "web") -> dict[str, Any]:
+def child_metadata(ds: DjangoService, name: str, component: str = WEB_COMPONENT) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": ds.namespace,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from djangoscale.budget import size_pool
 from djangoscale.builders.labels import child_metadata
 from djangoscale.spec import DjangoService
 
@@ -25,8 +26,10 @@ CONFIG_DIR = "/etc/pgbouncer"
 INI_KEY = "pgbouncer.ini"
 USERLIST_KEY = "userlist.txt"
 DATABASE_URL_KEY = "DATABASE_URL"
-# Client connections beyond the app's concurrency: health checks, management commands.
-CLIENT_HEADROOM = 10
+# A server connection idle this long is closed (the pool refills on demand), and none lives
+# longer than an hour, so a failover or a changed password reaches every connection.
+SERVER_IDLE_TIMEOUT_SECONDS = 60
+SERVER_LIFETIME_SECONDS = 3600
 # Keys the user's database Secret must hold.
 CREDENTIAL_KEYS = ("host", "port", "dbname", "user", "password")
 # Characters pgbouncer's connection strings and our env need no quoting for.
@@ -81,46 +84,6 @@ class DatabaseCredentials:
         return cls("DB_HOST", 5432, "DB_NAME", "DB_USER", "DB_PASSWORD")
 
 
-@dataclass(frozen=True)
-class PoolSizing:
-    pool_size_per_pod: int
-    max_client_conn_per_pod: int
-    max_pods: int
-    # Django's native pool lives in each worker process; pgbouncer's is one per pod.
-    pool_size_per_process: int
-
-    @property
-    def connections_at_max(self) -> int:
-        return self.pool_size_per_pod * self.max_pods
-
-
-def pool_size_per_pod(budget: int, max_pods: int) -> int:
-    return budget // max_pods
-
-
-def size_pool(ds: DjangoService) -> PoolSizing:
-    """Per-pod pool and client limits; the spec was validated to fit the budget."""
-    assert ds.database is not None
-    # Web pods and Celery worker pods share one budget, each pod with its own pool.
-    max_pods = ds.max_pods
-    workers = ds.server.workers
-    # Worker pods run the same pgbouncer config: it must take the busiest pod's clients.
-    busiest = max([ds.server.concurrency] + [group.concurrency for group in ds.workers])
-    clients = ds.pgbouncer.max_client_conn or busiest + CLIENT_HEADROOM
-    if ds.uses_django_pool:
-        # A process never needs more connections than threads it runs.
-        per_process = min(
-            pool_size_per_pod(ds.database.pool_budget, max_pods * workers), ds.server.max_threads
-        )
-        return PoolSizing(per_process * workers, clients, max_pods, per_process)
-    if ds.pgbouncer.pool_size is not None:
-        pool = ds.pgbouncer.pool_size
-    else:
-        # A pod never needs more server connections than requests it can run at once.
-        pool = min(pool_size_per_pod(ds.database.pool_budget, max_pods), ds.server.concurrency)
-    return PoolSizing(pool, clients, max_pods, pool)
-
-
 def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:
     sizing = size_pool(ds)
     return "\n".join(
@@ -144,8 +107,8 @@ def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:
             f"max_user_connections = {sizing.pool_size_per_pod}",
             f"max_client_conn = {sizing.max_client_conn_per_pod}",
             f"query_wait_timeout = {ds.server.timeout_seconds}",
-            "server_idle_timeout = 60",
-            "server_lifetime = 3600",
+            f"server_idle_timeout = {SERVER_IDLE_TIMEOUT_SECONDS}",
+            f"server_lifetime = {SERVER_LIFETIME_SECONDS}",
             "server_reset_query = DISCARD ALL",
             # psycopg and Django send these; pgbouncer refuses unknown startup parameters.
             "ignore_startup_parameters = extra_float_digits,options",

@@ -7,6 +7,9 @@ from typing import Any
 from djangoscale.builders.labels import child_metadata, selector_labels
 from djangoscale.spec import DjangoService
 
+# Clients reach the app on the plain HTTP port; the pods' own port (spec.port) may differ.
+SERVICE_PORT = 80
+
 
 def build_service(ds: DjangoService) -> dict[str, Any]:
     return {
@@ -17,7 +20,7 @@ def build_service(ds: DjangoService) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector_labels(ds),
             "ports": [
-                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
             ],
         },
     }

@@ -1,7 +1,7 @@
 """Celery worker groups: per group a Deployment, a PodDisruptionBudget and an HPA on queue length.
 
-The story behind the defaults (PRODUCT.md, point 6): gevent workers on RabbitMQ died one after
-another under load and one worker prefetched all the tasks. So a group runs native threads
+Why these defaults: gevent workers on RabbitMQ tend to die one after another under load, and a
+worker with the default prefetch takes many more tasks than it runs. So a group runs native threads
 (`--pool threads`), reserves one message per thread (`--prefetch-multiplier 1`, `-O fair`) and
 acknowledges after the task ran (acks late), so a killed worker's task goes back to the queue.
 
@@ -22,11 +22,17 @@ from djangoscale.builders.deployment import (
     restricted_container_security,
     with_user_env,
 )
-from djangoscale.builders.hpa import _rules
-from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
+from djangoscale.builders.hpa import pods_metric_hpa
+from djangoscale.builders.labels import common_labels
+from djangoscale.builders.pdb import build_pdb
+from djangoscale.contract import (
+    CELERY_BROKER_URL_ENV,
+    QUEUE_LENGTH_METRIC,
+    WORKER_COMPONENT_PREFIX,
+    WORKER_HEALTH_BIND_ENV,
+)
 from djangoscale.spec import DjangoService, WorkerGroup
 
-QUEUE_LENGTH_METRIC = "djangoscale_celery_queue_length"
 # Keys of the user's broker Secret.
 BROKER_URL_KEY = "url"
 BROKER_MANAGEMENT_URL_KEY = "managementUrl"
@@ -36,7 +42,13 @@ WORKER_GRACE_SECONDS = 300
 # Liveness: `djangoscale worker` answers /healthz while its consumer loop ticks (a broker-free
 # stand-in for `celery inspect ping`, which starts a Python process and a broker connection).
 HEALTH_PATH = "/healthz"
-GEVENT_CONDITION = "GeventWorkers"
+# Importing Django and connecting to the broker may take a while on a cold node: up to 2 min.
+STARTUP_PERIOD_SECONDS = 2
+STARTUP_FAILURES = 60
+# A wedged consumer loop is restarted after a minute (3 x 20 s); each check may take 5 s.
+LIVENESS_PERIOD_SECONDS = 20
+LIVENESS_TIMEOUT_SECONDS = 5
+LIVENESS_FAILURES = 3
 
 
 def worker_name(ds: DjangoService, group: WorkerGroup) -> str:
@@ -44,7 +56,7 @@ def worker_name(ds: DjangoService, group: WorkerGroup) -> str:
 
 
 def worker_component(group: WorkerGroup) -> str:
-    return f"worker-{group.name}"
+    return f"{WORKER_COMPONENT_PREFIX}{group.name}"
 
 
 def worker_args(group: WorkerGroup) -> list[str]:
@@ -64,13 +76,13 @@ def worker_args(group: WorkerGroup) -> list[str]:
 def broker_env(ds: DjangoService) -> list[dict[str, Any]]:
     assert ds.broker is not None
     ref = {"secretKeyRef": {"name": ds.broker.secret_name, "key": BROKER_URL_KEY}}
-    return [{"name": "CELERY_BROKER_URL", "valueFrom": ref}]
+    return [{"name": CELERY_BROKER_URL_ENV, "valueFrom": ref}]
 
 
 def build_worker_container(
     ds: DjangoService, group: WorkerGroup, secret: dict[str, Any] | None
 ) -> dict[str, Any]:
-    env = [{"name": "DJANGOSCALE_WORKER_HEALTH_BIND", "value": f"0.0.0.0:{ds.metrics_port}"}]
+    env = [{"name": WORKER_HEALTH_BIND_ENV, "value": f"0.0.0.0:{ds.metrics_port}"}]
     env += broker_env(ds)
     if secret is not None:
         # 0: no launcher runs before a task to drop a connection a restarted pgbouncer closed,
@@ -85,10 +97,11 @@ def build_worker_container(
         "args": worker_args(group),
         "env": env,
         "ports": [{"name": "health", "containerPort": ds.metrics_port, "protocol": "TCP"}],
-        # Importing Django and connecting to the broker may take a while on a cold node.
-        "startupProbe": {**health, "periodSeconds": 2, "failureThreshold": 60},
-        "livenessProbe": {**health, "periodSeconds": 20, "timeoutSeconds": 5,
-                          "failureThreshold": 3},
+        "startupProbe": {**health, "periodSeconds": STARTUP_PERIOD_SECONDS,
+                         "failureThreshold": STARTUP_FAILURES},
+        "livenessProbe": {**health, "periodSeconds": LIVENESS_PERIOD_SECONDS,
+                          "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
+                          "failureThreshold": LIVENESS_FAILURES},
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -117,15 +130,7 @@ def build_worker_deployment(
 
 
 def build_worker_pdb(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": child_metadata(ds, worker_name(ds, group), worker_component(group)),
-        "spec": {
-            "maxUnavailable": ds.max_unavailable,
-            "selector": {"matchLabels": selector_labels(ds, worker_component(group))},
-        },
-    }
+    return build_pdb(ds, worker_name(ds, group), worker_component(group))
 
 
 def build_worker_hpa(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
@@ -134,35 +139,13 @@ def build_worker_hpa(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
     The operator serves each pod the group's total divided by its pod count, so the HPA's
     average is total / pods and it wants ceil(total / targetQueueLengthPerWorker) pods.
     """
-    name = worker_name(ds, group)
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": child_metadata(ds, name, worker_component(group)),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            # A Pods metric needs a pod to read it from: scaling to zero would need an External
-            # metric and the HPAScaleToZero feature gate, so replicas.min 0 runs one pod.
-            "minReplicas": max(1, group.min_replicas),
-            "maxReplicas": group.max_replicas,
-            "metrics": [
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": QUEUE_LENGTH_METRIC},
-                        "target": {
-                            "type": "AverageValue",
-                            "averageValue": str(group.target_queue_length_per_worker),
-                        },
-                    },
-                }
-            ],
-            "behavior": {
-                "scaleUp": _rules(ds.autoscaling.scale_up, "Max"),
-                "scaleDown": _rules(ds.autoscaling.scale_down, "Min"),
-            },
-        },
-    }
+    # A Pods metric needs a pod to read it from: scaling to zero would need an External
+    # metric and the HPAScaleToZero feature gate, so replicas.min 0 runs one pod.
+    replicas = (max(1, group.min_replicas), group.max_replicas)
+    return pods_metric_hpa(
+        ds, worker_name(ds, group), worker_component(group), replicas, QUEUE_LENGTH_METRIC,
+        group.target_queue_length_per_worker,
+    )
 
 
 def build_workers(ds: DjangoService, secret: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -173,16 +156,3 @@ def build_workers(ds: DjangoService, secret: dict[str, Any] | None = None) -> li
         if ds.autoscaling.enabled:
             children.append(build_worker_hpa(ds, group))
     return children
-
-
-def gevent_warning(ds: DjangoService) -> tuple[str, str] | None:
-    """(reason, message) of the `GeventWorkers` condition when a group opted into gevent."""
-    groups = [group.name for group in ds.workers if group.pool == "gevent"]
-    if not groups:
-        return None
-    message = (
-        f"worker group(s) {', '.join(groups)} run gevent (allowGevent): monkey patching can "
-        "leak database connections and one blocked greenlet stalls the worker; threads are "
-        "the default"
-    )
-    return ("GeventOptIn", message)

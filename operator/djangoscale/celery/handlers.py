@@ -12,44 +12,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from djangoscale import spec
-from djangoscale.autoscaling.apiserver import EXTRA_POD_METRICS, MetricsStore, PodValue
-from djangoscale.builders.labels import (
-    COMPONENT_LABEL,
-    INSTANCE_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-)
+from djangoscale.autoscaling.apiserver import PodValue
 from djangoscale.builders.workers import (
     BROKER_MANAGEMENT_URL_KEY,
     BROKER_URL_KEY,
-    QUEUE_LENGTH_METRIC,
     worker_component,
 )
 from djangoscale.celery.brokers import BrokerUnavailable, QueueReader, reader_for
 from djangoscale.celery.queues import HoldLast, group_total, per_pod_values
-from djangoscale.controller import kube
+from djangoscale.context import context_of
+from djangoscale.contract import (
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    WORKER_COMPONENT_PREFIX,
+)
+from djangoscale.k8s import Api, ApiError
 
 RESOURCE = (spec.GROUP, spec.VERSION, spec.PLURAL)
-# RabbitMQ's management API refreshes queue figures every 5 s by default.
-POLL_SECONDS = float(os.environ.get("DJANGOSCALE_QUEUE_POLL_INTERVAL", "5"))
 # The broker Secret is read again this often, so a rotated password is picked up.
-SECRET_REFRESH_SECONDS = 60.0
-STORE = MetricsStore(window_seconds=int(POLL_SECONDS))
-
-
-@kopf.on.startup()
-def serve_queue_length(**_: Any) -> None:
-    """Add the queue-length metric to the operator's metrics API (at startup, not at import)."""
-    EXTRA_POD_METRICS[QUEUE_LENGTH_METRIC] = STORE
+SECRET_REFRESH_SECONDS: Final = 60.0
+# Seconds kopf waits for a polling daemon to finish its round once asked to stop.
+DAEMON_CANCELLATION_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,7 @@ class WorkerPod:
 
 
 def _is_worker(labels: kopf.Labels, **_: Any) -> bool:
-    return str(labels.get(COMPONENT_LABEL, "")).startswith("worker-")
+    return str(labels.get(COMPONENT_LABEL, "")).startswith(WORKER_COMPONENT_PREFIX)
 
 
 @kopf.index("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY},
@@ -80,8 +72,8 @@ def _has_workers(spec: kopf.Spec, **_: Any) -> bool:
     return bool(spec.get("workers"))
 
 
-def read_broker_secret(namespace: str, name: str) -> tuple[str, str | None]:
-    secret = kube.get("v1", "Secret", namespace, name)
+def read_broker_secret(api: Api, namespace: str, name: str) -> tuple[str, str | None]:
+    secret = api.get("v1", "Secret", namespace, name)
     if secret is None:
         raise BrokerUnavailable(f"Secret {namespace}/{name} not found")
     data = secret.get("data") or {}
@@ -92,10 +84,12 @@ def read_broker_secret(namespace: str, name: str) -> tuple[str, str | None]:
     return url, base64.b64decode(management).decode() if management else None
 
 
-@kopf.daemon(*RESOURCE, when=_has_workers, cancellation_timeout=5.0)
+@kopf.daemon(*RESOURCE, when=_has_workers, cancellation_timeout=DAEMON_CANCELLATION_SECONDS)
 async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
                              stopped: kopf.DaemonStopped, worker_pods: kopf.Index[Any, Any],
-                             logger: logging.Logger, **_: Any) -> None:
+                             logger: logging.Logger, memo: object, **_: Any) -> None:
+    context = context_of(memo)
+    store, poll_seconds = context.queue_lengths, context.settings.queue_poll_seconds
     hold = HoldLast()
     reader: QueueReader | None = None
     reader_source: tuple[str, str, str | None] | None = None
@@ -109,14 +103,14 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
             except spec.SpecError:
                 ds = None  # the reconciler reports it
             if ds is None or ds.broker is None or not ds.workers:
-                await asyncio.sleep(POLL_SECONDS)
+                await asyncio.sleep(poll_seconds)
                 continue
             queues = sorted({queue for group in ds.workers for queue in group.queues})
             lengths = None
             try:
                 if reader is None or time.monotonic() - secret_read_at > SECRET_REFRESH_SECONDS:
                     url, management = await asyncio.to_thread(
-                        read_broker_secret, namespace, ds.broker.secret_name)
+                        read_broker_secret, context.api, namespace, ds.broker.secret_name)
                     secret_read_at = time.monotonic()
                     source = (ds.broker.type, url, management)
                     if source != reader_source:
@@ -125,7 +119,7 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
                         reader, reader_source = reader_for(*source), source
                 assert reader is not None
                 lengths = await reader.read(queues)
-            except (BrokerUnavailable, ValueError, ApiException) as error:
+            except (BrokerUnavailable, ValueError, ApiError) as error:
                 if not was_held:
                     logger.warning("cannot read queue lengths (holding the last values): %s",
                                    error)
@@ -145,17 +139,17 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
                 pods = {pod.name: pod for pod in
                         worker_pods.get((namespace, name, worker_component(group)), [])}
                 values = per_pod_values(reading.total, pods)
-                STORE.put(namespace, key, [
+                store.put(namespace, key, [
                     PodValue(pod, dict(pods[pod].labels), value) for pod, value in values.items()])
                 current.add(key)
             for key in served - current:
-                STORE.drop(namespace, key)
+                store.drop(namespace, key)
             served = current
             # A sleep, not `stopped.wait(...)` (see autoscaling/handlers.py: a TimeoutError
             # re-raised by kopf at exit).
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(poll_seconds)
     finally:
         for key in served:
-            STORE.drop(namespace, key)
+            store.drop(namespace, key)
         if reader is not None:
             await reader.close()

@@ -1,4 +1,4 @@
-"""`djangoscale worker`: a Celery worker with the settings the operator's story calls for.
+"""`djangoscale worker`: a Celery worker with fair scheduling, acks late and a health endpoint.
 
 Celery has no command-line flag for `task_acks_late`, so this sets it (and
 `task_reject_on_worker_lost`, so a task whose worker died is requeued too) on the app before
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import os
 import threading
 import time
 from typing import Any
+
+from djangoscale.serve.config import WorkerSettings
 
 # The consumer loop ticks this often; /healthz fails after STALE_AFTER seconds without a tick.
 TICK_SECONDS = 5.0
@@ -94,9 +95,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acks-late", action=argparse.BooleanOptionalAction, default=True,
                         help="acknowledge after the task ran (tasks must be idempotent)")
     parser.add_argument("--hostname", "-n", default=None)
-    parser.add_argument("--loglevel", "-l", default=os.environ.get("CELERY_LOGLEVEL", "INFO"))
+    defaults = WorkerSettings.from_env()
+    parser.add_argument("--loglevel", "-l", default=defaults.loglevel)
     parser.add_argument("--health-bind",
-                        default=os.environ.get("DJANGOSCALE_WORKER_HEALTH_BIND", ""),
+                        default=defaults.health_bind,
                         help="HOST:PORT for /healthz (empty: none)")
     parser.add_argument("celery_args", nargs=argparse.REMAINDER,
                         help="more `celery worker` arguments, after --")

@@ -1,7 +1,5 @@
-"""The operator's entry module: importing it registers every handler (`kopf run -m ...`)."""
+"""Reconciling DjangoServices: the kopf handlers (`handlers`), the service they call
+(`reconcile`), the status it reports (`status`) and `djangoscale run` (`cli`).
 
-from djangoscale.autoscaling import handlers as autoscaling
-from djangoscale.celery import handlers as celery
-from djangoscale.controller import handlers, settings
-
-__all__ = ["autoscaling", "celery", "handlers", "settings"]
+The entry module that registers every handler is `djangoscale.entry`.
+"""

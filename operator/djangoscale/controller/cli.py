@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from djangoscale.settings import OperatorSettings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", type=int, default=0, help="peering priority")
     parser.add_argument("-v", "--verbose", action="store_true")
     metrics_api = parser.add_argument_group(
-        "custom.metrics.k8s.io server (the HPA's RPS metric; defaults from DJANGOSCALE_* env)")
+        "custom.metrics.k8s.io server (the HPA's RPS metric; defaults from DJANGOSCALE_* env, "
+        "see djangoscale/settings.py)")
     metrics_api.add_argument("--metrics-api-port", type=int, default=None,
                              help="HTTPS port (default 6443; 0 picks one; -1 disables)")
     metrics_api.add_argument("--metrics-api-bind", default=None,
@@ -40,20 +44,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              help="seconds of the burst RPS window (default 6)")
 
 
-def main(args: argparse.Namespace) -> int:
-    import kopf
-    from prometheus_client import start_http_server
+def settings_from(args: argparse.Namespace) -> OperatorSettings:
+    """The environment's settings, with the flags given on the command line over them."""
+    from djangoscale.settings import OperatorSettings
 
-    import djangoscale.controller  # noqa: F401  (registers the handlers)
-    from djangoscale.autoscaling import options
-
-    options.configure(
+    settings = OperatorSettings.from_env()
+    return settings.with_overrides(
         port=args.metrics_api_port,
-        bind=args.metrics_api_bind or os.environ.get("DJANGOSCALE_METRICS_API_BIND") or args.bind,
+        bind=args.metrics_api_bind or settings.bind or args.bind,
         cert_file=args.metrics_api_cert_file, key_file=args.metrics_api_key_file,
         scrape_interval=args.scrape_interval, stable_window=args.stable_window,
         panic_window=args.panic_window,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    import djangoscale.entry  # noqa: F401  (registers the handlers)
+    from djangoscale.context import OperatorContext
+    from djangoscale.k8s import KubernetesApi
+
+    settings = settings_from(args)
+    context = OperatorContext.create(settings, KubernetesApi(settings.kubeconfig))
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -72,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
             liveness_endpoint=f"http://{args.bind}:{args.liveness_port}/healthz"
             if args.liveness_port
             else None,
+            memo=context,
             **kwargs,
         )
     )

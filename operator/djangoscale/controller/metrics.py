@@ -14,6 +14,9 @@ RECONCILE_ERRORS = Counter(
 RECONCILE_SECONDS = Histogram(
     "djangoscale_operator_reconcile_duration_seconds", "Time to reconcile one DjangoService"
 )
+MANAGED_OBJECTS = Gauge(
+    "djangoscale_operator_managed_objects", "DjangoServices this operator manages"
+)
 
 
 @contextlib.contextmanager
@@ -22,16 +25,13 @@ def reconcile_timer() -> Iterator[None]:
     with RECONCILE_SECONDS.time():
         yield
 
-MANAGED_OBJECTS = Gauge(
-    "djangoscale_operator_managed_objects", "DjangoServices this operator manages"
-)
-_managed: set[tuple[str, str]] = set()
 
-
-def managed(namespace: str, name: str, present: bool = True) -> None:
-    """Track one DjangoService as managed (or gone) and update the gauge."""
+def managed(
+    objects: set[tuple[str, str]], namespace: str, name: str, present: bool = True
+) -> None:
+    """Track one DjangoService as managed (or gone) in `objects` and update the gauge."""
     if present:
-        _managed.add((namespace, name))
+        objects.add((namespace, name))
     else:
-        _managed.discard((namespace, name))
-    MANAGED_OBJECTS.set(len(_managed))
+        objects.discard((namespace, name))
+    MANAGED_OBJECTS.set(len(objects))

@@ -1,8 +1,9 @@
 """Reconcile one DjangoService: parse, read its database Secret, apply its children, report.
 
-The service layer between the kopf handlers (glue) and `kube` (API calls). Errors the user must
-fix become a `Ready=False` condition and one Warning event; they never raise, so the operator
-never retries them in a loop. API errors do raise, and kopf retries them with a backoff.
+The service layer between the kopf handlers (glue) and the API layer (`djangoscale.k8s`), which
+it receives as an argument. Errors the user must fix become a `Ready=False` condition and one
+Warning event; they never raise, so the operator never retries them in a loop. API errors do
+raise, and kopf retries them with a backoff.
 """
 
 from __future__ import annotations
@@ -13,12 +14,27 @@ from typing import Any
 
 from djangoscale import spec
 from djangoscale.builders import build_children
-from djangoscale.builders.labels import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
 from djangoscale.builders.workers import worker_name
-from djangoscale.controller import kube
-from djangoscale.controller.conditions import Condition, failed, find, merge_conditions, now_rfc3339
-from djangoscale.controller.status import observed_status, rollout_conditions, worker_conditions
+from djangoscale.conditions import (
+    Condition,
+    failed,
+    find,
+    merge_conditions,
+    now_rfc3339,
+    rollout_conditions,
+    worker_conditions,
+)
+from djangoscale.contract import (
+    API_VERSION,
+    INITIAL_SCALE_FIELD_MANAGER,
+    INSTANCE_LABEL,
+    KIND,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+)
+from djangoscale.controller.status import observed_status
+from djangoscale.k8s import Api
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +54,10 @@ class UserError(Exception):
         super().__init__(message)
 
 
-def read_credentials(ds: spec.DjangoService) -> DatabaseCredentials | None:
+def read_credentials(api: Api, ds: spec.DjangoService) -> DatabaseCredentials | None:
     if ds.database is None or ds.database.secret_name is None:
         return None
-    secret = kube.get("v1", "Secret", ds.namespace, ds.database.secret_name)
+    secret = api.get("v1", "Secret", ds.namespace, ds.database.secret_name)
     if secret is None:
         raise UserError(
             "DatabaseSecretNotFound",
@@ -78,29 +94,30 @@ def _failure(body: dict[str, Any], reason: str, message: str) -> Outcome:
     )
 
 
-def reconcile(body: dict[str, Any]) -> Outcome:
+def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
     """Bring the children in line with the spec; return the status to report."""
     try:
         ds = spec.parse(body)
     except spec.SpecError as error:
         return _failure(body, "InvalidSpec", "; ".join(error.problems))
     try:
-        credentials = read_credentials(ds)
+        credentials = read_credentials(api, ds)
     except UserError as error:
         return _failure(body, error.reason, error.message)
 
-    existing = kube.get("apps/v1", "Deployment", ds.namespace, ds.name)
+    existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
     applied = []
     for child in build_children(ds, credentials):
-        kube.apply(child)
+        api.apply(child)
         applied.append(f"{child['kind']}/{child['metadata']['name']}")
     if existing is None and ds.autoscaling.enabled:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
         # outside the operator's applied configuration, so the HPA owns it from then on.
-        kube.scale(ds.namespace, ds.name, ds.min_replicas)
+        api.scale("apps/v1", "Deployment", ds.namespace, ds.name, ds.min_replicas,
+                  INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
-        prune(ds, applied)
-    return Outcome(status=current_status(body, ds), applied=applied)
+        prune(api, ds, applied)
+    return Outcome(status=current_status(api, body, ds), applied=applied)
 
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
@@ -112,31 +129,39 @@ PRUNABLE = (
 )
 
 
-def prune(ds: spec.DjangoService, applied: list[str]) -> list[str]:
-    """Delete children this DjangoService controls that its spec no longer asks for."""
+def controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    owners = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners)
+
+
+def prune(api: Api, ds: spec.DjangoService, applied: list[str]) -> list[str]:
+    """Delete children this DjangoService controls that its spec no longer asks for.
+
+    Only objects that carry its labels AND name it as their controller: never someone else's.
+    """
     assert ds.uid is not None
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{INSTANCE_LABEL}={ds.name}"
     deleted = []
     for api_version, kind in PRUNABLE:
-        for item in kube.list_controlled(api_version, kind, ds.namespace, selector, ds.uid):
+        for item in api.list(api_version, kind, ds.namespace, selector):
             name = item["metadata"]["name"]
-            if f"{kind}/{name}" not in applied:
-                kube.delete_controlled(api_version, kind, ds.namespace, name, ds.uid)
+            if controlled_by(item, ds.uid) and f"{kind}/{name}" not in applied:
+                api.delete(api_version, kind, ds.namespace, name)
                 deleted.append(f"{kind}/{name}")
     if deleted:
         logger.info("pruned %s of %s/%s", ", ".join(deleted), ds.namespace, ds.name)
     return deleted
 
 
-def current_status(body: dict[str, Any], ds: spec.DjangoService) -> dict[str, Any]:
-    deployment = kube.get("apps/v1", "Deployment", ds.namespace, ds.name)
+def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> dict[str, Any]:
+    deployment = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
     hpa = (
-        kube.get("autoscaling/v2", "HorizontalPodAutoscaler", ds.namespace, ds.name)
+        api.get("autoscaling/v2", "HorizontalPodAutoscaler", ds.namespace, ds.name)
         if ds.autoscaling.enabled
         else None
     )
     workers = {
-        group.name: kube.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
+        group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
     return _status_with(
@@ -146,16 +171,25 @@ def current_status(body: dict[str, Any], ds: spec.DjangoService) -> dict[str, An
     )
 
 
-def refresh_status(body: dict[str, Any]) -> dict[str, Any] | None:
+def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
     """Status from the children alone (on a child's change); None if the spec is invalid."""
     try:
         ds = spec.parse(body)
     except spec.SpecError:
         return None
-    return current_status(body, ds)
+    return current_status(api, body, ds)
 
 
 def status_changed(body: dict[str, Any], status: dict[str, Any]) -> bool:
     """Write only what differs, so a settled object keeps its resourceVersion."""
     live = body.get("status") or {}
     return any(live.get(key) != value for key, value in status.items())
+
+
+def write_status(api: Api, body: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Patch the status when it differs from the object's; True when it wrote."""
+    if not status_changed(body, status):
+        return False
+    metadata = body["metadata"]
+    api.patch_status(API_VERSION, KIND, metadata.get("namespace"), metadata["name"], status)
+    return True

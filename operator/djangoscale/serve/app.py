@@ -12,15 +12,9 @@ import os
 import sys
 from typing import Any
 
+from djangoscale.serve.config import APP_ENV, ProcessSettings
 from djangoscale.serve.hygiene import greenlets_patched, install_spawn_hooks, track_connections
 from djangoscale.serve.middleware import DjangoscaleMiddleware
-
-APP_ENV = "DJANGOSCALE_WSGI_APP"
-CHECK_DB_ENV = "DJANGOSCALE_READY_CHECK_DB"
-THREADS_ENV = "DJANGOSCALE_PROCESS_THREADS"  # slots per process, for djangoscale_threads_total
-# "off": serve the user's app bare, without the launcher's middleware (no metrics, health,
-# readiness or connection hygiene). For measuring what the middleware costs, never for a pod.
-MIDDLEWARE_ENV = "DJANGOSCALE_MIDDLEWARE"
 
 
 def load_wsgi(target: str) -> Any:
@@ -35,26 +29,26 @@ def load_wsgi(target: str) -> Any:
     return app
 
 
-def middleware_enabled() -> bool:
-    return os.environ.get(MIDDLEWARE_ENV, "on").lower() not in ("off", "0", "false", "no")
-
-
 def wrap(app: Any) -> Any:
-    if not middleware_enabled():
+    settings = ProcessSettings.from_env()
+    if not settings.middleware:
         return app
-    from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
+    from djangoscale.serve.metrics import process_metrics
 
     install_spawn_hooks()
     track_connections()
-    metrics = process_metrics() if os.environ.get(MULTIPROC_ENV) else None
-    if metrics is not None and os.environ.get(THREADS_ENV):
-        metrics.threads_total.set(int(os.environ[THREADS_ENV]))
-    check_db = os.environ.get(CHECK_DB_ENV, "").lower() in ("1", "true", "yes")
+    metrics = process_metrics() if settings.multiproc_dir else None
+    if metrics is not None and settings.threads:
+        metrics.threads_total.set(settings.threads)
     return DjangoscaleMiddleware(
-        app, metrics=metrics, check_database=check_db, close_every_request=greenlets_patched()
+        app, metrics=metrics, check_database=settings.check_db,
+        close_every_request=greenlets_patched(),
     )
 
 
 def create_application() -> Any:
-    """The wrapped app named by DJANGOSCALE_WSGI_APP (a factory for granian and gunicorn)."""
-    return wrap(load_wsgi(os.environ[APP_ENV]))
+    """The wrapped app the launcher handed down (a factory for granian and gunicorn)."""
+    wsgi_app = ProcessSettings.from_env().wsgi_app
+    if wsgi_app is None:
+        raise RuntimeError(f"{APP_ENV} is not set: start the server with `djangoscale serve`")
+    return wrap(load_wsgi(wsgi_app))

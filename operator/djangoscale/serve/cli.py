@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-from djangoscale.serve.config import ConfigError, ServeConfig, configure_parser, resolve
+from djangoscale.serve.config import ConfigError, ServeConfig, configure_parser, from_args
 
 log = logging.getLogger("djangoscale.serve")
 
@@ -44,7 +43,7 @@ def serve(config: ServeConfig) -> int:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        config = resolve(args, os.environ)
+        config = from_args(args)
     except ConfigError as error:
         print(f"djangoscale serve: {error}", file=sys.stderr)
         return 2

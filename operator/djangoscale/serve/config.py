@@ -1,7 +1,13 @@
-"""The launcher's configuration: flags, their environment variables and their defaults.
+"""The launchers' settings: flags, their environment variables and their defaults.
 
-The operator's Deployment builder passes the DjangoService spec to the pod through exactly
-the environment variables named in `ENV_VARS`, so those names are part of the contract.
+The one module of the processes in the user's image (`djangoscale serve`, its server
+processes, `djangoscale worker`) that reads or sets environment variables:
+- `ServeConfig`: `djangoscale serve`'s flags over the variables of
+  `djangoscale.contract.SERVE_ENV`, which the operator's Deployment builder writes
+  (`tests/unit/test_contract.py` ties both);
+- `ProcessSettings`: what a serving process reads, handed down by the launcher to the server
+  processes it starts (`hand_down`), which load the app after their own fork;
+- `WorkerSettings`: `djangoscale worker`'s defaults from the worker container's env.
 """
 
 from __future__ import annotations
@@ -11,38 +17,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-SERVER_TYPES: tuple[str, ...] = (
-    "cherrypy",
-    "gunicorn-sync",
-    "gunicorn-gthread",
-    "gunicorn-gevent",
-    "bjoern",
-    "waitress",
-    "granian",
+from djangoscale.contract import (
+    MULTIPROC_DIR_ENV,
+    SERVE_ENV,
+    SERVER_TYPES,
+    SINGLE_THREADED_SERVERS,
+    WORKER_HEALTH_BIND_ENV,
 )
 
 # flag dest -> environment variable the Deployment sets
-ENV_VARS: dict[str, str] = {
-    "server": "DJANGOSCALE_SERVER",
-    "workers": "DJANGOSCALE_WORKERS",
-    "threads": "DJANGOSCALE_THREADS",
-    "max_threads": "DJANGOSCALE_MAX_THREADS",
-    "queue_size": "DJANGOSCALE_QUEUE_SIZE",
-    "timeout": "DJANGOSCALE_TIMEOUT",
-    "bind": "DJANGOSCALE_BIND",
-    "metrics_bind": "DJANGOSCALE_METRICS_BIND",
-}
-
-DEFAULTS: dict[str, str] = {
-    "server": "cherrypy",
-    "workers": "1",
-    "threads": "10",
-    "max_threads": "0",  # 0: same as threads (no growth)
-    "queue_size": "100",
-    "timeout": "30",
-    "bind": "0.0.0.0:8000",
-    "metrics_bind": "0.0.0.0:9100",
-}
+ENV_VARS: dict[str, str] = dict(SERVE_ENV)
 
 
 class ConfigError(ValueError):
@@ -75,9 +59,23 @@ class ServeConfig:
     @property
     def max_concurrency(self) -> int:
         """Requests one pod can run at once: the bound on its database connections."""
-        if self.server in ("gunicorn-sync", "bjoern"):
+        if self.server in SINGLE_THREADED_SERVERS:
             return self.workers
         return self.workers * max(self.threads, self.max_threads)
+
+
+_DEFAULT = ServeConfig(wsgi_app="")
+# The defaults as the environment would spell them; max_threads 0 means: same as threads.
+DEFAULTS: dict[str, str] = {
+    "server": _DEFAULT.server,
+    "workers": str(_DEFAULT.workers),
+    "threads": str(_DEFAULT.threads),
+    "max_threads": "0",
+    "queue_size": str(_DEFAULT.queue_size),
+    "timeout": str(_DEFAULT.timeout),
+    "bind": str(_DEFAULT.bind),
+    "metrics_bind": str(_DEFAULT.metrics_bind),
+}
 
 
 def parse_address(text: str) -> Address:
@@ -167,5 +165,66 @@ def resolve(args: argparse.Namespace | Mapping[str, object], env: Mapping[str, s
     )
 
 
-def from_environ(wsgi_app: str, env: Mapping[str, str] | None = None) -> ServeConfig:
-    return resolve({"wsgi_app": wsgi_app}, os.environ if env is None else env)
+def from_args(args: argparse.Namespace) -> ServeConfig:
+    """`djangoscale serve`'s configuration: its flags over the process environment."""
+    return resolve(args, os.environ)
+
+
+# Variables the launcher sets for the server processes it starts (not part of the pod's
+# contract: nothing outside the launcher writes them, except tests and benchmarks).
+APP_ENV = "DJANGOSCALE_WSGI_APP"
+THREADS_ENV = "DJANGOSCALE_PROCESS_THREADS"  # slots per process, for djangoscale_threads_total
+CHECK_DB_ENV = "DJANGOSCALE_READY_CHECK_DB"
+# "off": serve the user's app bare, without the launcher's middleware (no metrics, health,
+# readiness or connection hygiene). For measuring what the middleware costs, never for a pod.
+MIDDLEWARE_ENV = "DJANGOSCALE_MIDDLEWARE"
+FLUSH_INTERVAL_ENV = "DJANGOSCALE_METRICS_FLUSH_INTERVAL"  # to override it (tests)
+_FALSE = ("off", "0", "false", "no")
+_TRUE = ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """What one serving process reads, once, from what its launcher handed down."""
+
+    wsgi_app: str | None = None
+    threads: int | None = None
+    middleware: bool = True
+    check_db: bool = False
+    multiproc_dir: str | None = None  # where every process writes its metrics, if anywhere
+    flush_interval: float | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProcessSettings:
+        env = os.environ if env is None else env
+        threads, flush = env.get(THREADS_ENV), env.get(FLUSH_INTERVAL_ENV)
+        return cls(
+            wsgi_app=env.get(APP_ENV) or None,
+            threads=int(threads) if threads else None,
+            middleware=env.get(MIDDLEWARE_ENV, "on").lower() not in _FALSE,
+            check_db=env.get(CHECK_DB_ENV, "").lower() in _TRUE,
+            multiproc_dir=env.get(MULTIPROC_DIR_ENV) or None,
+            flush_interval=float(flush) if flush else None,
+        )
+
+
+def hand_down(values: Mapping[str, str]) -> None:
+    """Set variables for the server processes this launcher starts (and for what it runs
+    later itself): the way a setting reaches a process that re-imports the app."""
+    os.environ.update(values)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """`djangoscale worker`'s defaults from the worker container's env (flags win)."""
+
+    loglevel: str = "INFO"
+    health_bind: str = ""  # HOST:PORT of /healthz; empty: none
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if env is None else env
+        return cls(
+            loglevel=env.get("CELERY_LOGLEVEL") or cls.loglevel,
+            health_bind=env.get(WORKER_HEALTH_BIND_ENV) or cls.health_bind,
+        )

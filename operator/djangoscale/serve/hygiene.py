@@ -2,8 +2,8 @@
 
 Django closes a request's connection on `request_finished`, a signal sent only from the
 request's own thread or greenlet. Code that queries from a thread or greenlet it spawned
-itself never sends it, and under gevent every such greenlet keeps a connection of its own:
-that is how the story behind this product ran its database out of connections. So the
+itself never sends it, and under gevent every such greenlet keeps a connection of its own,
+until the database runs out of connections. So the
 launcher closes connections at the start and end of every request, and at the end of every
 thread or greenlet started by hand.
 

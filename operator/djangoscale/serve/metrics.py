@@ -23,7 +23,9 @@ import tempfile
 import threading
 from typing import Any
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from djangoscale.contract import MULTIPROC_DIR_ENV, REQUESTS_COUNTER_NAME
+from djangoscale.serve.config import ProcessSettings, hand_down
+
 _LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
 
 # Buckets around the latencies the product cares about (50 ms view, p95 < 600 ms target).
@@ -32,13 +34,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2
 
 def prepare_multiprocess_dir(path: str | None = None) -> str:
     """Create (or empty) the directory every process writes its metrics to."""
-    path = path or os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="djangoscale-metrics-")
+    path = (path or ProcessSettings.from_env().multiproc_dir
+            or tempfile.mkdtemp(prefix="djangoscale-metrics-"))
     if os.path.isdir(path):
         for entry in glob.glob(os.path.join(path, "*.db")):
             os.remove(entry)
     else:
         os.makedirs(path, exist_ok=True)
-    os.environ[MULTIPROC_ENV] = path
+    hand_down({MULTIPROC_DIR_ENV: path})
     return path
 
 
@@ -80,7 +83,6 @@ def status_class(status: str | int) -> str:
 
 
 FLUSH_INTERVAL = 0.25  # seconds between flushes of a process's buffered request metrics
-FLUSH_INTERVAL_ENV = "DJANGOSCALE_METRICS_FLUSH_INTERVAL"  # to override it (tests)
 
 _STATUS_CLASSES: dict[str, str] = {}
 
@@ -126,7 +128,7 @@ class Metrics:
         registry = REGISTRY if registry is None else registry
         registry.register(_FlushOnCollect(self))
         self.requests = Counter(
-            "djangoscale_requests",
+            REQUESTS_COUNTER_NAME,
             "HTTP requests served by the app (health endpoints excluded).",
             ["method", "status_class"],
             registry=registry,
@@ -267,7 +269,7 @@ def process_metrics() -> Metrics:
         _process_metrics = Metrics(registry=CollectorRegistry())
         _process_metrics_pid = os.getpid()
         _process_metrics.start_flushing(
-            float(os.environ.get(FLUSH_INTERVAL_ENV) or FLUSH_INTERVAL)
+            ProcessSettings.from_env().flush_interval or FLUSH_INTERVAL
         )
     return _process_metrics
 

@@ -1,8 +1,9 @@
 """Growing and shrinking cheroot's thread pool.
 
 cheroot's ThreadPool has `grow()` and `shrink()` but nothing calls them: the pool stays at
-`minthreads` forever (https://github.com/cherrypy/cheroot/issues/190). The story behind
-this product ran 100 threads growing to 150; this module is the part that grows them.
+`minthreads` forever (https://github.com/cherrypy/cheroot/issues/190). A DjangoService's
+cherrypy pool runs `threads` and may grow to `maxThreads` (100 to 150 by default); this
+module is the part that grows them.
 The decision is a pure function so it is tested without threads.
 """
 

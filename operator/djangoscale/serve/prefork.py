@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.config import ProcessSettings, ServeConfig
 from djangoscale.serve.drain import STATE
 
 
@@ -89,7 +89,6 @@ def run_processes(config: ServeConfig, child: Callable[[ServeConfig], int]) -> i
     signal.signal(signal.SIGINT, on_sigterm)
     deadline: float | None = None
     failed = False
-    from djangoscale.serve.metrics import MULTIPROC_ENV
 
     while children:
         if stopping and deadline is None:
@@ -105,7 +104,7 @@ def run_processes(config: ServeConfig, child: Callable[[ServeConfig], int]) -> i
             time.sleep(0.05)
             continue
         children.discard(pid)
-        if os.environ.get(MULTIPROC_ENV):
+        if ProcessSettings.from_env().multiproc_dir:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -13,8 +13,8 @@ import signal
 import socket
 from typing import Any
 
-from djangoscale.serve.app import THREADS_ENV, load_wsgi, wrap
-from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.app import load_wsgi, wrap
+from djangoscale.serve.config import THREADS_ENV, ServeConfig, hand_down
 from djangoscale.serve.drain import STATE
 from djangoscale.serve.prefork import run_processes
 
@@ -22,7 +22,7 @@ from djangoscale.serve.prefork import run_processes
 def _child(config: ServeConfig) -> int:
     import bjoern
 
-    os.environ[THREADS_ENV] = "1"
+    hand_down({THREADS_ENV: "1"})
     app = wrap(load_wsgi(config.wsgi_app))
     sock = bjoern.listen(
         app, config.bind.host, config.bind.port, reuse_port=True, listen_backlog=config.queue_size

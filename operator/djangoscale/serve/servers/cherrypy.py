@@ -1,4 +1,4 @@
-"""cheroot's thread-pool server, the one that carried the story behind this product.
+"""cheroot's thread-pool server, the default server type.
 
 Two things cheroot does not do on its own are done here: growing the pool from `threads`
 toward `maxThreads` under load (cheroot issue #190, see `djangoscale.serve.pool`), and

@@ -15,8 +15,7 @@ from typing import Any
 from granian.constants import Interfaces
 from granian.server import Server
 
-from djangoscale.serve.app import APP_ENV, THREADS_ENV
-from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.config import APP_ENV, THREADS_ENV, ServeConfig, hand_down
 
 FACTORY = "djangoscale.serve.app:create_application"
 
@@ -49,8 +48,7 @@ def stop_signals_to_default() -> None:
 
 
 def run(config: ServeConfig) -> int:
-    os.environ[APP_ENV] = config.wsgi_app
-    os.environ[THREADS_ENV] = str(config.threads)
+    hand_down({APP_ENV: config.wsgi_app, THREADS_ENV: str(config.threads)})
     os.register_at_fork(after_in_child=stop_signals_to_default)
     Server(FACTORY, **granian_settings(config)).serve()
     return 0

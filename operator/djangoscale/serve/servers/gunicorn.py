@@ -1,6 +1,6 @@
 """gunicorn, run programmatically with the worker class the server type names.
 
-gunicorn-sync is kept as the contrast from the story (one request per worker);
+gunicorn-sync is the plain baseline (one request per worker);
 gunicorn-gthread is threads per worker; gunicorn-gevent is greenlets, made safe for the
 database: gunicorn's gevent worker monkey-patches before the app is imported, so psycopg 3
 sees the patched `select` and waits cooperatively (psycopg.waiting._is_select_patched), and
@@ -9,14 +9,19 @@ the launcher's spawn hooks close connections of greenlets that never see request
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from djangoscale.serve.app import APP_ENV, THREADS_ENV, create_application
-from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.app import create_application
+from djangoscale.serve.config import (
+    APP_ENV,
+    THREADS_ENV,
+    ProcessSettings,
+    ServeConfig,
+    hand_down,
+)
 from djangoscale.serve.drain import STATE
 
 WORKER_CLASSES = {
@@ -106,9 +111,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from djangoscale.serve.metrics import MULTIPROC_ENV
-
-    path = os.environ.get(MULTIPROC_ENV)
+    path = ProcessSettings.from_env().multiproc_dir
     if path:
         from prometheus_client import multiprocess
 
@@ -132,7 +135,6 @@ class LauncherApplication(BaseApplication):  # type: ignore[misc]
 
 
 def run(config: ServeConfig) -> int:
-    os.environ[APP_ENV] = config.wsgi_app
-    os.environ[THREADS_ENV] = str(slots_per_worker(config))
+    hand_down({APP_ENV: config.wsgi_app, THREADS_ENV: str(slots_per_worker(config))})
     LauncherApplication(config).run()
     return 0

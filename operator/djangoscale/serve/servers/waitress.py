@@ -17,7 +17,7 @@ from typing import Any
 import waitress.server
 
 from djangoscale.serve.app import load_wsgi, wrap
-from djangoscale.serve.config import ServeConfig
+from djangoscale.serve.config import ProcessSettings, ServeConfig
 from djangoscale.serve.drain import STATE
 from djangoscale.serve.prefork import reuse_port_socket, serve_in_processes
 
@@ -47,11 +47,9 @@ def run_one_process(config: ServeConfig) -> int:
         clear_untrusted_proxy_headers=True,
         ident="djangoscale",
     )
-    import os
+    from djangoscale.serve.metrics import process_metrics
 
-    from djangoscale.serve.metrics import MULTIPROC_ENV, process_metrics
-
-    if os.environ.get(MULTIPROC_ENV):
+    if ProcessSettings.from_env().multiproc_dir:
         process_metrics().threads_total.set(config.threads)
 
     def stop_accepting() -> None:

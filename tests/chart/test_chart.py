@@ -25,7 +25,7 @@ import install_manifests  # noqa: E402
 CHART = install_manifests.CHART
 CRD_SOURCE = ROOT / "crds" / "djangoservices.djangoscale.io.yaml"
 
-# The verbs the operator may hold, per (apiGroup, resource): controller/kube.py, kopf's
+# The verbs the operator may hold, per (apiGroup, resource): djangoscale/k8s, kopf's
 # peering, events and discovery, the metrics collector. Anything else is a finding.
 ALLOWED = {
     ("djangoscale.io", "djangoservices"): {"get", "list", "watch", "patch"},

@@ -1,0 +1,87 @@
+"""Names that cross a process boundary, written once.
+
+The operator writes them into objects (the CRD, the Deployment's env, labels, the HPA's metric)
+and another process reads them (the API server, `djangoscale serve` in the user's pod, the
+HPA controller, kubectl). A name that changes on one side only breaks the other silently, so
+both sides import it from here, and `tests/unit/test_contract.py` ties this module to the CRD's
+enum, to the Deployment builder and to the launcher's configuration.
+
+Pure constants: the launcher imports this module inside the user's Django image.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- the custom resource -------------------------------------------------------------------------
+GROUP: Final = "djangoscale.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "DjangoService"
+PLURAL: Final = "djangoservices"
+
+# -- server types (the CRD's spec.server.type enum) and their threads per process by default ----
+# What each server handles well: sync servers one request per process, threaded ones a pool,
+# gevent many greenlets.
+DEFAULT_THREADS: Final[dict[str, int]] = {
+    "cherrypy": 100,
+    "gunicorn-sync": 1,
+    "gunicorn-gthread": 32,
+    "gunicorn-gevent": 500,
+    "bjoern": 1,
+    "waitress": 32,
+    "granian": 32,
+}
+SERVER_TYPES: Final[tuple[str, ...]] = tuple(DEFAULT_THREADS)
+# Servers that run one request at a time per process (threads must be 1).
+SINGLE_THREADED_SERVERS: Final[tuple[str, ...]] = ("gunicorn-sync", "bjoern")
+# The only server whose pool grows past `threads` (the launcher grows cheroot's pool).
+GROWING_SERVER: Final = "cherrypy"
+GREENLET_SERVER: Final = "gunicorn-gevent"
+
+# -- environment of the app container: written by the Deployment, read by `djangoscale serve` --
+# launcher setting -> variable name
+SERVE_ENV: Final[dict[str, str]] = {
+    "server": "DJANGOSCALE_SERVER",
+    "workers": "DJANGOSCALE_WORKERS",
+    "threads": "DJANGOSCALE_THREADS",
+    "max_threads": "DJANGOSCALE_MAX_THREADS",
+    "queue_size": "DJANGOSCALE_QUEUE_SIZE",
+    "timeout": "DJANGOSCALE_TIMEOUT",
+    "bind": "DJANGOSCALE_BIND",
+    "metrics_bind": "DJANGOSCALE_METRICS_BIND",
+}
+# prometheus_client's own variable: where the launcher's processes share their metric files.
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_DIR_IN_POD: Final = "/tmp/djangoscale-metrics"
+# Where `djangoscale worker` answers the kubelet's /healthz (the worker container's env).
+WORKER_HEALTH_BIND_ENV: Final = "DJANGOSCALE_WORKER_HEALTH_BIND"
+# The broker URL a Celery worker reads (Celery's own setting name).
+CELERY_BROKER_URL_ENV: Final = "CELERY_BROKER_URL"
+
+# -- metrics -------------------------------------------------------------------------------------
+# The launcher's request counter, scraped by the operator's collector (`_total` is the suffix
+# prometheus_client adds to a Counter's name).
+REQUESTS_COUNTER_NAME: Final = "djangoscale_requests"
+REQUESTS_COUNTER: Final = f"{REQUESTS_COUNTER_NAME}_total"
+# Pod metrics the operator serves on custom.metrics.k8s.io and the HPAs name.
+RPS_METRIC: Final = "djangoscale_requests_per_second"
+QUEUE_LENGTH_METRIC: Final = "djangoscale_celery_queue_length"
+# The path of the launcher's metrics endpoint.
+METRICS_PATH: Final = "/metrics"
+
+# -- labels (the Kubernetes recommended ones) ----------------------------------------------------
+NAME_LABEL: Final = "app.kubernetes.io/name"
+INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
+COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "djangoscale"
+APP_NAME: Final = "django"
+WEB_COMPONENT: Final = "web"
+WORKER_COMPONENT_PREFIX: Final = "worker-"
+
+# -- server-side apply ---------------------------------------------------------------------------
+FIELD_MANAGER: Final = "djangoscale"
+# The initial scale to replicas.min is written under its own manager, so the operator's applied
+# configuration never owns `replicas` and the HPA keeps it.
+INITIAL_SCALE_FIELD_MANAGER: Final = f"{FIELD_MANAGER}-initial-scale"

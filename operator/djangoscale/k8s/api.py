@@ -1,0 +1,216 @@
+"""The Kubernetes API as the operator, the chart tools and the tests use it.
+
+`Api` is the interface: handlers and the reconciler receive one (through kopf's memo) and never
+build requests themselves, so unit tests pass an in-memory fake. `KubernetesApi` is the real
+one, over the kubernetes client's connection handling (credentials, TLS, proxies); it is the
+only module that imports that client. It is synchronous: kopf runs sync handlers in threads,
+and async code calls it through `asyncio.to_thread`.
+
+Children are written with server-side apply under one field manager, so a re-apply of the same
+object is a no-op (no new resourceVersion) and fields owned by others (the HPA's replicas) are
+left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Protocol
+
+from djangoscale.contract import FIELD_MANAGER
+from djangoscale.k8s.kinds import collection_path, object_path
+
+# Seconds one request may take before it fails (and kopf retries the handler).
+REQUEST_TIMEOUT_SECONDS: Final = 30
+APPLY_PATCH: Final = "application/apply-patch+yaml"
+MERGE_PATCH: Final = "application/merge-patch+json"
+JSON: Final = "application/json"
+# Query parameters, in order; and a list answer's items.
+Query = list[tuple[str, str]]
+Items = list[dict[str, Any]]
+
+
+class ApiError(Exception):
+    """A request the API server refused (or a connection that failed: status 0)."""
+
+    def __init__(self, status: int, reason: str, body: str = "") -> None:
+        self.status, self.reason, self.body = status, reason, body
+        super().__init__(f"{status} {reason}: {body[:500]}")
+
+
+class Api(Protocol):
+    def get(
+        self, api_version: str | None, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """The live object, or None when it does not exist."""
+
+    def list(
+        self,
+        api_version: str | None,
+        kind: str,
+        namespace: str | None,
+        label_selector: str | None = None,
+    ) -> Items:
+        """The objects of a kind in a namespace, matching the selector if one is given."""
+
+    def apply(
+        self,
+        obj: dict[str, Any],
+        field_manager: str = FIELD_MANAGER,
+        strict: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Server-side apply (forced) as `field_manager`; the live object. `strict` refuses
+        unknown fields, as `kubectl apply` does."""
+
+    def patch_status(
+        self,
+        api_version: str | None,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+    ) -> None:
+        """Merge `status` into the object's status subresource."""
+
+    def scale(
+        self, api_version: str | None, kind: str, namespace: str | None, name: str,
+        replicas: int, field_manager: str,
+    ) -> None:
+        """Set replicas through the scale subresource, as the HPA does."""
+
+    def delete(
+        self, api_version: str | None, kind: str, namespace: str | None, name: str
+    ) -> bool:
+        """Delete the object; False when it was already gone."""
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Query | None = None,
+        content_type: str = JSON,
+    ) -> Any:
+        """One raw request (the JSON answer): for the paths the methods above do not cover."""
+
+
+class KubernetesApi:
+    """`Api` over the kubernetes client: in-cluster credentials in a pod, else a kubeconfig."""
+
+    def __init__(self, kubeconfig: str | None = None) -> None:
+        from kubernetes import client, config
+
+        if kubeconfig is None:
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+                self._client = client.ApiClient()
+                return
+            except config.ConfigException:
+                pass
+        self._client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Query | None = None,
+        content_type: str = JSON,
+    ) -> Any:
+        from urllib3.exceptions import HTTPError
+
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _ = self._client.param_serialize(
+            method=method, resource_path=path, query_params=query or [],
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._client.call_api(
+                method, url, header_params=headers, body=body,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+            response.read()  # type: ignore[no-untyped-call]
+        except HTTPError as error:
+            raise ApiError(0, type(error).__name__, str(error)) from error
+        if not 200 <= response.status <= 299:
+            data = response.data.decode("utf-8", "replace") if response.data else ""
+            raise ApiError(response.status, str(response.reason), data)
+        return json.loads(response.data) if response.data else None
+
+    def get(
+        self, api_version: str | None, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.call(
+                "GET", object_path(api_version, kind, namespace, name))
+            return found
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list(
+        self,
+        api_version: str | None,
+        kind: str,
+        namespace: str | None,
+        label_selector: str | None = None,
+    ) -> Items:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self.call("GET", collection_path(api_version, kind, namespace), query=query)
+        items: Items = result.get("items") or []
+        return items
+
+    def apply(
+        self,
+        obj: dict[str, Any],
+        field_manager: str = FIELD_MANAGER,
+        strict: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        metadata = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], metadata.get("namespace"),
+                           metadata["name"])
+        query = [("fieldManager", field_manager), ("force", "true")]
+        if strict:
+            query.append(("fieldValidation", "Strict"))
+        if dry_run:
+            query.append(("dryRun", "All"))
+        live: dict[str, Any] = self.call("PATCH", path, body=obj, query=query,
+                                         content_type=APPLY_PATCH)
+        return live
+
+    def patch_status(
+        self,
+        api_version: str | None,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+    ) -> None:
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        self.call("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+
+    def scale(
+        self, api_version: str | None, kind: str, namespace: str | None, name: str,
+        replicas: int, field_manager: str,
+    ) -> None:
+        path = object_path(api_version, kind, namespace, name) + "/scale"
+        self.call("PATCH", path, body={"spec": {"replicas": replicas}},
+                  query=[("fieldManager", field_manager)], content_type=MERGE_PATCH)
+
+    def delete(
+        self, api_version: str | None, kind: str, namespace: str | None, name: str
+    ) -> bool:
+        try:
+            self.call("DELETE", object_path(api_version, kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True

@@ -1,0 +1,224 @@
+"""The reconciler and the kopf handlers against an in-memory API (`tests/fixtures/fake_api.py`):
+what they write, and what they leave alone."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import logging
+from typing import Any
+
+import kopf
+import pytest
+
+from djangoscale.context import OperatorContext
+from djangoscale.contract import API_VERSION, INITIAL_SCALE_FIELD_MANAGER, KIND
+from djangoscale.controller import handlers
+from djangoscale.k8s import ApiError
+from djangoscale.settings import OperatorSettings
+from tests.fixtures.fake_api import FakeApi
+
+LOGGER = logging.getLogger("test")
+SHOP: dict[str, Any] = {
+    "apiVersion": API_VERSION,
+    "kind": KIND,
+    "metadata": {"name": "shop", "namespace": "web", "uid": "shop-uid", "generation": 1},
+    "spec": {
+        "image": "shop:1",
+        "wsgiApp": "shop.wsgi:application",
+        "replicas": {"min": 2, "max": 6},
+        "database": {"secretName": "shop-db", "maxConnections": 100},
+    },
+}
+CHILDREN = [
+    ("apply", "Secret", "shop-database"),
+    ("apply", "Deployment", "shop"),
+    ("apply", "Service", "shop"),
+    ("apply", "PodDisruptionBudget", "shop"),
+    ("apply", "HorizontalPodAutoscaler", "shop"),
+]
+
+
+def database_secret() -> dict[str, Any]:
+    values = {"host": "db", "port": "5432", "dbname": "shop", "user": "shop", "password": "pw"}
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "shop-db", "namespace": "web"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    fake = FakeApi()
+    fake.put(database_secret())
+    return fake
+
+
+@pytest.fixture
+def context(api: FakeApi) -> OperatorContext:
+    return OperatorContext.create(OperatorSettings(), api)
+
+
+@pytest.fixture
+def warnings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The Warning events the handlers post (kopf posts them only inside a running operator)."""
+    posted: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: posted.append(
+        (reason, message)))
+    return posted
+
+
+def change(context: OperatorContext, api: FakeApi, body: dict[str, Any]) -> dict[str, Any]:
+    """Run the create/update handler on `body` as stored; return the stored object after."""
+    if api.get(API_VERSION, KIND, "web", "shop") is None:
+        api.put(body)
+    handlers.on_change(body=kopf.Body(copy.deepcopy(body)), logger=LOGGER, memo=context)
+    live = api.get(API_VERSION, KIND, "web", "shop")
+    assert live is not None
+    return live
+
+
+def ready(live: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in live["status"]["conditions"] if c["type"] == "Ready")
+
+
+def test_create_applies_every_child_scales_to_the_minimum_and_reports(context, api, warnings):
+    live = change(context, api, SHOP)
+    assert api.written("apply") == CHILDREN
+    assert api.written("scale") == [("scale", "Deployment", "shop")]
+    deployment = api.get("apps/v1", "Deployment", "web", "shop")
+    assert deployment["spec"]["replicas"] == 2  # replicas.min, outside the applied config
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == "shop-uid"
+    assert api.written("patch_status") == [("patch_status", KIND, "shop")]
+    assert ready(live)["status"] == "False" and ready(live)["reason"] == "RollingOut"
+    assert live["status"]["observedGeneration"] == 1
+    assert live["status"]["database"]["poolSizePerPod"] == (100 - 3) // (6 + 1)
+    assert warnings == []
+    assert ("web", "shop") in context.managed
+    assert INITIAL_SCALE_FIELD_MANAGER != "djangoscale"
+
+
+def test_an_unchanged_object_writes_nothing(context, api, warnings):
+    live = change(context, api, SHOP)
+    before = list(api.writes)
+    change(context, api, live)  # the resync: same spec, the status it already shows
+    assert api.writes == before
+
+
+def test_an_update_reapplies_only_what_changed(context, api, warnings):
+    live = change(context, api, SHOP)
+    updated = copy.deepcopy(live)
+    updated["spec"]["server"] = {"type": "gunicorn-gthread", "threads": 8}
+    updated["metadata"]["generation"] = 2
+    api.put(updated)
+    before = len(api.writes)
+    live = change(context, api, updated)
+    new = api.writes[before:]
+    # The database Secret's pool sizing and the Deployment's env change; nothing else.
+    assert [w for w in new if w[0] == "apply"] == [
+        ("apply", "Secret", "shop-database"), ("apply", "Deployment", "shop")]
+    assert ("scale", "Deployment", "shop") not in new  # the HPA owns replicas by now
+    env = {e["name"]: e.get("value") for e in api.get("apps/v1", "Deployment", "web", "shop")
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["DJANGOSCALE_SERVER"], env["DJANGOSCALE_THREADS"]) == ("gunicorn-gthread", "8")
+    assert live["status"]["observedGeneration"] == 2
+
+
+def test_an_invalid_spec_applies_nothing_and_warns_once(context, api, warnings):
+    body = copy.deepcopy(SHOP)
+    body["spec"]["port"] = 0
+    live = change(context, api, body)
+    assert api.written("apply") == []
+    assert ready(live)["reason"] == "InvalidSpec"
+    assert "spec.port: must be >= 1" in ready(live)["message"]
+    assert warnings == [("InvalidSpec", ready(live)["message"])]
+    writes = list(api.writes)
+    change(context, api, live)  # the next resync: same failure
+    assert len(warnings) == 1
+    assert api.writes == writes
+
+
+def test_a_missing_secret_is_a_condition_naming_the_field(context, api, warnings):
+    api.delete("v1", "Secret", "web", "shop-db")
+    live = change(context, api, SHOP)
+    assert api.written("apply") == []
+    assert ready(live)["reason"] == "DatabaseSecretNotFound"
+    assert ready(live)["message"].startswith("spec.database.secretName: Secret shop-db not found")
+    assert [reason for reason, _ in warnings] == ["DatabaseSecretNotFound"]
+
+
+def test_children_the_spec_no_longer_asks_for_are_pruned(context, api, warnings):
+    body = copy.deepcopy(SHOP)
+    body["spec"]["workers"] = [{"name": "mail", "app": "shop.celery", "queues": ["mail"]}]
+    body["spec"]["broker"] = {"type": "redis", "secretName": "broker"}
+    live = change(context, api, body)
+    assert api.get("apps/v1", "Deployment", "web", "shop-worker-mail") is not None
+    smaller = copy.deepcopy(live)
+    del smaller["spec"]["workers"], smaller["spec"]["broker"]
+    smaller["spec"]["autoscaling"] = {"enabled": False}
+    api.put(smaller)
+    change(context, api, smaller)
+    assert sorted(api.written("delete")) == [
+        ("delete", "Deployment", "shop-worker-mail"),
+        ("delete", "HorizontalPodAutoscaler", "shop"),
+        ("delete", "HorizontalPodAutoscaler", "shop-worker-mail"),
+        ("delete", "PodDisruptionBudget", "shop-worker-mail"),
+    ]
+    assert api.get("apps/v1", "Deployment", "web", "shop") is not None
+
+
+def test_an_api_error_is_retried_and_a_terminating_namespace_is_not(context, api, warnings):
+    api.put(SHOP)
+    api.failure = ApiError(500, "InternalError", "etcd timeout")
+    with pytest.raises(kopf.TemporaryError):
+        handlers.on_change(body=kopf.Body(SHOP), logger=LOGGER, memo=context)
+    api.failure = ApiError(403, "Forbidden", '{"reason": "NamespaceTerminating"}')
+    handlers.on_change(body=kopf.Body(SHOP), logger=LOGGER, memo=context)  # no raise
+
+
+def child_event(context: OperatorContext, api: FakeApi, generation: int) -> None:
+    deployment = api.get("apps/v1", "Deployment", "web", "shop")
+    deployment["metadata"]["generation"] = generation
+    handlers.on_child_event(body=kopf.Body(deployment), event={"type": "MODIFIED"},
+                            namespace="web", logger=LOGGER, memo=context)
+
+
+def test_a_hand_edit_of_a_child_is_put_back_and_status_follows_the_children(
+        context, api, warnings):
+    change(context, api, SHOP)
+    child_event(context, api, generation=1)  # first sight: remembered, status refreshed
+    deployment = api.get("apps/v1", "Deployment", "web", "shop")
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"] = ["sleep", "infinity"]
+    api.put(deployment)
+    child_event(context, api, generation=2)  # a spec edit: reconciled, our args are back
+    args = api.get("apps/v1", "Deployment", "web", "shop")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert args == ["djangoscale", "serve", "shop.wsgi:application"]
+    # Status progress of a child (same generation) rewrites the status only if it changed.
+    deployment = api.get("apps/v1", "Deployment", "web", "shop")
+    deployment["status"] = {"observedGeneration": deployment["metadata"]["generation"],
+                            "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2,
+                            "readyReplicas": 2}
+    api.put(deployment)
+    child_event(context, api, generation=deployment["metadata"]["generation"])
+    live = api.get(API_VERSION, KIND, "web", "shop")
+    assert ready(live)["status"] == "True"
+    writes = list(api.writes)
+    child_event(context, api, generation=deployment["metadata"]["generation"])
+    assert api.writes == writes
+
+
+def test_handlers_need_the_context_djangoscale_run_builds():
+    from djangoscale.context import context_of
+
+    with pytest.raises(RuntimeError, match="djangoscale run"):
+        context_of(kopf.Memo())
+
+
+def test_the_entry_module_registers_every_handler_module():
+    import djangoscale.entry  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    names = {handler.fn.__module__ for handler in registry._spawning.get_all_handlers()}
+    names |= {handler.fn.__module__ for handler in registry._changing.get_all_handlers()}
+    assert {"djangoscale.controller.handlers", "djangoscale.autoscaling.handlers",
+            "djangoscale.celery.handlers"} <= names
