@@ -9,6 +9,7 @@ and everything is closed at cleanup.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,23 @@ from djangoscale.k8s import Api
 from djangoscale.settings import OperatorSettings
 
 if TYPE_CHECKING:
+    import kopf
     from aiohttp import web
+
+# How soon a pausing daemon notices it was stopped.
+PAUSE_STEP_SECONDS = 0.5
+
+
+async def pause(stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Wait `seconds`, or until the daemon is stopped, leaving no task behind.
+
+    Not `stopped.wait(seconds)`: that runs its timeout in a task of its own which, still
+    pending when the operator exits, kopf collects and re-raises (a TimeoutError traceback and
+    exit code 1 on SIGTERM). Short sleeps are cancelled cleanly."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not stopped and (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(PAUSE_STEP_SECONDS, left))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from djangoscale.autoscaling.apiserver import (
     write_serving_cert,
 )
 from djangoscale.autoscaling.windows import ServiceWindows
-from djangoscale.context import context_of
+from djangoscale.context import context_of, pause
 from djangoscale.contract import (
     API_VERSION,
     COMPONENT_LABEL,
@@ -88,7 +88,7 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 ds = None  # the reconciler reports it; nothing to scale
             if ds is None or not ds.autoscaling.enabled:
                 store.drop(namespace, name)
-                await asyncio.sleep(settings.scrape_interval)
+                await pause(stopped, settings.scrape_interval)
                 continue
             pods = list(rps_pods.get((namespace, name), []))
             reading = await collector.collect(ds, pods, windows, context.scraper,
@@ -106,10 +106,7 @@ async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
                 except ApiError as error:
                     logger.warning("could not write RPS status: %s %s", error.status,
                                    error.reason)
-            # A sleep, not `stopped.wait(...)`: that one runs its timeout in a task of its own,
-            # which, still pending when the operator exits, kopf collects and re-raises: a
-            # TimeoutError traceback and exit code 1 on SIGTERM. `while not stopped` ends it.
-            await asyncio.sleep(settings.scrape_interval)
+            await pause(stopped, settings.scrape_interval)
     finally:
         store.drop(namespace, name)
 

@@ -27,7 +27,7 @@ from djangoscale.builders.workers import (
 )
 from djangoscale.celery.brokers import BrokerUnavailable, QueueReader, reader_for
 from djangoscale.celery.queues import HoldLast, group_total, per_pod_values
-from djangoscale.context import context_of
+from djangoscale.context import context_of, pause
 from djangoscale.contract import (
     COMPONENT_LABEL,
     INSTANCE_LABEL,
@@ -103,7 +103,7 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
             except spec.SpecError:
                 ds = None  # the reconciler reports it
             if ds is None or ds.broker is None or not ds.workers:
-                await asyncio.sleep(poll_seconds)
+                await pause(stopped, poll_seconds)
                 continue
             queues = sorted({queue for group in ds.workers for queue in group.queues})
             lengths = None
@@ -145,9 +145,7 @@ async def poll_queue_lengths(body: kopf.Body, namespace: str, name: str,
             for key in served - current:
                 store.drop(namespace, key)
             served = current
-            # A sleep, not `stopped.wait(...)` (see autoscaling/handlers.py: a TimeoutError
-            # re-raised by kopf at exit).
-            await asyncio.sleep(poll_seconds)
+            await pause(stopped, poll_seconds)
     finally:
         for key in served:
             store.drop(namespace, key)

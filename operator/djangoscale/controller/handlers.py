@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import kopf
 
-from djangoscale.context import OperatorContext, context_of
+from djangoscale.context import OperatorContext, context_of, pause
 from djangoscale.contract import (
     API_VERSION,
     GROUP,
@@ -89,15 +89,15 @@ async def resync(body: kopf.Body, logger: logging.Logger, memo: object,
     the module is imported, the daemon reads it from the settings."""
     context = context_of(memo)
     interval = context.settings.resync_seconds
-    await stopped.wait(interval)
+    await pause(stopped, interval)
     while not stopped:
         try:
             await asyncio.to_thread(_reconcile, context, body, logger)
         except kopf.TemporaryError as error:
             logger.warning("resync failed, retrying: %s", error)
-            await stopped.wait(min(interval, error.delay or interval))
+            await pause(stopped, min(interval, error.delay or interval))
             continue
-        await stopped.wait(interval)
+        await pause(stopped, interval)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
