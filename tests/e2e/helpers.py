@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,16 +42,18 @@ class OperatorProcess:
         """The operator's reconcile counter (creations, changes and resyncs alike)."""
         return self.metric("djangoscale_operator_reconciles_total")
 
-    def wait_for_resyncs(self, rounds: int = 2, timeout: float = 60.0) -> float:
-        """Wait until every managed object could have been reconciled `rounds` times from now.
+    def wait_for_resyncs(self, objects: Callable[[], int], rounds: int = 2,
+                         timeout: float = 60.0) -> float:
+        """Wait until every object the operator resyncs could have been reconciled `rounds`
+        times from now; how far the counter moved.
 
         The counter is the operator's, not one object's: it must move by `rounds` times the
-        number of objects it manages (the managed-objects gauge), each object's resync timer
-        having the same period. Returns how far it moved."""
+        number of objects whose resync runs (`objects()`, asked again at every look, as other
+        tests' objects go away), each object's resync having the same period."""
         start = self.reconciles()
-        wanted = rounds * max(1.0, self.metric("djangoscale_operator_managed_objects"))
-        wait_for(f"{wanted:.0f} reconciles after {start:.0f}",
-                 lambda: self.reconciles() - start >= wanted, timeout=timeout)
+        wait_for(f"{rounds} resyncs of every object after {start:.0f} reconciles",
+                 lambda: self.reconciles() - start >= rounds * max(1, objects()),
+                 timeout=timeout)
         return self.reconciles() - start
 
 

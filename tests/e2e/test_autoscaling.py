@@ -500,8 +500,10 @@ def test_metrics_outage_holds_replicas_and_says_why(
                                 kwargs={"stop": stop_load})
         load.start()
         wait_for("a scale-up under load", lambda: hpa_desired(api, namespace) >= 4, timeout=40)
-        before = wait_for("replicas to settle under load", lambda: settled(api, namespace),
-                          timeout=40, interval=0)
+        # Settled, and every pod already serving: a pod that joined just before the outage has
+        # no rate yet, its held value is 0, and the HPA would rightly count it as idle.
+        before = wait_for("replicas settled and every pod serving",
+                          lambda: settled_and_serving(api, namespace), timeout=60, interval=0)
         # The outage, under load: every pod's metrics vanish and none come back.
         harness.kill_all()
         wait_for("MetricsAvailable=False",
@@ -536,6 +538,14 @@ def pod_values(api: ApiClient, namespace: str) -> dict[str, float]:
     """What the HPA reads, per pod, through the aggregator (quantities in milli-units)."""
     return {item["describedObject"]["name"]: float(item["value"].rstrip("m")) / 1000
             for item in pod_metrics(api, namespace)["items"]}
+
+
+def settled_and_serving(api: ApiClient, namespace: str) -> int:
+    """`settled`'s replicas once every one of them reports a rate above zero, else 0."""
+    replicas = settled(api, namespace)
+    values = pod_values(api, namespace)
+    serving = len(values) >= replicas and all(value > 0 for value in values.values())
+    return replicas if replicas and serving else 0
 
 
 def settled(api: ApiClient, namespace: str, seconds: float = 6.0) -> int:

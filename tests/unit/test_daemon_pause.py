@@ -1,4 +1,5 @@
-"""`pause`: a daemon's wait that ends early when stopped and leaves no task for kopf to reap."""
+"""Shutdown of the operator's daemons: `pause` ends early when stopped and leaves no task for kopf
+to reap; a closed scraper opens no session a collector still mid-round would leak."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ async def test_pause_ends_within_a_step_once_stopped() -> None:
     started = time.monotonic()
     await pause(stopped, 30)  # type: ignore[arg-type]
     assert time.monotonic() - started < 0.1 + PAUSE_STEP_SECONDS + 0.2
+
+
+async def test_a_closed_scraper_reads_nothing_and_opens_no_session() -> None:
+    from djangoscale.autoscaling.collector import Scraper
+
+    scraper = Scraper()
+    await scraper.close()
+    assert await scraper.pod_total("127.0.0.1", 9) is None
+    assert await scraper.prometheus_rates("http://127.0.0.1:9", "up") is None
+    assert scraper._session is None
