@@ -2,11 +2,13 @@
 # the user's Django image). Build from the repository root: docker build -t djangoscale .
 #
 # Pinned to a patch release of the base. For a bit-for-bit reproducible build, pin the digest
-# too: --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest of that tag>.
+# too: --build-arg BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest of that tag>.
+# Any Debian bookworm with python3 and its venv module will do: without a registry,
+# `djangoscale cluster build-images` builds this file on a local Debian base.
 # Builder and runtime must share the base: the venv points at the base's python3.11.
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS builder
+FROM ${BASE_IMAGE} AS builder
 WORKDIR /src
 # Only what the wheel needs; crds/ because operator/djangoscale/data/crd.yaml links into it.
 COPY pyproject.toml README.md ./
@@ -15,7 +17,7 @@ COPY operator/ operator/
 COPY docker/install.sh docker/install.sh
 RUN sh docker/install.sh /opt/venv /src
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="djangoscale" \
       org.opencontainers.image.description="Kubernetes operator that runs and autoscales Django apps" \
       org.opencontainers.image.source="https://github.com/djangoscale/djangoscale" \

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(postgresql pgbouncer libev-dev lua5.4 wrk rabbitmq-server redis-server)
+# Images without Docker or a registry (devtools/djangoscale_dev/images); runc runs them in tests.
+APT_PACKAGES+=(debootstrap buildah runc)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

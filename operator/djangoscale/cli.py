@@ -20,15 +20,21 @@ ENTRY_POINT_GROUP = "djangoscale.commands"
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("djangoscale.controller.cli", "run the operator"),
+    "doctor": ("djangoscale.doctor", "check a cluster for djangoscale's health (exit 1: findings)"),
     "render": ("djangoscale.render", "validate DjangoService documents and print their children"),
     "serve": ("djangoscale.serve.cli", "serve a Django WSGI app under the chosen server"),
     "worker": ("djangoscale.celery.worker", "run a Celery worker (threads, fair, acks late)"),
+    "prestop": ("djangoscale.serve.prestop",
+                "a terminating pod's preStop hook: shrink its pgbouncer's pool, then wait"),
 }
 
 
 # The extra that brings a built-in command's dependencies (`pip install 'djangoscale[...]'`).
 # `render` needs none: it runs from the base install.
-COMMAND_EXTRAS: dict[str, str] = {"run": "operator", "serve": "serve", "worker": "celery"}
+COMMAND_EXTRAS: dict[str, str] = {
+    "run": "operator", "doctor": "operator", "serve": "serve", "worker": "celery",
+    "prestop": "serve",
+}
 
 
 def available_commands() -> dict[str, tuple[str, str]]:

@@ -18,6 +18,8 @@ from djangoscale.spec import DjangoService
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 # Written by the RPS collector, beside the reconciler's conditions.
 METRICS_AVAILABLE: Final = "MetricsAvailable"
+# Degraded's reason while the pods' pgbouncers hold more server connections than the budget.
+BUDGET_EXCEEDED: Final = "BudgetExceeded"
 # True (a warning) while a worker group opted into gevent.
 GEVENT_WORKERS: Final = "GeventWorkers"
 
@@ -158,6 +160,47 @@ def rollout_conditions(
     else:
         degraded = Condition("Degraded", "False", "AsExpected", "no failure observed")
     return with_kstatus([ready, progress, degraded])
+
+
+def budget_exceeded(
+    budget: int | None, server_connections: int | None, pods: int | None
+) -> tuple[str, str] | None:
+    """(reason, message) of `Degraded=True` while the pods' pgbouncers hold more server
+    connections than the budget. The sizing should make this impossible; if it happens the
+    user must know."""
+    if budget is None or server_connections is None or server_connections <= budget:
+        return None
+    return (
+        BUDGET_EXCEEDED,
+        f"{server_connections} server connections held by the pgbouncers of {pods} pods "
+        f"(SHOW POOLS) exceed the budget of {budget} (spec.database.maxConnections minus "
+        "reservedConnections): PostgreSQL may refuse connections. Look for pods holding "
+        "their pool while they terminate, or a pool size changed outside the operator.",
+    )
+
+
+def live_budget_exceeded(ds: DjangoService, live_status: dict[str, Any]) -> tuple[str, str] | None:
+    """`budget_exceeded` from the figures the collector last wrote into `status.database`."""
+    database = live_status.get("database") or {}
+    if ds.database is None or not ds.uses_pgbouncer:
+        return None
+    return budget_exceeded(ds.database.pool_budget, database.get("serverConnections"),
+                           database.get("podsReporting"))
+
+
+def degraded(reason: str, message: str) -> list[Condition]:
+    """`Degraded=True` (and kstatus' `Stalled`) for a failure found outside the rollout."""
+    return with_kstatus([Condition("Degraded", "True", reason, message)])
+
+
+def not_degraded() -> list[Condition]:
+    return with_kstatus([Condition("Degraded", "False", "AsExpected", "no failure observed")])
+
+
+def overriding(conditions: list[Condition], replacements: list[Condition]) -> list[Condition]:
+    """`conditions` with the entries of the same type replaced."""
+    types = {c.type for c in replacements}
+    return [c for c in conditions if c.type not in types] + replacements
 
 
 def worker_conditions(ds: DjangoService) -> list[Condition]:

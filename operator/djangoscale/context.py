@@ -3,40 +3,44 @@
 `djangoscale run` builds an `OperatorContext` from the settings and hands it to
 `kopf.operator(memo=...)`. kopf gives each resource object a shallow copy of it, so the objects
 it holds (the API, the metrics stores, the caches) are the same for every handler, and no module
-keeps state of its own. The metrics API server started by a startup handler is kept here too,
-and everything is closed at cleanup.
+keeps state of its own. The metrics API server and the operator-wide loops started by startup
+handlers are kept here too, and everything is closed at cleanup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import threading
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from djangoscale.autoscaling.apiserver import MetricsStore
 from djangoscale.autoscaling.collector import Scraper
 from djangoscale.contract import QUEUE_LENGTH_METRIC
-from djangoscale.k8s import Api
+from djangoscale.k8s import Api, ApiError
+from djangoscale.peering import is_active
+from djangoscale.rollouts import RolloutGate
 from djangoscale.settings import OperatorSettings
 
 if TYPE_CHECKING:
-    import kopf
     from aiohttp import web
 
-# How soon a pausing daemon notices it was stopped.
-PAUSE_STEP_SECONDS = 0.5
+
+# Seconds a reading of the peering object is trusted: the loops ask every round.
+PEERING_CHECK_SECONDS = 5.0
 
 
-async def pause(stopped: kopf.DaemonStopped, seconds: float) -> None:
-    """Wait `seconds`, or until the daemon is stopped, leaving no task behind.
+@dataclass(frozen=True)
+class PeeringSeat:
+    """This operator's place in kopf peering: the peering object and its priority."""
 
-    Not `stopped.wait(seconds)`: that runs its timeout in a task of its own which, still
-    pending when the operator exits, kopf collects and re-raises (a TimeoutError traceback and
-    exit code 1 on SIGTERM). Short sleeps are cancelled cleanly."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not stopped and (left := deadline - loop.time()) > 0:
-        await asyncio.sleep(min(PAUSE_STEP_SECONDS, left))
+    name: str
+    priority: int
+    # The namespace of a namespaced KopfPeering (the first watched one); None: cluster-wide.
+    namespace: str | None = None
 
 
 @dataclass
@@ -48,6 +52,8 @@ class OperatorContext:
     # Per-pod queue lengths of the worker groups, served beside RPS.
     queue_lengths: MetricsStore
     scraper: Scraper
+    # Slots for the rollouts nobody asked for (an operator upgrade): a few at a time.
+    rollouts: RolloutGate
     # The last spec generation seen per child uid: a new one is a spec edit (ours, the HPA's
     # or a hand edit), worth a re-apply; anything else is status progress.
     child_generations: dict[str, int] = field(default_factory=dict)
@@ -55,6 +61,15 @@ class OperatorContext:
     managed: set[tuple[str, str]] = field(default_factory=set)
     # Set by the startup handler that starts the metrics API server (before any copy is made).
     metrics_server: web.AppRunner | None = None
+    # The operator-wide loops (`djangoscale.background`), cancelled at cleanup.
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    # With peering, the loops run only while this operator is the active peer.
+    peering: PeeringSeat | None = None
+    _active: tuple[float, bool] = (0.0, True)
+    # One reconcile of an object at a time: the resync daemon, the change handlers and a
+    # migration Job's event may all fire at once, and each decides on a Warning event from
+    # the status the one before it wrote.
+    reconcile_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: OperatorSettings, api: Api) -> OperatorContext:
@@ -64,14 +79,48 @@ class OperatorContext:
             rps=MetricsStore(window_seconds=int(settings.stable_window)),
             queue_lengths=MetricsStore(window_seconds=int(settings.queue_poll_seconds)),
             scraper=Scraper(settings.scrape_concurrency, settings.scrape_timeout),
+            rollouts=RolloutGate(settings.max_concurrent_rollouts),
         )
+
+    def reconcile_lock(self, namespace: str, name: str) -> threading.Lock:
+        return self.reconcile_locks.setdefault((namespace, name), threading.Lock())
 
     @property
     def extra_pod_metrics(self) -> dict[str, MetricsStore]:
         """Pod metrics the metrics API server serves beside RPS, by name."""
         return {QUEUE_LENGTH_METRIC: self.queue_lengths}
 
+    async def active(self) -> bool:
+        """Whether the operator-wide loops should work now: always when standalone; with
+        peering, only on the active peer. kopf pauses a standby's watches and handlers, not
+        these loops, and a peer demoted after a while would keep working from its last
+        view of the objects."""
+        if self.peering is None:
+            return True
+        checked_at, active = self._active
+        if time.monotonic() - checked_at < PEERING_CHECK_SECONDS:
+            return active
+        seat = self.peering
+        kind = "ClusterKopfPeering" if seat.namespace is None else "KopfPeering"
+        try:
+            peering = await asyncio.to_thread(self.api.get, "kopf.dev/v1", kind,
+                                              seat.namespace, seat.name)
+        except ApiError:
+            return active  # keep the last answer through an API hiccup
+        active = is_active((peering or {}).get("status"), seat.priority,
+                           datetime.datetime.now(datetime.UTC))
+        self._active = (time.monotonic(), active)
+        return active
+
+    def start(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
+        """Run one of the operator-wide loops until cleanup."""
+        self.background.append(asyncio.create_task(loop, name=name))
+
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
         if self.metrics_server is not None:
             await self.metrics_server.cleanup()
         await self.scraper.close()

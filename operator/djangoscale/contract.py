@@ -37,6 +37,9 @@ SERVER_TYPES: Final[tuple[str, ...]] = tuple(DEFAULT_THREADS)
 SINGLE_THREADED_SERVERS: Final[tuple[str, ...]] = ("gunicorn-sync", "bjoern")
 # The only server whose pool grows past `threads` (the launcher grows cheroot's pool).
 GROWING_SERVER: Final = "cherrypy"
+# Without spec.server.maxThreads its pool grows by half again, so a pool of 100 threads meets
+# a burst with up to 150 before requests queue (the CRD's CEL rules repeat it as (3 x t + 1) / 2).
+GROWING_SERVER_GROWTH: Final = 1.5
 GREENLET_SERVER: Final = "gunicorn-gevent"
 
 # -- environment of the app container: written by the Deployment, read by `djangoscale serve` --
@@ -51,6 +54,11 @@ SERVE_ENV: Final[dict[str, str]] = {
     "bind": "DJANGOSCALE_BIND",
     "metrics_bind": "DJANGOSCALE_METRICS_BIND",
 }
+# HOST:PORT of the pod's pgbouncer, set only with pooling.mode pgbouncer: the launcher reads
+# its admin console (SHOW POOLS) with the app's database credentials.
+PGBOUNCER_ADDRESS_ENV: Final = "DJANGOSCALE_PGBOUNCER"
+DATABASE_USER_ENV: Final = "DATABASE_USER"
+DATABASE_PASSWORD_ENV: Final = "DATABASE_PASSWORD"
 # prometheus_client's own variable: where the launcher's processes share their metric files.
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROC_DIR_IN_POD: Final = "/tmp/djangoscale-metrics"
@@ -67,6 +75,15 @@ REQUESTS_COUNTER: Final = f"{REQUESTS_COUNTER_NAME}_total"
 # Pod metrics the operator serves on custom.metrics.k8s.io and the HPAs name.
 RPS_METRIC: Final = "djangoscale_requests_per_second"
 QUEUE_LENGTH_METRIC: Final = "djangoscale_celery_queue_length"
+# Server connections a terminating pod's pgbouncer keeps: the pod's preStop hook
+# (`djangoscale prestop`) shrinks its pool to this, and the budget sets it aside for every pod
+# that may be draining while its replacement runs (Deployments do not wait for terminating
+# pods before creating replacements).
+DRAINING_POOL_SIZE: Final = 1
+# Server connections the pod's pgbouncer holds (SHOW POOLS: every sv_* column, all pools),
+# and clients waiting for one: exported by the launcher, summed by the operator's budget guard.
+PGBOUNCER_SERVER_CONNECTIONS: Final = "djangoscale_pgbouncer_server_connections"
+PGBOUNCER_CLIENTS_WAITING: Final = "djangoscale_pgbouncer_clients_waiting"
 # The path of the launcher's metrics endpoint.
 METRICS_PATH: Final = "/metrics"
 

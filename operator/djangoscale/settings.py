@@ -50,6 +50,9 @@ class OperatorSettings:
     stable_window: float = STABLE_WINDOW_SECONDS
     panic_window: float = PANIC_WINDOW_SECONDS
     panic_threshold: float = PANIC_THRESHOLD
+    # DjangoServices that roll a pod template change they did not ask for (an operator
+    # upgrade, a rotated database Secret) at a time; 0: all at once. `djangoscale.rollouts`.
+    max_concurrent_rollouts: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -98,4 +101,5 @@ ENV: Final[dict[str, str]] = {
     "stable_window": "DJANGOSCALE_STABLE_WINDOW",
     "panic_window": "DJANGOSCALE_PANIC_WINDOW",
     "panic_threshold": "DJANGOSCALE_PANIC_THRESHOLD",
+    "max_concurrent_rollouts": "DJANGOSCALE_MAX_CONCURRENT_ROLLOUTS",
 }

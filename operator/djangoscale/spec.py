@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from djangoscale import schema
-from djangoscale.budget import budget_problems, pods_at_most
+from djangoscale.budget import budget_problems, pods_at_most, threads_at_most
 from djangoscale.contract import (
     DEFAULT_THREADS,
     GROUP,
@@ -33,9 +32,6 @@ from djangoscale.contract import (
 
 __all__ = ["DEFAULT_THREADS", "GROUP", "KIND", "PLURAL", "VERSION"]
 
-# Only cheroot's pool grows (the launcher grows it): by half again, so a pool of 100 threads
-# meets a burst with up to 150 before requests queue.
-CHERRYPY_GROWTH = 1.5
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Children are named <name>-database, <name>-worker-<group>: the Service name is a DNS label.
 MAX_NAME_LENGTH = 47
@@ -131,12 +127,63 @@ class WorkerGroup:
     max_replicas: int
     target_queue_length_per_worker: int
     resources: dict[str, Any] = field(default_factory=dict)
+    # More `celery worker` arguments, after the operator's.
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class BrokerSpec:
     type: str
     secret_name: str
+
+
+@dataclass(frozen=True)
+class MigrationsSpec:
+    """The migration Job that gates a rollout (docs/lifecycle.md)."""
+
+    enabled: bool
+    command: tuple[str, ...]
+    active_deadline_seconds: int
+    backoff_limit: int
+
+
+MIGRATIONS_OFF = MigrationsSpec(False, (), 1, 0)
+
+
+@dataclass(frozen=True)
+class IngressSpec:
+    hosts: tuple[str, ...]
+    class_name: str | None = None
+    tls_secret_name: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """An HTTPRoute: parentRefs as written (Gateway API ParentReference fields)."""
+
+    parent_refs: tuple[dict[str, Any], ...]
+    hostnames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticFilesSpec:
+    """collectstatic at pod start into an emptyDir (off: collected at image build time)."""
+
+    enabled: bool
+    command: tuple[str, ...]
+    mount_path: str
+
+
+STATIC_FILES_IN_IMAGE = StaticFilesSpec(False, (), "/")
+
+
+@dataclass(frozen=True)
+class BeatSpec:
+    """The one Celery beat scheduler."""
+
+    app: str
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,7 +205,8 @@ class DjangoService:
     autoscaling: AutoscalingSpec
     database: DatabaseSpec | None
     pgbouncer: PgBouncerSpec
-    # pgbouncer (a sidecar per pod), django (Django's own psycopg pool per process) or none.
+    # pgbouncer (a sidecar per pod), django (Django's own psycopg pool per process), none, or
+    # external (the user's pooler outside the pod; the operator does not divide the budget).
     pooling_mode: str
     resources: dict[str, Any] = field(default_factory=dict)
     env: tuple[dict[str, Any], ...] = ()
@@ -168,11 +216,17 @@ class DjangoService:
     # Passed through to the pod as written (validated by the API server's own pod schema).
     pod_options: dict[str, Any] = field(default_factory=dict)
     env_from: tuple[dict[str, Any], ...] = ()
+    migrations: MigrationsSpec = MIGRATIONS_OFF
+    ingress: IngressSpec | None = None
+    gateway: GatewaySpec | None = None
+    beat: BeatSpec | None = None
+    static_files: StaticFilesSpec = STATIC_FILES_IN_IMAGE
 
     @property
     def max_pods(self) -> int:
         """The most pods that can hold database connections at once, surge pods included."""
-        return pods_at_most(self.max_replicas, [w.max_replicas for w in self.workers])
+        return pods_at_most(self.max_replicas, [w.max_replicas for w in self.workers],
+                            beat=self.beat is not None)
 
     @property
     def uses_pgbouncer(self) -> bool:
@@ -269,7 +323,43 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     database = spec.get("database")
     if database is not None:
         problems += budget_problems(spec, database, mode, explicit_mode)
+    problems += _lifecycle_problems(spec)
     return problems
+
+
+def migrations_enabled(spec: dict[str, Any]) -> bool:
+    """On by default when there is a database to migrate."""
+    enabled: bool = spec["migrations"].get("enabled", "database" in spec)
+    return enabled
+
+
+def _lifecycle_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    database = spec.get("database")
+    if database is not None and migrations_enabled(spec) and database["reservedConnections"] < 1:
+        problems.append(
+            "spec.database.reservedConnections: the migration Job connects on a reserved "
+            "connection: must be >= 1 while spec.migrations is enabled (or set "
+            "spec.migrations.enabled: false)"
+        )
+    if "beat" in spec:
+        if "broker" not in spec:
+            problems.append("spec.broker: required when spec.beat is set")
+        for index, group in enumerate(spec.get("workers", [])):
+            if any(runs_beat(arg) for arg in group.get("args", [])):
+                problems.append(BEAT_IN_A_WORKER.replace("[]", f"[{index}]", 1))
+    return problems
+
+
+BEAT_IN_A_WORKER = (
+    "spec.workers[].args: -B/--beat would run a second scheduler inside the worker; spec.beat "
+    "already runs the one scheduler (drop the flag)"
+)
+
+
+def runs_beat(arg: str) -> bool:
+    """`celery worker -B` / `--beat` embeds a beat scheduler in the worker."""
+    return arg == "--beat" or arg.startswith("--beat=") or arg.startswith("-B")
 
 
 def _worker_problems(spec: dict[str, Any]) -> list[str]:
@@ -312,18 +402,11 @@ def _scale_policy(raw: dict[str, Any]) -> ScalePolicy:
 
 
 def _server(raw: dict[str, Any]) -> ServerSpec:
-    threads = raw.get("threads", DEFAULT_THREADS[raw["type"]])
-    if "maxThreads" in raw:
-        max_threads = raw["maxThreads"]
-    elif raw["type"] == GROWING_SERVER:
-        max_threads = math.ceil(threads * CHERRYPY_GROWTH)
-    else:
-        max_threads = threads
     return ServerSpec(
         type=raw["type"],
         workers=raw["workers"],
-        threads=threads,
-        max_threads=max_threads,
+        threads=raw.get("threads", DEFAULT_THREADS[raw["type"]]),
+        max_threads=threads_at_most(raw),
         queue_size=raw["queueSize"],
         timeout_seconds=raw["timeoutSeconds"],
     )
@@ -413,6 +496,40 @@ def parse(body: dict[str, Any]) -> DjangoService:
         broker=None
         if "broker" not in spec
         else BrokerSpec(type=spec["broker"]["type"], secret_name=spec["broker"]["secretName"]),
+        migrations=_migrations(spec),
+        ingress=_ingress(spec.get("ingress")),
+        gateway=None if "gateway" not in spec else GatewaySpec(
+            parent_refs=tuple(copy.deepcopy(spec["gateway"]["parentRefs"])),
+            hostnames=tuple(spec["gateway"].get("hostnames", ())),
+        ),
+        beat=None if "beat" not in spec else BeatSpec(
+            app=spec["beat"]["app"], resources=copy.deepcopy(spec["beat"].get("resources", {}))),
+        static_files=StaticFilesSpec(
+            enabled=spec["staticFiles"]["enabled"],
+            command=tuple(spec["staticFiles"]["command"]),
+            mount_path=spec["staticFiles"]["mountPath"],
+        ),
+    )
+
+
+def _ingress(raw: dict[str, Any] | None) -> IngressSpec | None:
+    if raw is None:
+        return None
+    return IngressSpec(
+        hosts=tuple(raw["hosts"]),
+        class_name=raw.get("className"),
+        tls_secret_name=(raw.get("tls") or {}).get("secretName"),
+        annotations=dict(raw.get("annotations", {})),
+    )
+
+
+def _migrations(spec: dict[str, Any]) -> MigrationsSpec:
+    raw = spec["migrations"]
+    return MigrationsSpec(
+        enabled=migrations_enabled(spec),
+        command=tuple(raw["command"]),
+        active_deadline_seconds=raw["activeDeadlineSeconds"],
+        backoff_limit=raw["backoffLimit"],
     )
 
 
@@ -429,4 +546,5 @@ def _worker_group(raw: dict[str, Any]) -> WorkerGroup:
         max_replicas=raw["replicas"]["max"],
         target_queue_length_per_worker=raw["targetQueueLengthPerWorker"],
         resources=copy.deepcopy(raw.get("resources", {})),
+        args=tuple(raw.get("args", ())),
     )

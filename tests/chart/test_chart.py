@@ -45,6 +45,11 @@ ALLOWED = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "configmaps"): {"get"},
     ("", "namespaces"): {"list", "watch"},  # namespaced mode only
+    # The deploy lifecycle: the migration Job (deleted only to retry it), its log, the ways in.
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods/log"): {"get"},
+    ("networking.k8s.io", "ingresses"): {"get", "list", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "create", "patch", "delete"},
 }
 
 
@@ -135,6 +140,21 @@ def test_clusterwide_rbac_grants_only_what_the_operator_uses():
     assert configmaps["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
                                     "resourceNames": ["extension-apiserver-authentication"],
                                     "verbs": ["get"]}]
+
+
+def test_doctor_checks_exactly_the_verbs_the_chart_grants():
+    """`djangoscale doctor` reviews each verb of its table: the table is the chart's RBAC."""
+    from djangoscale.doctor import OPERATOR_ACCESS, REQUESTHEADER_ACCESS
+
+    roles = operator_roles(render())
+    (cluster_role,) = [r for r in roles if r["kind"] == "ClusterRole"]
+    table = {(group, resource): set(verbs) for group, resource, verbs in OPERATOR_ACCESS}
+    assert table == grants(cluster_role["rules"])
+    (configmaps,) = [r for r in roles if r["kind"] == "Role"]
+    namespace, group, resource, name, verb = REQUESTHEADER_ACCESS
+    assert configmaps["metadata"]["namespace"] == namespace
+    assert configmaps["rules"] == [{"apiGroups": [group], "resources": [resource],
+                                    "resourceNames": [name], "verbs": [verb]}]
 
 
 def test_namespaced_rbac_has_roles_per_namespace_and_nothing_namespaced_cluster_wide():
@@ -271,7 +291,7 @@ def test_plain_install_is_rendered_from_the_chart():
 
 def test_dockerfile_runs_the_install_script_as_non_root():
     text = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)[1]
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)[1]
     # A patch release or a digest, never a moving tag.
     assert re.search(r":3\.11\.\d+-slim|@sha256:[0-9a-f]{64}$", base), base
     assert "RUN sh docker/install.sh /opt/venv /src" in text

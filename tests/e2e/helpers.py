@@ -60,16 +60,17 @@ class OperatorProcess:
 @contextlib.contextmanager
 def start_operator(
     kubeconfig: Path, log: Path, *args: str, resync_seconds: int = 3,
-    env: Mapping[str, str] | None = None,
+    module: str = "djangoscale.cli", env: Mapping[str, str] | None = None,
 ) -> Iterator[OperatorProcess]:
     """`djangoscale run` as a real process, stopped (SIGTERM, then SIGKILL) at the end.
 
     Its log is then checked (tests/fixtures/operator_log.py): no traceback, no failed handler,
-    whatever the exit code. `args` come last, so they override the defaults here."""
+    whatever the exit code. `args` come last, so they override the defaults here; `module`
+    runs another entry point with the same arguments (a patched operator)."""
     metrics_port = free_port()
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", "0",
+            [sys.executable, "-m", module, "run", "--liveness-port", "0",
              "--metrics-port", str(metrics_port), "--metrics-api-port", "0",
              "--bind", "127.0.0.1", *args],
             env={**os.environ, "KUBECONFIG": str(kubeconfig),
@@ -114,6 +115,8 @@ def djangoservice(namespace: str, name: str = "shop", **spec: Any) -> dict[str, 
             "replicas": {"min": 2, "max": 5},
             "autoscaling": {"targetRPSPerPod": 20},
             "database": {"secretName": "shop-db", "maxConnections": 40},
+            # KWOK runs no Job pod: test_lifecycle.py drives the migration gate itself.
+            "migrations": {"enabled": False},
         },
     }
     body["spec"].update(spec)

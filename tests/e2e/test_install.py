@@ -270,6 +270,10 @@ FORBIDDEN = [
     ("create", "rbac.authorization.k8s.io", "rolebindings", "", "default", ""),
     ("escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", ""),
     ("impersonate", "", "serviceaccounts", "", "kube-system", ""),
+    # The migration Job is created, never updated; logs are read, never streamed to a pod.
+    ("update", "batch", "jobs", "", "default", ""),
+    ("create", "batch", "cronjobs", "", "default", ""),
+    ("create", "", "pods", "attach", "default", ""),
 ]
 # Positive controls: the same reviews do answer yes where the chart grants it.
 ALLOWED = [
@@ -280,6 +284,9 @@ ALLOWED = [
     ("update", "djangoscale.io", "djangoservices", "status", "default", ""),
     ("get", "", "configmaps", "", "kube-system", "extension-apiserver-authentication"),
     ("patch", "kopf.dev", "clusterkopfpeerings", "", "", "djangoscale"),
+    ("create", "batch", "jobs", "", "default", ""),
+    ("get", "", "pods", "log", "default", ""),
+    ("delete", "gateway.networking.k8s.io", "httproutes", "", "default", ""),
 ]
 
 

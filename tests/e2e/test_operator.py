@@ -64,12 +64,17 @@ def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace
     deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
     # Started at replicas.min, not at the API's default of 1; KWOK runs the pods.
     assert deployment["status"]["readyReplicas"] >= 2
-    assert live["status"]["database"] == {
+    database = live["status"]["database"]
+    assert {key: database[key] for key in (
+        "poolingMode", "poolSizePerPod", "maxClientConnPerPod", "connectionsAtMaxReplicas",
+        "maxConnections", "budget", "guarded")} == {
         "poolingMode": "pgbouncer",
-        "poolSizePerPod": 6,  # (40 - 3) // (5 + 1)
+        "poolSizePerPod": 5,  # (40 - 3) // (5 + 1) - 1 kept for a terminating pod
         "maxClientConnPerPod": 40,
-        "connectionsAtMaxReplicas": 36,
+        "connectionsAtMaxReplicas": 30,
         "maxConnections": 40,
+        "budget": 37,
+        "guarded": True,
     }
     for type_ in ("Progressing", "Degraded"):
         assert condition(kube, namespace, type_)["status"] == "False"

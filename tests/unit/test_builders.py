@@ -41,6 +41,7 @@ def test_children_and_their_owner():
     children = children_by_kind()
     assert set(children) == {
         "Secret",
+        "Job",
         "Deployment",
         "Service",
         "PodDisruptionBudget",
@@ -55,13 +56,17 @@ def test_children_and_their_owner():
 
 def test_pool_is_the_budget_over_max_replicas_plus_surge():
     sizing = size_pool(spec.parse(SHOP))
-    # (400 - 3 reserved) // (60 + 1) = 6 per pod; 6 x 61 = 366 <= 397.
-    assert sizing.pool_size_per_pod == 6
-    assert sizing.connections_at_max == 366 <= 400 - 3
+    # (400 - 3 reserved) // (60 + 1) = 6, less the one a terminating pod keeps: 5 per pod;
+    # 5 x 61 running + 1 x 61 draining = 366 <= 397.
+    assert sizing.pool_size_per_pod == 5
+    assert sizing.connections_at_max == 305
+    assert sizing.connections_at_max + 61 <= 400 - 3
     assert sizing.max_client_conn_per_pod == 150 + 10
     ini = decoded(children_by_kind()["Secret"], "pgbouncer.ini")
-    assert "default_pool_size = 6\n" in ini
-    assert "max_db_connections = 6\n" in ini
+    assert "default_pool_size = 5\n" in ini
+    assert "max_db_connections = 5\n" in ini
+    # The app container's user reads SHOW POOLS and shrinks the pool at termination.
+    assert "admin_users = shop\n" in ini
     assert "reserve_pool_size = 0\n" in ini
     assert "pool_mode = transaction\n" in ini
     assert "listen_addr = 127.0.0.1\n" in ini
@@ -114,6 +119,14 @@ def test_pods_pass_the_restricted_pod_security_standard():
         assert context.get("privileged") is not True
     for volume in pod["volumes"]:
         assert set(volume) & {"emptyDir", "secret"}, volume  # no hostPath
+
+
+def test_a_non_root_pgbouncer_can_read_its_config_files():
+    # The kubelet gives Secret files to root and to the fsGroup only (mode 0440).
+    pod = children_by_kind()["Deployment"]["spec"]["template"]["spec"]
+    config = next(v for v in pod["volumes"] if v["name"] == "pgbouncer-config")
+    assert config["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] not in (None, 0)
 
 
 def test_a_secret_change_rolls_the_pods():
@@ -227,10 +240,10 @@ def test_threads_keep_their_connection_to_the_local_pgbouncer_only():
     gevent = copy.deepcopy(SHOP)
     gevent["spec"]["server"] = {"type": "gunicorn-gevent", "threads": 100}
     assert app_env(gevent)["DATABASE_CONN_MAX_AGE"] == "0"  # it would outlive its greenlet
-    for mode in ("django", "none"):  # Django's pool needs 0; direct ones are server connections
+    for mode in ("django", "none", "external"):  # Django's pool needs 0; direct: server conns
         body = copy.deepcopy(SHOP)
         body["spec"]["pooling"] = {"mode": mode}
-        body["spec"]["database"]["maxConnections"] = 4000
+        body["spec"]["database"]["maxConnections"] = 10000  # none: 61 x 150 threads fit
         assert app_env(body)["DATABASE_CONN_MAX_AGE"] == "0", mode
 
 

@@ -23,5 +23,5 @@ def test_a_kind_is_in_the_table_once_and_an_unknown_one_is_named():
     assert len({kind.kind for kind in KINDS}) == len(KINDS)
     with pytest.raises(UnknownKind, match="v2 Deployment"):
         lookup("v2", "Deployment")
-    with pytest.raises(UnknownKind, match="Ingress"):
-        lookup(None, "Ingress")
+    with pytest.raises(UnknownKind, match="CronJob"):
+        lookup(None, "CronJob")

@@ -181,7 +181,9 @@ async def test_the_every_second_hook_runs_just_past_each_whole_second() -> None:
     async with Counted() as url:
         recorder = Recorder([Step(20, 3)])
         await load.run(LoadSettings(url, recorder.steps), recorder, hook)
-    # The run ends just after 3 s (in-flight answers, closing the session): a third tick
-    # may come, showing the last second.
-    assert [int(t) for t in ticks] in ([1, 2], [1, 2, 3]), ticks
-    assert all(t - int(t) < 0.5 for t in ticks), ticks  # so the second before is whole
+    # One tick per whole second, never before it (so the second before is complete); how
+    # long after it a tick comes depends on the machine's load, so that is not asserted. The
+    # run ends just after 3 s (in-flight answers, closing the session): a third tick may come.
+    assert 2 <= len(ticks) <= 3, ticks
+    assert all(tick >= second for second, tick in enumerate(ticks, start=1)), ticks
+    assert len({int(tick) for tick in ticks}) == len(ticks), ticks

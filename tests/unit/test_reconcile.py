@@ -28,6 +28,8 @@ SHOP: dict[str, Any] = {
         "wsgiApp": "shop.wsgi:application",
         "replicas": {"min": 2, "max": 6},
         "database": {"secretName": "shop-db", "maxConnections": 100},
+        # The migration gate has its own tests (test_migration_gate.py).
+        "migrations": {"enabled": False},
     },
 }
 CHILDREN = [
@@ -59,12 +61,9 @@ def context(api: FakeApi) -> OperatorContext:
 
 
 @pytest.fixture
-def warnings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """The Warning events the handlers post (kopf posts them only inside a running operator)."""
-    posted: list[tuple[str, str]] = []
-    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: posted.append(
-        (reason, message)))
-    return posted
+def warnings(api: FakeApi) -> list[tuple[str, str]]:
+    """(reason, message) of the Warning events the handlers post, in order."""
+    return api.events
 
 
 def change(context: OperatorContext, api: FakeApi, body: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +90,7 @@ def test_create_applies_every_child_scales_to_the_minimum_and_reports(context, a
     assert api.written("patch_status") == [("patch_status", KIND, "shop")]
     assert ready(live)["status"] == "False" and ready(live)["reason"] == "RollingOut"
     assert live["status"]["observedGeneration"] == 1
-    assert live["status"]["database"]["poolSizePerPod"] == (100 - 3) // (6 + 1)
+    assert live["status"]["database"]["poolSizePerPod"] == (100 - 3) // (6 + 1) - 1
     assert warnings == []
     assert ("web", "shop") in context.managed
     assert INITIAL_SCALE_FIELD_MANAGER != "djangoscale"
@@ -218,7 +217,22 @@ def test_the_entry_module_registers_every_handler_module():
     import djangoscale.entry  # noqa: F401
 
     registry = kopf.get_default_registry()
-    names = {handler.fn.__module__ for handler in registry._spawning.get_all_handlers()}
+    names = {handler.fn.__module__ for handler in registry._activities.get_all_handlers()}
     names |= {handler.fn.__module__ for handler in registry._changing.get_all_handlers()}
     assert {"djangoscale.controller.handlers", "djangoscale.autoscaling.handlers",
             "djangoscale.celery.handlers"} <= names
+
+
+def test_no_handler_brings_kopf_finalizer():
+    """Daemons and timers always bring kopf's finalizer, and so does a delete handler that is
+    not optional: with any of them, a stopped operator would block every deletion."""
+    import djangoscale.entry  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    assert registry._spawning.get_all_handlers() == []
+    changing = registry._changing.get_all_handlers()
+    assert changing
+    assert [handler.id for handler in changing if handler.requires_finalizer] == []
+    # The loops read every DjangoService from this index instead.
+    assert "djangoscale.background" in {
+        handler.fn.__module__ for handler in registry._indexing.get_all_handlers()}

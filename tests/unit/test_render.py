@@ -26,8 +26,9 @@ def test_renders_every_child_of_the_example():
     result = run_render("-f", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
+    # The migration Job (on by default with a database) before the Deployment it gates.
     assert kinds == [
-        "Secret", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"
+        "Secret", "Job", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"
     ]
 
 
@@ -63,7 +64,7 @@ def test_a_secret_beside_the_djangoservice_fills_in_the_pooler_config():
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))
     assert [d["kind"] for d in docs] == [
-        "Secret", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"
+        "Secret", "Job", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"
     ]
     ini = base64.b64decode(docs[0]["data"]["pgbouncer.ini"]).decode()
     assert "shop = host=postgres.db.svc port=5432 dbname=shop" in ini
@@ -104,8 +105,8 @@ def base_install(*args: str) -> subprocess.CompletedProcess[str]:
 def test_render_runs_from_the_base_install():
     result = base_install("render", "-f", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
-    assert [doc["kind"] for doc in yaml.safe_load_all(result.stdout)][:2] == [
-        "Secret", "Deployment"]
+    assert [doc["kind"] for doc in yaml.safe_load_all(result.stdout)][:3] == [
+        "Secret", "Job", "Deployment"]
 
 
 def test_a_command_that_needs_an_extra_says_which_in_one_line():

@@ -94,13 +94,22 @@ def test_missing_required_fields_are_named():
 def test_budget_too_small_says_the_largest_max_it_supports():
     database = {"secretName": "db", "maxConnections": 40}
     body = with_spec(replicas={"min": 2, "max": 60}, database=database)
-    (problem,) = problems_of(body)
-    assert problem.startswith("spec.database.maxConnections:")
+    one_each, with_draining = problems_of(body)
+    assert one_each.startswith("spec.database.maxConnections:")
     # 40 - 3 reserved = 37 connections; one per pod plus one rollout surge pod: max 36.
-    assert problem.endswith("the worker groups' pods = 36 here")
+    assert one_each.endswith("the worker groups' pods = 36 here")
+    # pgbouncer: one more for each pod that may terminate beside its replacement: max 17.
+    assert with_draining.startswith("spec.database.maxConnections: with pgbouncer")
+    assert with_draining.endswith("(37 < 2 x 61); the largest spec.replicas.max it supports "
+                                  "is 17 here")
     assert spec.parse(
-        with_spec(replicas={"min": 2, "max": 36}, database=database)
-    ).max_replicas == 36
+        with_spec(replicas={"min": 2, "max": 17}, database=database)
+    ).max_replicas == 17
+    (problem,) = problems_of(with_spec(replicas={"min": 2, "max": 18}, database=database))
+    assert problem.startswith("spec.database.maxConnections: with pgbouncer")
+    django = with_spec(replicas={"min": 2, "max": 36}, database=database,
+                       pooling={"mode": "django"})
+    assert spec.parse(django).max_replicas == 36
 
 
 def test_pool_size_override_must_fit_the_budget():
@@ -109,15 +118,18 @@ def test_pool_size_override_must_fit_the_budget():
         database={"secretName": "db", "maxConnections": 53},
         pgbouncer={"poolSize": 6},
     )
-    assert problems_of(body)[0].endswith("(6 x 10 > 50)")
-    body["spec"]["pgbouncer"]["poolSize"] = 5
-    assert spec.parse(body).pgbouncer.pool_size == 5
+    assert problems_of(body)[0].endswith("((6 + 1) x 10 > 50)")
+    body["spec"]["pgbouncer"]["poolSize"] = 4
+    assert spec.parse(body).pgbouncer.pool_size == 4
 
 
 def test_pgbouncer_needs_the_secret():
     body = with_spec(database={"maxConnections": 400})
     assert problems_of(body)[0].startswith("spec.database.secretName: required")
     body["spec"]["pgbouncer"] = {"enabled": False}
+    # Without pgbouncer (and no mode) every thread connects directly: 2 pods x 1 thread fit.
+    body["spec"]["replicas"] = {"min": 1, "max": 1}
+    body["spec"]["server"] = {"type": "gunicorn-sync"}
     assert spec.parse(body).database.secret_name is None
 
 
@@ -157,9 +169,11 @@ def test_worker_groups_share_the_budget_and_default_to_fair_threads():
     # 10 + 1 web pods and 4 + 1 worker pods hold pools.
     assert ds.max_pods == 16
     body["spec"]["workers"][0]["replicas"]["max"] = 30
-    (problem,) = problems_of(body)
+    one_each, with_draining = problems_of(body)
     # 37 connections, 31 worker pods: the web side may have at most 37 - 1 - 31 = 5.
-    assert problem.endswith("= 5 here")
+    assert one_each.endswith("= 5 here")
+    # With pgbouncer 37 // 2 = 18 pods at most: the 31 worker pods alone are too many.
+    assert with_draining.endswith("no spec.replicas.max fits beside the worker groups' pods here")
 
 
 def test_gevent_workers_need_an_explicit_opt_in():

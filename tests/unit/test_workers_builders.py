@@ -112,7 +112,9 @@ def test_graceful_shutdown_and_cheap_liveness():
     pod = worker_deployment()["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == WORKER_GRACE_SECONDS >= 60
     container = pod["containers"][0]
-    assert "lifecycle" not in container  # no preStop sleep: no endpoints to leave
+    # No preStop sleep (no endpoints to leave): only the pgbouncer pool shrinks.
+    assert container["lifecycle"] == {"preStop": {"exec": {"command": [
+        "djangoscale", "prestop", "--sleep", "0"]}}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["ports"] == [{"name": "health", "containerPort": 9100, "protocol": "TCP"}]
     env = {item["name"]: item.get("value") for item in container["env"]}

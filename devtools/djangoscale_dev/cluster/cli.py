@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from djangoscale_dev.images import cli as images_cli
+
 DEFAULT_DIR = Path(".djangoscale/cluster")
 
 
@@ -17,6 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     down = sub.add_parser("down", help="stop every process the cluster started")
     status = sub.add_parser("status", help="print the kubeconfig if the cluster is running")
     sub.add_parser("build", help="build (or find cached) binaries and print their folder")
+    images_cli.add_commands(sub, DEFAULT_DIR)
     for command in (up, down, status):
         command.add_argument(
             "--dir",
@@ -46,6 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action in ("build-image", "build-images"):
+        return images_cli.run(args)
     if args.action == "build":
         from djangoscale_dev.cluster.build import ensure_binaries
 

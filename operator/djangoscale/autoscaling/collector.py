@@ -5,8 +5,13 @@ port; summed over its labels it is the pod's request count. Scrapes run concurre
 semaphore with a short timeout, so one hung pod costs one timeout, not a stalled loop, and a
 thousand pods do not open a thousand sockets at once.
 
-Also here, as pure functions: the DjangoService status this module owns (`status.rps` and the
-`MetricsAvailable` condition), rounded so that a settled object is not rewritten.
+The same scrape reads the pods' pgbouncer figures (exported by the launcher from SHOW POOLS),
+terminating pods included, for the budget guard.
+
+Also here, as pure functions: the DjangoService status this module owns (`status.rps`, the
+`MetricsAvailable` condition, the measured part of `status.database`, and `Degraded` while
+the pods hold more server connections than the budget), rounded so that a settled object is
+not rewritten.
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ from djangoscale.autoscaling.windows import (
     format_rps,
 )
 from djangoscale.conditions import (
+    BUDGET_EXCEEDED,
     METRICS_AVAILABLE,
     Condition,
+    budget_exceeded,
+    degraded,
     find,
     merge_conditions,
+    not_degraded,
     now_rfc3339,
 )
-from djangoscale.contract import METRICS_PATH, REQUESTS_COUNTER
+from djangoscale.contract import METRICS_PATH, PGBOUNCER_SERVER_CONNECTIONS, REQUESTS_COUNTER
 from djangoscale.spec import DjangoService
 
 logger = logging.getLogger(__name__)
@@ -58,18 +67,36 @@ class PodTarget:
         return dict(self.labels)
 
 
-def requests_total(text: str) -> float:
-    """The pod's request count: `djangoscale_requests_total` summed over its label sets.
+@dataclass(frozen=True)
+class PodScrape:
+    """What one read of a pod's metrics port gives."""
+
+    requests_total: float
+    # Server connections its pgbouncer holds; None when the pod exports no figure (no
+    # sidecar, or pgbouncer did not answer the launcher).
+    server_connections: int | None = None
+
+
+def parse_pod_metrics(text: str) -> PodScrape:
+    """`djangoscale_requests_total` summed over its label sets, and the pgbouncer figure.
 
     A labelled counter has no sample until its first request, so a pod that answered without
     one has served nothing yet: 0, not a failed read.
     """
     total = 0.0
+    connections = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == REQUESTS_COUNTER:
                 total += sample.value
-    return total
+            elif sample.name == PGBOUNCER_SERVER_CONNECTIONS:
+                connections = int(sample.value)
+    return PodScrape(total, connections)
+
+
+def requests_total(text: str) -> float:
+    """The pod's request count (see `parse_pod_metrics`)."""
+    return parse_pod_metrics(text).requests_total
 
 
 class Scraper:
@@ -99,8 +126,8 @@ class Scraper:
         if self._session is not None:
             await self._session.close()
 
-    async def pod_total(self, ip: str, port: int) -> float | None:
-        """The pod's request count, or None if it could not be read (the caller holds)."""
+    async def pod_scrape(self, ip: str, port: int) -> PodScrape | None:
+        """The pod's figures, or None if they could not be read (the caller holds)."""
         url = f"http://{ip}:{port}{METRICS_PATH}"
         async with self.semaphore:
             try:
@@ -111,7 +138,7 @@ class Scraper:
             except (TimeoutError, aiohttp.ClientError, OSError):
                 return None
         try:
-            return requests_total(text)
+            return parse_pod_metrics(text)
         except ValueError:
             return None
 
@@ -156,6 +183,11 @@ class Reading:
     pods: int  # ready pods
     failed: list[str] = field(default_factory=list)  # pods (or "prometheus") that did not answer
     source: str = "pods"
+    # The budget guard: server connections summed over every pod whose pgbouncer reported,
+    # terminating and starting pods included; None when the spec has no pgbouncer budget.
+    budget: int | None = None
+    server_connections: int = 0
+    pods_reporting: int = 0
 
 
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
@@ -175,17 +207,33 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
             for pod in ready:
                 if pod.name in rates:
                     windows.observe_rate(pod.name, rates[pod.name])
+    guarded = ds.uses_pgbouncer and ds.database is not None
+    # The pods to read: the ready ones for requests (unless Prometheus gives them), and for
+    # the budget guard every pod with an address, since a terminating pod still holds its pool.
+    if source is None:
+        targets = ready + ([p for p in pods if p.ip and not p.ready] if guarded else [])
     else:
-        totals = await asyncio.gather(*(scraper.pod_total(p.ip, ds.metrics_port) for p in ready))
+        targets = sorted((p for p in pods if p.ip), key=lambda p: p.name) if guarded else []
+    scrapes = await asyncio.gather(*(scraper.pod_scrape(p.ip, ds.metrics_port)
+                                     for p in targets))
+    by_pod = dict(zip((p.name for p in targets), scrapes, strict=True))
+    if source is None:
         t = time.monotonic() if now is None else now
-        for pod, total in zip(ready, totals, strict=True):
-            if total is None:
+        for pod in ready:
+            scrape = by_pod[pod.name]
+            if scrape is None:
                 failed.append(pod.name)
             else:
-                windows.observe_counter(pod.name, t, total)
+                windows.observe_counter(pod.name, t, scrape.requests_total)
     decision = decide(windows.rates(), len(ready), ds.autoscaling.target_rps_per_pod,
                       panic_threshold)
-    return Reading(decision, len(ready), failed, "prometheus" if source else "pods")
+    reported = [s.server_connections for s in by_pod.values()
+                if s is not None and s.server_connections is not None]
+    return Reading(
+        decision, len(ready), failed, "prometheus" if source else "pods",
+        budget=ds.database.pool_budget if guarded and ds.database else None,
+        server_connections=sum(reported), pods_reporting=len(reported),
+    )
 
 
 def metrics_condition(reading: Reading) -> Condition:
@@ -214,19 +262,64 @@ def rps_status(reading: Reading) -> dict[str, str]:
     }
 
 
+def database_figures(reading: Reading) -> dict[str, int] | None:
+    """`status.database`'s measured part: server connections in use, from how many pods."""
+    if reading.budget is None:
+        return None
+    return {"serverConnections": reading.server_connections,
+            "podsReporting": reading.pods_reporting}
+
+
+def reading_budget_exceeded(reading: Reading) -> tuple[str, str] | None:
+    if reading.pods_reporting == 0:
+        return None
+    return budget_exceeded(reading.budget, reading.server_connections, reading.pods_reporting)
+
+
+def budget_conditions(live: list[dict[str, Any]], reading: Reading) -> list[Condition]:
+    """Degraded as the budget guard sees it: True while over the budget; back to False once
+    under it, only if it was the guard that set it (a rollout failure is the reconciler's)."""
+    exceeded = reading_budget_exceeded(reading)
+    if exceeded is not None:
+        return degraded(*exceeded)
+    if (find(live, "Degraded") or {}).get("reason") == BUDGET_EXCEEDED:
+        return not_degraded()
+    return []
+
+
+def budget_warning(body: dict[str, Any], reading: Reading) -> tuple[str, str] | None:
+    """(reason, message) of the one Warning event when the pods go over the budget."""
+    exceeded = reading_budget_exceeded(reading)
+    live = find((body.get("status") or {}).get("conditions") or [], "Degraded") or {}
+    if exceeded is None or live.get("reason") == BUDGET_EXCEEDED:
+        return None
+    return exceeded
+
+
+def _says(live: list[dict[str, Any]], condition: Condition) -> bool:
+    found = find(live, condition.type) or {}
+    return (found.get("status"), found.get("reason"), found.get("message")) == (
+        condition.status, condition.reason, condition.message)
+
+
 def status_patch(body: dict[str, Any], reading: Reading) -> dict[str, Any] | None:
     """The status merge patch this module owns, or None when the object already says it."""
     status = body.get("status") or {}
     rps = rps_status(reading)
-    condition = metrics_condition(reading)
     previous = status.get("conditions") or []
-    live = find(previous, METRICS_AVAILABLE) or {}
-    same_condition = (live.get("status"), live.get("reason"), live.get("message")) == (
-        condition.status, condition.reason, condition.message)
-    if status.get("rps") == rps and same_condition:
+    conditions = [metrics_condition(reading), *budget_conditions(previous, reading)]
+    database = database_figures(reading)
+    live_database = status.get("database") or {}
+    same_database = database is None or all(
+        live_database.get(key) == value for key, value in database.items())
+    if status.get("rps") == rps and same_database and all(
+            _says(previous, c) for c in conditions):
         return None
     generation = body.get("metadata", {}).get("generation")
-    return {
+    patch: dict[str, Any] = {
         "rps": rps,
-        "conditions": merge_conditions(previous, [condition], generation, now_rfc3339()),
+        "conditions": merge_conditions(previous, conditions, generation, now_rfc3339()),
     }
+    if database is not None:
+        patch["database"] = database
+    return patch

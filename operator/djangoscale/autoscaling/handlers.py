@@ -1,5 +1,5 @@
-"""kopf glue for RPS autoscaling: a pod index, one collecting daemon per DjangoService, and the
-metrics API server's lifecycle. The work is in `collector`, `windows` and `apiserver`.
+"""kopf glue for RPS autoscaling: a pod index, one collecting loop over every DjangoService, and
+the metrics API server's lifecycle. The work is in `collector`, `windows` and `apiserver`.
 
 Pods come from a kopf index (a watch kept in memory), not from a list call per round, so
 collection costs no API requests however often it runs.
@@ -8,11 +8,12 @@ collection costs no API requests however often it runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import kopf
 
-from djangoscale import spec
+from djangoscale import background, k8s, spec
 from djangoscale.autoscaling import collector
 from djangoscale.autoscaling.apiserver import (
     REQUESTHEADER_CONFIGMAP,
@@ -25,7 +26,8 @@ from djangoscale.autoscaling.apiserver import (
     write_serving_cert,
 )
 from djangoscale.autoscaling.windows import ServiceWindows
-from djangoscale.context import context_of, pause
+from djangoscale.background import ServiceKey
+from djangoscale.context import OperatorContext, context_of
 from djangoscale.contract import (
     API_VERSION,
     COMPONENT_LABEL,
@@ -37,9 +39,7 @@ from djangoscale.contract import (
 )
 from djangoscale.k8s import Api, ApiError
 
-RESOURCE = (spec.GROUP, spec.VERSION, spec.PLURAL)
-# Seconds kopf waits for a collecting daemon to finish its round once asked to stop.
-DAEMON_CANCELLATION_SECONDS = 5.0
+logger = logging.getLogger(__name__)
 # /readyz stays up through this many missed collection rounds (a slow API), at least
 # READY_MIN_AGE_SECONDS, so one slow round does not flap the APIService's endpoints.
 READY_MISSED_ROUNDS = 5
@@ -69,46 +69,73 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
     return {(namespace, instance): target}
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=DAEMON_CANCELLATION_SECONDS)
-async def collect_rps(body: kopf.Body, namespace: str | None, name: str,
-                      stopped: kopf.DaemonStopped, logger: kopf.Logger, memo: object,
-                      **kwargs: Any) -> None:
-    """Every few seconds: read the pods, publish per-pod values, write status if it changed."""
-    rps_pods: kopf.Index[tuple[str, str], collector.PodTarget] = kwargs["rps_pods"]
-    namespace = namespace or "default"
-    context = context_of(memo)
-    settings, store = context.settings, context.rps
-    windows = ServiceWindows(settings.stable_window, settings.panic_window)
-    try:
-        while not stopped:
-            store.beat()
+class RpsCollection:
+    """One collection round over every DjangoService: read its pods from the index, publish
+    per-pod values, write status if it changed. The stable/panic windows of each service are
+    kept across rounds, and dropped with the service."""
+
+    def __init__(self, context: OperatorContext,
+                 services: kopf.Index[ServiceKey, dict[str, Any]],
+                 pods: kopf.Index[ServiceKey, collector.PodTarget]) -> None:
+        self.context, self.services, self.pods = context, services, pods
+        self.windows: dict[ServiceKey, ServiceWindows] = {}
+
+    async def round(self) -> None:
+        services = background.latest(self.services)
+        for key in set(self.windows) - set(services):
+            del self.windows[key]
+            self.context.rps.drop(*key)
+        if services:
+            # Ready while there is something to collect: a standby peer, whose watches kopf
+            # holds, stays out of the APIService's endpoints as before.
+            self.context.rps.beat()
+        await background.each(services.items(), self.collect, logger, "RPS collection",
+                              describe=lambda item: item[0])
+
+    async def collect(self, item: tuple[ServiceKey, dict[str, Any]]) -> None:
+        (namespace, name), body = item
+        context, store = self.context, self.context.rps
+        try:
+            ds = spec.parse(body)
+        except spec.SpecError:
+            ds = None  # the reconciler reports it; nothing to scale
+        if ds is None or not ds.autoscaling.enabled:
+            store.drop(namespace, name)
+            return
+        settings = context.settings
+        windows = self.windows.setdefault(
+            (namespace, name), ServiceWindows(settings.stable_window, settings.panic_window))
+        pods = list(self.pods.get((namespace, name), []))
+        reading = await collector.collect(ds, pods, windows, context.scraper,
+                                          panic_threshold=settings.panic_threshold)
+        labels = {pod.name: pod.label_dict for pod in pods}
+        store.put(namespace, name, [
+            PodValue(pod, labels.get(pod, {}), value)
+            for pod, value in reading.decision.per_pod.items()
+        ])
+        warning = collector.budget_warning(body, reading)
+        if warning is not None:
+            await asyncio.to_thread(k8s.warn, context.api, body, *warning)
+        patch = collector.status_patch(body, reading)
+        if patch is not None:
             try:
-                ds = spec.parse(dict(body))
-            except spec.SpecError:
-                ds = None  # the reconciler reports it; nothing to scale
-            if ds is None or not ds.autoscaling.enabled:
-                store.drop(namespace, name)
-                await pause(stopped, settings.scrape_interval)
-                continue
-            pods = list(rps_pods.get((namespace, name), []))
-            reading = await collector.collect(ds, pods, windows, context.scraper,
-                                              panic_threshold=settings.panic_threshold)
-            labels = {pod.name: pod.label_dict for pod in pods}
-            store.put(namespace, name, [
-                PodValue(pod, labels.get(pod, {}), value)
-                for pod, value in reading.decision.per_pod.items()
-            ])
-            patch = collector.status_patch(dict(body), reading)
-            if patch is not None:
-                try:
-                    await asyncio.to_thread(context.api.patch_status, API_VERSION, KIND,
-                                            namespace, name, patch)
-                except ApiError as error:
-                    logger.warning("could not write RPS status: %s %s", error.status,
-                                   error.reason)
-            await pause(stopped, settings.scrape_interval)
-    finally:
-        store.drop(namespace, name)
+                await asyncio.to_thread(context.api.patch_status, API_VERSION, KIND,
+                                        namespace, name, patch)
+            except ApiError as error:
+                logger.warning("could not write RPS status of %s/%s: %s %s", namespace, name,
+                               error.status, error.reason)
+
+
+@kopf.on.startup()
+async def start_rps_collection(memo: object, djangoservices: kopf.Index[ServiceKey, Any],
+                               rps_pods: kopf.Index[ServiceKey, Any], **_: Any) -> None:
+    """One collecting loop for all DjangoServices, every `scrape_interval` (not a daemon per
+    object: that would bring kopf's finalizer, see `djangoscale.background`)."""
+    context = context_of(memo)
+    collection = RpsCollection(context, djangoservices, rps_pods)
+    context.start("rps-collection", background.run_every(
+        context.settings.scrape_interval, collection.round, logger, "RPS collection",
+        active=context.active))
 
 
 def read_requestheader_configmap(api: Api) -> dict[str, Any]:

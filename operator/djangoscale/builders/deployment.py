@@ -13,9 +13,12 @@ from djangoscale.budget import ROLLOUT_SURGE, size_pool
 from djangoscale.builders import pgbouncer
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
 from djangoscale.contract import (
+    DATABASE_PASSWORD_ENV,
+    DATABASE_USER_ENV,
     GREENLET_SERVER,
     MULTIPROC_DIR_ENV,
     MULTIPROC_DIR_IN_POD,
+    PGBOUNCER_ADDRESS_ENV,
     SERVE_ENV,
 )
 from djangoscale.spec import DjangoService
@@ -46,6 +49,10 @@ PGBOUNCER_REQUESTS = {"cpu": "50m", "memory": "32Mi"}
 SHUTDOWN_MARGIN_SECONDS = 10
 # Owner read-only, group read-only (the fsGroup), nobody else: the files hold credentials.
 SECRET_FILE_MODE = 0o440
+# The group of the pod's mounted Secret files (fsGroup), which every container also runs with:
+# without it the kubelet leaves them root:root, and a non-root pgbouncer cannot read its config.
+# Any non-zero gid works; this is the one djangoscale/pgbouncer runs as.
+SECRET_FILE_GROUP = 10002
 # Old ReplicaSets kept for `kubectl rollout undo`.
 REVISION_HISTORY = 5
 
@@ -99,6 +106,9 @@ def database_env(
         env += [
             {"name": "DATABASE_HOST", "value": pgbouncer.LISTEN_HOST},
             {"name": "DATABASE_PORT", "value": str(pgbouncer.LISTEN_PORT)},
+            # The launcher exports SHOW POOLS from here for the operator's budget guard.
+            {"name": PGBOUNCER_ADDRESS_ENV,
+             "value": f"{pgbouncer.LISTEN_HOST}:{pgbouncer.LISTEN_PORT}"},
         ]
     else:
         env += [
@@ -116,8 +126,8 @@ def database_env(
     env.append({"name": "DATABASE_CONN_MAX_AGE", "value": str(max_age)})
     env += [
         from_secret("DATABASE_NAME", user_secret, "dbname"),
-        from_secret("DATABASE_USER", user_secret, "user"),
-        from_secret("DATABASE_PASSWORD", user_secret, "password"),
+        from_secret(DATABASE_USER_ENV, user_secret, "user"),
+        from_secret(DATABASE_PASSWORD_ENV, user_secret, "password"),
         from_secret("DATABASE_URL", secret["metadata"]["name"], pgbouncer.DATABASE_URL_KEY),
     ]
     return env
@@ -156,15 +166,30 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
             "periodSeconds": LIVENESS_PERIOD_SECONDS,
             "failureThreshold": LIVENESS_FAILURES,
         },
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
+        "lifecycle": {"preStop": pre_stop(ds, PRE_STOP_SLEEP)},
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    return {**container, **app_env_from_and_resources(ds)}
+
+
+def app_env_from_and_resources(ds: DjangoService) -> dict[str, Any]:
+    """The app container's envFrom and resources, for every container that runs the app's code."""
+    fields: dict[str, Any] = {}
     if ds.env_from:
-        container["envFrom"] = [dict(item) for item in ds.env_from]
+        fields["envFrom"] = [dict(item) for item in ds.env_from]
     if ds.resources:
-        container["resources"] = ds.resources
-    return container
+        fields["resources"] = ds.resources
+    return fields
+
+
+def pre_stop(ds: DjangoService, seconds: int) -> dict[str, Any]:
+    """The app container's preStop hook: wait `seconds` for load balancers to stop sending;
+    with a pgbouncer sidecar, first shrink its pool to DRAINING_POOL_SIZE, the share the
+    budget keeps for a terminating pod (`djangoscale prestop`)."""
+    if ds.uses_pgbouncer:
+        return {"exec": {"command": ["djangoscale", "prestop", "--sleep", str(seconds)]}}
+    return {"sleep": {"seconds": seconds}}
 
 
 def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +212,27 @@ def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict
         ],
         "resources": {"requests": dict(PGBOUNCER_REQUESTS)},
     }
+
+
+def pod_placement(ds: DjangoService) -> dict[str, Any]:
+    """The pod-level fields every pod of this service shares: account, pull secrets, placement."""
+    fields: dict[str, Any] = {}
+    if ds.service_account_name:
+        fields["serviceAccountName"] = ds.service_account_name
+    if ds.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
+                "priorityClassName"):
+        if key in ds.pod_options:
+            fields[key] = ds.pod_options[key]
+    return fields
+
+
+def pod_security(secret_files: bool = False) -> dict[str, Any]:
+    """The restricted pod security context; `secret_files` adds the group that may read the
+    pgbouncer Secret's files (SECRET_FILE_MODE)."""
+    group = {"fsGroup": SECRET_FILE_GROUP} if secret_files else {}
+    return {"runAsNonRoot": True, **group, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -212,10 +258,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
                 }
             )
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(secret_files=True),
         "terminationGracePeriodSeconds": (
             ds.server.timeout_seconds + PRE_STOP_SLEEP + SHUTDOWN_MARGIN_SECONDS
         ),
@@ -225,14 +268,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
-    if ds.service_account_name:
-        pod_spec["serviceAccountName"] = ds.service_account_name
-    if ds.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in ds.image_pull_secrets]
-    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints",
-                "priorityClassName"):
-        if key in ds.pod_options:
-            pod_spec[key] = ds.pod_options[key]
+    pod_spec.update(pod_placement(ds))
     # The user's pod labels never replace the selector labels the Service and HPA rely on.
     labels = {**ds.pod_options.get("podLabels", {}), **common_labels(ds)}
     annotations = {**ds.pod_options.get("podAnnotations", {}), **annotations}

@@ -98,6 +98,10 @@ def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:
             "unix_socket_dir =",
             "auth_type = scram-sha-256",
             f"auth_file = {CONFIG_DIR}/{USERLIST_KEY}",
+            # The app container reads SHOW POOLS (the budget guard) and shrinks the pool when
+            # the pod terminates (`djangoscale prestop`) as the app's own user; the admin
+            # console listens on the pod's loopback only, like the pool itself.
+            f"admin_users = {credentials.user}",
             f"pool_mode = {ds.pgbouncer.pool_mode}",
             f"default_pool_size = {sizing.pool_size_per_pod}",
             "min_pool_size = 0",

@@ -19,6 +19,7 @@ from djangoscale.builders.deployment import (
     build_deployment,
     database_env,
     deployment_object,
+    pre_stop,
     restricted_container_security,
     with_user_env,
 )
@@ -70,6 +71,7 @@ def worker_args(group: WorkerGroup) -> list[str]:
         "-O", "fair",
         "--queues", ",".join(group.queues),
         "--acks-late" if group.acks_late else "--no-acks-late",
+        *(["--", *group.args] if group.args else []),
     ]
 
 
@@ -105,25 +107,37 @@ def build_worker_container(
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if ds.uses_pgbouncer:
+        # No load balancer to wait for: shrink the pool and let Celery's warm shutdown run.
+        container["lifecycle"] = {"preStop": pre_stop(ds, 0)}
     if group.resources:
         container["resources"] = copy.deepcopy(group.resources)
     return container
 
 
-def build_worker_deployment(
-    ds: DjangoService, group: WorkerGroup, secret: dict[str, Any] | None = None
+def celery_pod_template(
+    ds: DjangoService, container: dict[str, Any], component: str,
+    secret: dict[str, Any] | None, grace_seconds: int = WORKER_GRACE_SECONDS,
 ) -> dict[str, Any]:
+    """The web pod's template with its app container swapped for a Celery one."""
     web = build_deployment(ds, secret)
-    template = copy.deepcopy(web["spec"]["template"])
+    template: dict[str, Any] = copy.deepcopy(web["spec"]["template"])
     pod = template["spec"]
-    container = build_worker_container(ds, group, secret)
     if "envFrom" in pod["containers"][0]:
         container["envFrom"] = pod["containers"][0]["envFrom"]
     pod["containers"] = [container]
-    pod["terminationGracePeriodSeconds"] = WORKER_GRACE_SECONDS
-    # The user's pod labels stay; the selector labels name this group, not the web pods.
+    pod["terminationGracePeriodSeconds"] = grace_seconds
+    # The user's pod labels stay; the selector labels name this component, not the web pods.
     labels = template["metadata"]["labels"]
-    template["metadata"]["labels"] = {**labels, **common_labels(ds, worker_component(group))}
+    template["metadata"]["labels"] = {**labels, **common_labels(ds, component)}
+    return template
+
+
+def build_worker_deployment(
+    ds: DjangoService, group: WorkerGroup, secret: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    template = celery_pod_template(
+        ds, build_worker_container(ds, group, secret), worker_component(group), secret)
     return deployment_object(
         ds, worker_name(ds, group), worker_component(group), template, group.min_replicas
     )

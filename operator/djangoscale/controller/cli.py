@@ -63,11 +63,14 @@ def main(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     import djangoscale.entry  # noqa: F401  (registers the handlers)
-    from djangoscale.context import OperatorContext
+    from djangoscale.context import OperatorContext, PeeringSeat
     from djangoscale.k8s import KubernetesApi
 
     settings = settings_from(args)
     context = OperatorContext.create(settings, KubernetesApi(settings.kubeconfig))
+    if args.peering:
+        context.peering = PeeringSeat(args.peering, args.priority,
+                                      args.namespace[0] if args.namespace else None)
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -12,7 +12,9 @@ from typing import Any, Final
 
 import kopf
 
-from djangoscale.context import OperatorContext, context_of, pause
+from djangoscale import background, k8s
+from djangoscale.background import ServiceKey
+from djangoscale.context import OperatorContext, context_of
 from djangoscale.contract import (
     API_VERSION,
     GROUP,
@@ -23,6 +25,7 @@ from djangoscale.contract import (
     VERSION,
 )
 from djangoscale.controller import metrics
+from djangoscale.controller.gate import JobPhase, job_phase
 from djangoscale.controller.reconcile import (
     Outcome,
     reconcile,
@@ -35,29 +38,32 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 # Seconds before kopf retries a reconcile that failed on an API error.
 API_ERROR_RETRY_SECONDS: Final = 10
-# Seconds an object must go unchanged before the resync timer fires: no resync in the middle
-# of a burst of edits, which the change handlers already reconcile.
-RESYNC_IDLE_SECONDS: Final = 5
-# kopf reads the timer's interval when the handler is registered, at import, before any
-# settings exist; the timer fires often and each firing waits the configured interval.
-RESYNC_TICK_SECONDS: Final = 1.0
+# Reconciles of one resync round running at once (each in a thread, a few API calls each).
+RESYNC_CONCURRENCY: Final = 8
+
+logger = logging.getLogger(__name__)
 
 
-def _write(context: OperatorContext, body: kopf.Body, outcome: Outcome,
+def _write(context: OperatorContext, body: kopf.Body, live: dict[str, Any], outcome: Outcome,
            logger: logging.Logger) -> None:
     if outcome.warning:
         reason, message = outcome.warning
-        kopf.warn(body, reason=reason, message=message)
+        k8s.warn(context.api, live, reason, message)
         logger.warning("%s: %s", reason, message)
-    write_status(context.api, dict(body), outcome.status)
+    write_status(context.api, live, outcome.status)
 
 
 def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger) -> None:
-    metrics.managed(context.managed, body.metadata.namespace or "", body.metadata.name or "")
-    with metrics.reconcile_timer():
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    metrics.managed(context.managed, namespace, name)
+    with context.reconcile_lock(namespace, name), metrics.reconcile_timer():
         try:
-            outcome = reconcile(context.api, dict(body))
-            _write(context, body, outcome, logger)
+            # Read inside the lock: the status another handler wrote just before counts.
+            live = context.api.get(API_VERSION, KIND, namespace, name)
+            if live is None:
+                return  # deleted meanwhile
+            outcome = reconcile(context.api, live, context.rollouts)
+            _write(context, body, live, outcome, logger)
         except ApiError as error:
             if namespace_terminating(error):
                 # The namespace and everything in it are going away: nothing to converge.
@@ -67,6 +73,9 @@ def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger
             raise kopf.TemporaryError(
                 f"API error {error.status}: {error.reason}", delay=API_ERROR_RETRY_SECONDS
             ) from error
+    # A rollout slot just freed: the next in line starts now, not at the next resync.
+    for key in outcome.next_rollouts:
+        _reconcile_live(context, key)
 
 
 def namespace_terminating(error: ApiError) -> bool:
@@ -81,30 +90,47 @@ def on_change(body: kopf.Body, logger: logging.Logger, memo: object, **_: Any) -
     _reconcile(context_of(memo), body, logger)
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
-async def resync(body: kopf.Body, logger: logging.Logger, memo: object,
-                 stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Reconcile every object again every `resync_seconds`: repairs drift and picks up a
-    rotated database Secret. A daemon rather than a timer: a timer's interval is fixed when
-    the module is imported, the daemon reads it from the settings."""
+def _reconcile_live(context: OperatorContext, key: ServiceKey) -> None:
+    # The live object, not the index's copy: the index may lag, and a deleted or terminating
+    # object has nothing left to converge.
+    namespace, name = key
+    live = context.api.get(API_VERSION, KIND, namespace, name)
+    if live is None or live["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        _reconcile(context, kopf.Body(live), logger)
+    except kopf.TemporaryError as error:
+        logger.warning("resync of %s/%s failed, next round retries: %s", namespace, name, error)
+
+
+@kopf.on.startup()
+async def start_resync(memo: object, djangoservices: kopf.Index[ServiceKey, Any],
+                       **_: Any) -> None:
+    """Reconcile every DjangoService again every `resync_seconds`: repairs drift and picks up
+    a rotated database Secret. One loop for all objects, not a per-object daemon or timer:
+    those bring kopf's finalizer (`djangoscale.background` says why that matters)."""
     context = context_of(memo)
     interval = context.settings.resync_seconds
-    await pause(stopped, interval)
-    while not stopped:
-        try:
-            await asyncio.to_thread(_reconcile, context, body, logger)
-        except kopf.TemporaryError as error:
-            logger.warning("resync failed, retrying: %s", error)
-            await pause(stopped, min(interval, error.delay or interval))
-            continue
-        await pause(stopped, interval)
+
+    async def resync_all() -> None:
+        services = background.latest(djangoservices)
+        for key in context.rollouts.retain(services):
+            await asyncio.to_thread(_reconcile_live, context, key)
+        await background.each(
+            services, lambda key: asyncio.to_thread(_reconcile_live, context, key), logger,
+            "resync", concurrency=RESYNC_CONCURRENCY)
+
+    context.start("resync", background.run_every(interval, resync_all, logger, "resync",
+                                                 first_delay=interval,
+                                                 active=context.active))
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
 def on_delete(namespace: str, name: str, memo: object, **_: Any) -> None:
     """Children go with the owner (garbage collection); only the gauge needs telling.
 
-    `optional=True`: no finalizer, so a stopped operator never blocks a deletion.
+    `optional=True`: no finalizer, so a stopped operator never blocks a deletion (and no
+    daemon or timer anywhere brings one: `djangoscale.background`).
     """
     metrics.managed(context_of(memo).managed, namespace, name, present=False)
 
@@ -148,7 +174,9 @@ def on_child_event(
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     uid, generation = body.metadata.uid or "", body.metadata.get("generation")
-    if spec_changed(context.child_generations, uid, generation, event.get("type")):
+    if (spec_changed(context.child_generations, uid, generation, event.get("type"))
+            or context.rollouts.holds((namespace, name))):
+        # (While it holds a rollout slot, every reconcile checks whether it can free it.)
         # Server-side apply re-asserts only the fields the operator owns: replicas set by the
         # HPA are not among them, so this never fights the autoscaler.
         _reconcile(context, kopf.Body(owner), logger)
@@ -156,3 +184,19 @@ def on_child_event(
     status = refresh_status(context.api, owner)
     if status is not None:
         write_status(context.api, owner, status)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def on_migration_job_event(
+    body: kopf.Body, namespace: str, logger: logging.Logger, memo: object, **_: Any
+) -> None:
+    """A migration Job finished: open the gate (or report the failure) now, not at the next
+    resync."""
+    if job_phase(dict(body)) is JobPhase.RUNNING:
+        return
+    context = context_of(memo)
+    name = _owner_name(body.metadata.get("ownerReferences", []))
+    owner = None if name is None else context.api.get(API_VERSION, KIND, namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    _reconcile(context, kopf.Body(owner), logger)

@@ -15,14 +15,19 @@ from typing import Any
 from djangoscale import spec
 from djangoscale.builders import build_children
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
+from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
     Condition,
+    degraded,
     failed,
     find,
+    live_budget_exceeded,
     merge_conditions,
     now_rfc3339,
+    overriding,
     rollout_conditions,
+    with_kstatus,
     worker_conditions,
 )
 from djangoscale.contract import (
@@ -33,8 +38,17 @@ from djangoscale.contract import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
 )
+from djangoscale.controller import migrations
+from djangoscale.controller.gate import MIGRATION_FAILED, Action, gated_conditions
 from djangoscale.controller.status import observed_status
-from djangoscale.k8s import Api
+from djangoscale.k8s import Api, ApiError
+from djangoscale.rollouts import (
+    Key,
+    RolloutGate,
+    all_rolled_out,
+    template_changes,
+    user_asked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,8 @@ class Outcome:
     status: dict[str, Any]
     warning: tuple[str, str] | None = None
     applied: list[str] = field(default_factory=list)
+    # DjangoServices whose queued rollout may start now (a slot just freed): reconcile them.
+    next_rollouts: list[Key] = field(default_factory=list)
 
 
 class UserError(Exception):
@@ -94,8 +110,12 @@ def _failure(body: dict[str, Any], reason: str, message: str) -> Outcome:
     )
 
 
-def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
-    """Bring the children in line with the spec; return the status to report."""
+def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -> Outcome:
+    """Bring the children in line with the spec; return the status to report.
+
+    With a `gate`, a pod template change the user did not ask for waits for a rollout slot
+    (`rollouts`): until then the Deployments are left as they are.
+    """
     try:
         ds = spec.parse(body)
     except spec.SpecError as error:
@@ -106,27 +126,149 @@ def reconcile(api: Api, body: dict[str, Any]) -> Outcome:
         return _failure(body, error.reason, error.message)
 
     existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
+    migration = migrations.observe(api, body, ds) if ds.migrations.enabled else None
+    if migration is not None:
+        migrations.run(api, ds, migration)
+    children = held_for_migration(api, ds, migration, build_children(ds, credentials))
+    queued = gate is not None and rollout_queued(api, body, ds, children, gate)
     applied = []
-    for child in build_children(ds, credentials):
-        api.apply(child)
-        applied.append(f"{child['kind']}/{child['metadata']['name']}")
-    if existing is None and ds.autoscaling.enabled:
+    for child in children:
+        name = f"{child['kind']}/{child['metadata']['name']}"
+        if queued and child["kind"] == "Deployment":
+            applied.append(name)  # kept as it is (and never pruned) until its turn
+            continue
+        try:
+            api.apply(child)
+        except ApiError as error:
+            if not missing_kind(child, error):
+                raise
+            # Not something to retry: nothing changes until the CRDs are installed (the
+            # resync picks them up) or spec.gateway goes.
+            return _failure(body, GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE)
+        applied.append(name)
+    if existing is None and ds.autoscaling.enabled and f"Deployment/{ds.name}" in applied:
         # Start at the minimum rather than at 1 until the HPA's first sync; the field stays
         # outside the operator's applied configuration, so the HPA owns it from then on.
         api.scale("apps/v1", "Deployment", ds.namespace, ds.name, ds.min_replicas,
                   INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
         prune(api, ds, applied)
-    return Outcome(status=current_status(api, body, ds), applied=applied)
+    if gate is None:
+        status = current_status(api, body, ds)
+        return Outcome(status=status, warning=_migration_warning(body, status), applied=applied)
+    next_up = finish_if_done(api, ds, gate)
+    status = current_status(api, body, ds, queued_conditions(ds, gate))
+    return Outcome(status=status, warning=_migration_warning(body, status), applied=applied,
+                   next_rollouts=next_up)
+
+
+def held_for_migration(api: Api, ds: spec.DjangoService, migration: migrations.Gate | None,
+                       children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The children to apply while the migration gate decides: never the Job (the gate alone
+    creates it), and the Deployments' old pod template until the migration has succeeded."""
+    kept = []
+    for child in children:
+        if child["kind"] == "Job":
+            continue
+        held = migration is not None and migration.action is not Action.OPEN
+        if child["kind"] == "Deployment" and held:
+            live = api.get("apps/v1", "Deployment", ds.namespace, child["metadata"]["name"])
+            if live is None:
+                continue  # no pods run code whose migrations have not run
+            child = migrations.held(child, live)
+        kept.append(child)
+    return kept
+
+
+def rollout_queued(api: Api, body: dict[str, Any], ds: spec.DjangoService,
+                   children: list[dict[str, Any]], gate: RolloutGate) -> bool:
+    """The Deployments' new pod template must wait for a slot (and did not get one)."""
+    key = (ds.namespace, ds.name)
+    if gate.holds(key):
+        return False
+    deployments = [child for child in children if child["kind"] == "Deployment"]
+    if user_asked(body) or not any(template_changes(api, child) for child in deployments):
+        gate.withdraw(key)
+        return False
+    if gate.admit(key):
+        logger.info("rolling out %s/%s: its pod template changed with an unchanged spec",
+                    *key)
+        return False
+    logger.info("rollout of %s/%s queued (position %d): %d rolling at a time", *key,
+                gate.position(key), gate.limit)
+    return True
+
+
+def deployments_of(api: Api, ds: spec.DjangoService) -> list[dict[str, Any] | None]:
+    names = [ds.name] + [worker_name(ds, group) for group in ds.workers]
+    return [api.get("apps/v1", "Deployment", ds.namespace, name) for name in names]
+
+
+def finish_if_done(api: Api, ds: spec.DjangoService, gate: RolloutGate) -> list[Key]:
+    """Free the slot of a DjangoService whose Deployments have all rolled out; the services
+    that may go next."""
+    key = (ds.namespace, ds.name)
+    if gate.holds(key) and all_rolled_out(deployments_of(api, ds)):
+        logger.info("rollout of %s/%s complete", *key)
+        return gate.finish(key)
+    return []
+
+
+def queued_conditions(ds: spec.DjangoService, gate: RolloutGate) -> list[Condition]:
+    """While queued, Progressing says so (Ready stays as the running pods make it)."""
+    position = gate.position((ds.namespace, ds.name))
+    if not position:
+        return []
+    message = (f"a pod template change from the operator waits its turn: position "
+               f"{position}, {gate.limit} DjangoService(s) roll at a time")
+    return with_kstatus([Condition("Progressing", "True", "RolloutQueued", message)])
+
+
+def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[str, str] | None:
+    """One Warning event when a migration fails, none while it stays failed."""
+    now = find(status.get("conditions", []), "Degraded") or {}
+    before = find((body.get("status") or {}).get("conditions", []), "Degraded") or {}
+    if now.get("reason") != MIGRATION_FAILED or before.get("reason") == MIGRATION_FAILED:
+        return None
+    return MIGRATION_FAILED, str(now.get("message", ""))
 
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
-# Deployment, PDB and HPA of a Celery worker group taken out of the spec.
+# Deployment, PDB and HPA of a Celery worker group taken out of the spec, the Ingress and the
+# HTTPRoute when spec.ingress or spec.gateway goes.
 PRUNABLE = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "Ingress"),
+    (HTTP_ROUTE_API_VERSION, "HTTPRoute"),
 )
+# Kinds a cluster may not serve (their CRDs are optional).
+OPTIONAL_KINDS = frozenset({(HTTP_ROUTE_API_VERSION, "HTTPRoute")})
+
+
+GATEWAY_API_MISSING = "GatewayAPINotInstalled"
+GATEWAY_API_MISSING_MESSAGE = (
+    f"spec.gateway: this cluster does not serve {HTTP_ROUTE_API_VERSION} HTTPRoute (install the "
+    "Gateway API CRDs, or remove spec.gateway)"
+)
+
+
+def serves_http_routes(api: Api, namespace: str) -> bool:
+    """Whether the Gateway API's HTTPRoute CRD is installed (a list of an unserved kind 404s,
+    where a get could not tell it from a missing object)."""
+    try:
+        api.list(HTTP_ROUTE_API_VERSION, "HTTPRoute", namespace, "djangoscale.io/none=none")
+    except ApiError as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def missing_kind(obj: dict[str, Any], error: ApiError) -> bool:
+    """The API server has no such resource: an optional CRD that is not installed."""
+    return (obj["apiVersion"], obj["kind"]) in OPTIONAL_KINDS and error.status == 404
 
 
 def controlled_by(obj: dict[str, Any], owner_uid: str) -> bool:
@@ -143,7 +285,13 @@ def prune(api: Api, ds: spec.DjangoService, applied: list[str]) -> list[str]:
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{INSTANCE_LABEL}={ds.name}"
     deleted = []
     for api_version, kind in PRUNABLE:
-        for item in api.list(api_version, kind, ds.namespace, selector):
+        try:
+            items = api.list(api_version, kind, ds.namespace, selector)
+        except ApiError as error:
+            if missing_kind({"apiVersion": api_version, "kind": kind}, error):
+                continue  # no such CRD, so none of ours to prune
+            raise
+        for item in items:
             name = item["metadata"]["name"]
             if controlled_by(item, ds.uid) and f"{kind}/{name}" not in applied:
                 api.delete(api_version, kind, ds.namespace, name)
@@ -153,7 +301,9 @@ def prune(api: Api, ds: spec.DjangoService, applied: list[str]) -> list[str]:
     return deleted
 
 
-def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> dict[str, Any]:
+def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
+                   overrides: list[Condition] | None = None) -> dict[str, Any]:
+    """The status from the children; `overrides` replace the conditions of their types."""
     deployment = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
     hpa = (
         api.get("autoscaling/v2", "HorizontalPodAutoscaler", ds.namespace, ds.name)
@@ -164,26 +314,55 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService) -> di
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
+    if ds.gateway is not None and not serves_http_routes(api, ds.namespace):
+        # Also when a child's event refreshes the status: the failure stays until it is fixed.
+        return _status_with(body, failed(GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE),
+                            observed_status(ds, deployment, hpa))
+    conditions = rollout_conditions(ds, deployment, workers)
+    if ds.migrations.enabled:
+        gate = migrations.observe(api, body, ds)
+        conditions = gated_conditions(conditions, gate.action, gate.message,
+                                      deployment is not None)
+    conditions = overriding(conditions, list(overrides or []))
+    # The collector found the pods over the budget: that stays the news until it reads less.
+    exceeded = live_budget_exceeded(ds, body.get("status") or {})
+    if exceeded is not None and degraded_status(conditions) != "True":
+        conditions = overriding(conditions, degraded(*exceeded))
     return _status_with(
-        body,
-        rollout_conditions(ds, deployment, workers) + worker_conditions(ds),
-        observed_status(ds, deployment, hpa),
+        body, conditions + worker_conditions(ds), observed_status(ds, deployment, hpa)
     )
 
 
+def degraded_status(conditions: list[Condition]) -> str | None:
+    """Degraded's status among `conditions` (a rollout failure outranks the budget)."""
+    return next((c.status for c in conditions if c.type == "Degraded"), None)
+
+
 def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
-    """Status from the children alone (on a child's change); None if the spec is invalid."""
+    """Status from the children alone (on a child's change); None if the spec is invalid or
+    a migration has just failed."""
     try:
         ds = spec.parse(body)
     except spec.SpecError:
         return None
-    return current_status(api, body, ds)
+    status = current_status(api, body, ds)
+    if _migration_warning(body, status) is not None:
+        return None  # a new migration failure: the reconcile reports it, with its one event
+    return status
+
+
+def merge_changes(live: Any, patch: Any) -> bool:
+    """Whether a JSON merge patch would change `live`: an object changes only where one of
+    its keys does, so fields another writer adds (the collector's figures in
+    `status.database`) do not make every reconcile write again."""
+    if isinstance(live, dict) and isinstance(patch, dict):
+        return any(merge_changes(live.get(key), value) for key, value in patch.items())
+    return bool(live != patch)
 
 
 def status_changed(body: dict[str, Any], status: dict[str, Any]) -> bool:
     """Write only what differs, so a settled object keeps its resourceVersion."""
-    live = body.get("status") or {}
-    return any(live.get(key) != value for key, value in status.items())
+    return merge_changes(body.get("status") or {}, status)
 
 
 def write_status(api: Api, body: dict[str, Any], status: dict[str, Any]) -> bool:

@@ -5,6 +5,8 @@ nothing else imports the kubernetes client.
 """
 
 from djangoscale.k8s.api import Api, ApiError, KubernetesApi
+from djangoscale.k8s.events import warn
 from djangoscale.k8s.kinds import KINDS, Kind, collection_path, object_path
 
-__all__ = ["KINDS", "Api", "ApiError", "Kind", "KubernetesApi", "collection_path", "object_path"]
+__all__ = ["KINDS", "Api", "ApiError", "Kind", "KubernetesApi", "collection_path", "object_path",
+           "warn"]

@@ -79,9 +79,14 @@ class Api(Protocol):
         """Set replicas through the scale subresource, as the HPA does."""
 
     def delete(
-        self, api_version: str | None, kind: str, namespace: str | None, name: str
+        self, api_version: str | None, kind: str, namespace: str | None, name: str,
+        propagation_policy: str | None = None,
     ) -> bool:
-        """Delete the object; False when it was already gone."""
+        """Delete the object; False when it was already gone. `propagation_policy`
+        (Background, Foreground, Orphan) overrides the kind's default for its dependents."""
+
+    def read_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        """The last `tail_lines` lines a container of a pod wrote (pods/log)."""
 
     def call(
         self,
@@ -120,9 +125,16 @@ class KubernetesApi:
         query: Query | None = None,
         content_type: str = JSON,
     ) -> Any:
+        data = self._request(method, path, body, query, content_type, accept=JSON)
+        return json.loads(data) if data else None
+
+    def _request(
+        self, method: str, path: str, body: Any, query: Query | None, content_type: str,
+        accept: str,
+    ) -> bytes:
         from urllib3.exceptions import HTTPError
 
-        headers = {"Accept": JSON}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         method, url, headers, body, _ = self._client.param_serialize(
@@ -140,7 +152,7 @@ class KubernetesApi:
         if not 200 <= response.status <= 299:
             data = response.data.decode("utf-8", "replace") if response.data else ""
             raise ApiError(response.status, str(response.reason), data)
-        return json.loads(response.data) if response.data else None
+        return bytes(response.data or b"")
 
     def get(
         self, api_version: str | None, kind: str, namespace: str | None, name: str
@@ -205,12 +217,21 @@ class KubernetesApi:
                   query=[("fieldManager", field_manager)], content_type=MERGE_PATCH)
 
     def delete(
-        self, api_version: str | None, kind: str, namespace: str | None, name: str
+        self, api_version: str | None, kind: str, namespace: str | None, name: str,
+        propagation_policy: str | None = None,
     ) -> bool:
+        options = None if propagation_policy is None else {
+            "kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy}
         try:
-            self.call("DELETE", object_path(api_version, kind, namespace, name))
+            self.call("DELETE", object_path(api_version, kind, namespace, name), body=options)
         except ApiError as error:
             if error.status == 404:
                 return False
             raise
         return True
+
+    def read_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        path = object_path("v1", "Pod", namespace, pod) + "/log"
+        query = [("container", container), ("tailLines", str(tail_lines))]
+        return self._request("GET", path, None, query, JSON, accept="text/plain").decode(
+            "utf-8", "replace")

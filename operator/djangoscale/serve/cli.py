@@ -28,9 +28,15 @@ def serve(config: ServeConfig) -> int:
 
     runner = runner_for(config.server)
     if config.metrics_bind is not None:
+        from djangoscale.serve.config import PgBouncerAdmin
         from djangoscale.serve.metrics import start_metrics_server
+        from djangoscale.serve.pgbouncer import PgBouncerCollector
 
-        start_metrics_server(config.metrics_bind.host, config.metrics_bind.port, metrics_dir)
+        admin = PgBouncerAdmin.from_env()
+        extra = [] if admin is None else [PgBouncerCollector(admin)]
+        start_metrics_server(
+            config.metrics_bind.host, config.metrics_bind.port, metrics_dir, *extra
+        )
     print(
         f"djangoscale serve: {config.wsgi_app} under {config.server} on {config.bind} "
         f"(workers={config.workers} threads={config.threads} max_threads={config.max_threads} "

@@ -7,7 +7,8 @@ processes, `djangoscale worker`) that reads or sets environment variables:
   (`tests/unit/test_contract.py` ties both);
 - `ProcessSettings`: what a serving process reads, handed down by the launcher to the server
   processes it starts (`hand_down`), which load the app after their own fork;
-- `WorkerSettings`: `djangoscale worker`'s defaults from the worker container's env.
+- `WorkerSettings`: `djangoscale worker`'s defaults from the worker container's env;
+- `PgBouncerAdmin`: where the pod's pgbouncer answers SHOW POOLS, with which credentials.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from djangoscale.contract import (
+    DATABASE_PASSWORD_ENV,
+    DATABASE_USER_ENV,
     MULTIPROC_DIR_ENV,
+    PGBOUNCER_ADDRESS_ENV,
     SERVE_ENV,
     SERVER_TYPES,
     SINGLE_THREADED_SERVERS,
@@ -228,3 +232,21 @@ class WorkerSettings:
             loglevel=env.get("CELERY_LOGLEVEL") or cls.loglevel,
             health_bind=env.get(WORKER_HEALTH_BIND_ENV) or cls.health_bind,
         )
+
+
+@dataclass(frozen=True)
+class PgBouncerAdmin:
+    """The pod's pgbouncer admin console: the app's own user is one of its stats_users."""
+
+    address: Address
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PgBouncerAdmin | None:
+        """None unless the Deployment runs a pgbouncer sidecar (and the credentials are set)."""
+        env = os.environ if env is None else env
+        address, user = env.get(PGBOUNCER_ADDRESS_ENV), env.get(DATABASE_USER_ENV)
+        if not address or not user:
+            return None
+        return cls(parse_address(address), user, env.get(DATABASE_PASSWORD_ENV, ""))

@@ -316,10 +316,13 @@ def _size(path: str) -> int:
         return 0
 
 
-def start_metrics_server(host: str, port: int, path: str) -> Any:
-    """Serve the sum over all processes on host:port (a daemon thread of this process)."""
+def start_metrics_server(host: str, port: int, path: str, *extra: Any) -> Any:
+    """Serve the sum over all processes on host:port (a daemon thread of this process),
+    and what the `extra` collectors read at each scrape (the pod's pgbouncer)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
     registry.register(_SweepingCollector(path))
+    for collector in extra:
+        registry.register(collector)
     return start_http_server(port, addr=host, registry=registry)

@@ -1,0 +1,172 @@
+"""The budget guard: the launcher's SHOW POOLS figures, the collector's sum over every pod
+(terminating ones included) and `Degraded=True BudgetExceeded` with one Warning event."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from djangoscale import spec
+from djangoscale.autoscaling.collector import (
+    PodTarget,
+    Reading,
+    Scraper,
+    budget_warning,
+    collect,
+    parse_pod_metrics,
+    status_patch,
+)
+from djangoscale.autoscaling.windows import Decision, ServiceWindows
+from djangoscale.contract import PGBOUNCER_ADDRESS_ENV, PGBOUNCER_SERVER_CONNECTIONS
+from djangoscale.controller.reconcile import current_status
+from djangoscale.serve.config import Address, PgBouncerAdmin
+from djangoscale.serve.pgbouncer import pool_figures
+from tests.fixtures.fake_api import FakeApi
+from tests.unit.test_autoscaling_collector import free_port
+
+# pgbouncer 1.18's SHOW POOLS columns.
+COLUMNS = ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
+           "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled",
+           "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_mode"]
+
+
+def test_pool_figures_sum_every_server_state_of_every_pool_but_the_admin_console():
+    rows = [
+        ["shop", "shop", 8, 3, 0, 0, 4, 0, 0, 1, 1, 0, 1, 0, 0, "transaction"],
+        ["shop", "report", 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, "transaction"],
+        ["pgbouncer", "pgbouncer", 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, "statement"],
+    ]
+    figures = pool_figures(COLUMNS, rows)
+    assert (figures.server_connections, figures.clients_waiting) == (8, 3)
+
+
+def test_the_launcher_reads_pgbouncer_only_where_the_deployment_says_it_runs():
+    assert PgBouncerAdmin.from_env({"DATABASE_USER": "shop"}) is None
+    admin = PgBouncerAdmin.from_env({PGBOUNCER_ADDRESS_ENV: "127.0.0.1:6432",
+                                     "DATABASE_USER": "shop", "DATABASE_PASSWORD": "pw"})
+    assert admin == PgBouncerAdmin(Address("127.0.0.1", 6432), "shop", "pw")
+    assert "pw" not in repr(admin)
+
+
+def test_pod_metrics_carry_the_pgbouncer_figure_when_exported():
+    registry = CollectorRegistry()
+    Counter("djangoscale_requests", "r", ["method"], registry=registry).labels("GET").inc(7)
+    assert parse_pod_metrics(generate_latest(registry).decode()).server_connections is None
+    Gauge(PGBOUNCER_SERVER_CONNECTIONS, "c", registry=registry).set(5)
+    scrape = parse_pod_metrics(generate_latest(registry).decode())
+    assert (scrape.requests_total, scrape.server_connections) == (7, 5)
+
+
+def shop(metrics_port: int = 9100) -> spec.DjangoService:
+    # budget 27: (30 - 3) // (5 + 1) = 4 per pod.
+    return spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 1, "max": 5}, "metricsPort": metrics_port,
+                 "database": {"secretName": "db", "maxConnections": 30}},
+    })
+
+
+async def test_collect_counts_terminating_pods_and_skips_pods_without_figures():
+    held = {"127.0.0.1": 4, "127.0.0.2": 4, "127.0.0.3": 3}  # .3 terminates; .4 no pgbouncer
+
+    async def metrics(request: web.Request) -> web.Response:
+        registry = CollectorRegistry()
+        Counter("djangoscale_requests", "r", registry=registry).inc(1)
+        host = request.transport.get_extra_info("sockname")[0]  # type: ignore[union-attr]
+        if host in held:
+            Gauge(PGBOUNCER_SERVER_CONNECTIONS, "c", registry=registry).set(held[host])
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        await web.TCPSite(runner, host, port).start()
+    pods = [PodTarget("shop-a", "127.0.0.1", True), PodTarget("shop-b", "127.0.0.2", True),
+            PodTarget("shop-old", "127.0.0.3", False), PodTarget("shop-c", "127.0.0.4", True),
+            PodTarget("shop-new", "", False)]
+    scraper = Scraper(timeout=1.0)
+    try:
+        reading = await collect(shop(port), pods, ServiceWindows(), scraper, now=0.0)
+    finally:
+        await scraper.close()
+        await runner.cleanup()
+    assert reading.pods == 3  # ready pods, for the RPS
+    assert (reading.budget, reading.server_connections, reading.pods_reporting) == (27, 11, 3)
+
+
+def reading(connections: int, pods: int = 7) -> Reading:
+    return Reading(Decision({}, 0.0, 0.0, False), pods=pods, budget=27,
+                   server_connections=connections, pods_reporting=pods)
+
+
+def test_over_the_budget_is_degraded_once_with_one_warning_and_clears_under_it():
+    body: dict = {"metadata": {"generation": 2}, "status": {"conditions": [
+        {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "ok"}]}}
+    patch = status_patch(body, reading(24))
+    assert patch is not None and patch["database"] == {"serverConnections": 24,
+                                                       "podsReporting": 7}
+    assert budget_warning(body, reading(24)) is None
+    body["status"].update(patch)
+    assert status_patch(body, reading(24)) is None  # settled: nothing to write
+
+    warning = budget_warning(body, reading(28))
+    assert warning is not None and warning[0] == "BudgetExceeded"
+    assert warning[1].startswith("28 server connections held by the pgbouncers of 7 pods")
+    patch = status_patch(body, reading(28))
+    assert patch is not None
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == (
+        "True", "BudgetExceeded")
+    assert conditions["Stalled"]["status"] == "True"
+    body["status"].update(patch)
+    assert budget_warning(body, reading(29)) is None  # one event, not one per round
+
+    patch = status_patch(body, reading(20))
+    assert patch is not None
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == (
+        "False", "AsExpected")
+
+
+def test_the_guard_leaves_a_rollout_failure_alone():
+    body = {"metadata": {}, "status": {"conditions": [
+        {"type": "Degraded", "status": "True", "reason": "ProgressDeadlineExceeded",
+         "message": "stalled"}]}}
+    patch = status_patch(body, reading(20))
+    assert patch is not None
+    assert {c["type"]: c for c in patch["conditions"]}["Degraded"]["reason"] == (
+        "ProgressDeadlineExceeded")
+
+
+def test_a_pod_without_figures_is_no_reason_to_call_it_over_budget():
+    assert budget_warning({"status": {}}, reading(0, pods=0)) is None
+
+
+@pytest.mark.parametrize(("in_use", "reason"), [(28, "BudgetExceeded"), (27, "AsExpected")])
+def test_the_reconciler_keeps_what_the_collector_measured(in_use, reason):
+    ds = shop()
+    body = {"metadata": {"name": "shop", "namespace": "web", "generation": 1},
+            "status": {"database": {"serverConnections": in_use, "podsReporting": 6}}}
+    api = FakeApi()
+    api.put({"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": {"name": "shop", "namespace": "web", "generation": 1},
+             "spec": {"replicas": 2},
+             "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                        "readyReplicas": 2, "availableReplicas": 2}})
+    status = current_status(api, body, ds)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Degraded"]["reason"] == reason
+    assert conditions["Ready"]["status"] == "True"
+
+
+def test_an_unreachable_pgbouncer_leaves_the_figures_out_rather_than_exporting_zero():
+    from djangoscale.serve.pgbouncer import PgBouncerCollector
+
+    admin = PgBouncerAdmin(Address("127.0.0.1", free_port()), "shop", "pw")  # nothing listens
+    assert list(PgBouncerCollector(admin).collect()) == []
