@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what they need (scripts/setup.sh).
-.PHONY: dev test setup unit manifests
+.PHONY: dev test setup unit manifests docs-check
 
 setup:
 	./scripts/setup.sh
@@ -13,8 +13,13 @@ test: setup
 	.venv/bin/ruff check operator devtools tests bench
 	.venv/bin/mypy
 	.venv/bin/lint-imports
+	.venv/bin/python bench/check_docs_figures.py
 	.venv/bin/djangoscale cluster build
 	.venv/bin/python -m pytest tests
+
+# Every figure in README.md and docs/*.md names the bench/ script or test that prints it.
+docs-check:
+	.venv/bin/python bench/check_docs_figures.py
 
 # Only the fast unit tests, for the edit loop (tests/chart builds helm from Go: `make test`).
 unit: setup

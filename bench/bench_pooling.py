@@ -18,6 +18,11 @@ requests per step. Part 1: RPS and p95 at 10 and 20 clients. Part 2: clients 10,
 The peak number of server connections in `pg_stat_activity` is sampled during each step.
 
     python bench/bench_pooling.py [--modes pgbouncer none django] [--requests 600]
+        [--conn-max-age N]
+
+`--conn-max-age N` gives every pod DATABASE_CONN_MAX_AGE=N instead of what the operator
+sets (60 behind pgbouncer, 0 direct): `--conn-max-age 0` is the app opening a connection per
+request, as before the operator kept them.
 """
 
 from __future__ import annotations
@@ -111,14 +116,15 @@ def too_many_clients(tmp: Path) -> int:
 
 
 def run_mode(mode: str, pg: services.Postgres, tmp: Path, requests: int,
-             compare_requests: int) -> tuple[list[Step], list[Step]]:
+             compare_requests: int, override: dict[str, str],
+             steps: list[int]) -> tuple[list[Step], list[Step]]:
     tmp = tmp / mode
     tmp.mkdir()
 
     def pgbouncer_factory(ini: str, auth: str):  # type: ignore[no-untyped-def]
         return services.pgbouncer(ini, auth, tmp)
 
-    with simulated_pods(mode, pg, pgbouncer_factory, tmp) as (_, urls):
+    with simulated_pods(mode, pg, pgbouncer_factory, tmp, override) as (_, urls):
         for url in urls:  # warm up each pod (first request loads the app)
             one(url + "/slow/")
         compared = []
@@ -126,7 +132,7 @@ def run_mode(mode: str, pg: services.Postgres, tmp: Path, requests: int,
             compared.append(step(urls, clients, compare_requests, pg))
             print(f"  {mode:9s} {describe(compared[-1])}", flush=True)
         stepped = []
-        for clients in STEPS:
+        for clients in steps:
             time.sleep(2)  # let PostgreSQL reap the previous step's backends
             stepped.append(step(urls, clients, max(requests, 2 * clients), pg))
             print(f"  {mode:9s} step {describe(stepped[-1])}", flush=True)
@@ -145,9 +151,16 @@ def main() -> None:
                         help="requests per step of the maximum-load search")
     parser.add_argument("--compare-requests", type=int, default=400,
                         help="requests per run at 10 and 20 clients")
+    parser.add_argument("--conn-max-age", type=int, default=None,
+                        help="DATABASE_CONN_MAX_AGE for every pod (default: the operator's)")
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS),
+                        help="client counts of the maximum-load search")
     args = parser.parse_args()
+    override = ({} if args.conn_max_age is None
+                else {"DATABASE_CONN_MAX_AGE": str(args.conn_max_age)})
 
-    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; DATABASE_CONN_MAX_AGE "
+          f"{args.conn_max_age if override else 'as the operator sets it'}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-pooling-") as directory:
         tmp = Path(directory)
@@ -158,7 +171,8 @@ def main() -> None:
                  "DATABASE_PASSWORD": services.APP_PASSWORD},
                 SAMPLEAPP, sys.executable)
             for mode in args.modes:
-                results[mode] = run_mode(mode, pg, tmp, args.requests, args.compare_requests)
+                results[mode] = run_mode(mode, pg, tmp, args.requests, args.compare_requests,
+                                         override, args.steps)
     print(f"load average at end: {os.getloadavg()[0]:.2f}\n")
 
     header = "| mode |" + "".join(f" RPS @{c} | p95 @{c} |" for c in COMPARE)
@@ -173,7 +187,7 @@ def main() -> None:
             kinds = ", ".join(f"{n} {kind}" for kind, n in failed.errors.most_common(2))
             first = f"{failed.clients} ({sum(failed.errors.values())}/{failed.requests}: {kinds})"
         else:
-            first = f"none up to {STEPS[-1]}"
+            first = f"none up to {stepped[-1].clients}"
             best = f">= {best}"
         peak = max(s.peak_connections for s in compared + stepped)
         print(f"| {mode} |{cells} {best} | {first} | {peak} |")

@@ -161,7 +161,9 @@ def bench_one(
     script: Path,
 ) -> Result:
     flags = {"timeout": 30, "queue_size": QUEUE, **flags}
-    pool = concurrency(server, flags) + 5
+    # Twice the setup's concurrency: a server that held more transactions at once than it has
+    # slots would show it in the peak (a pool of concurrency + 5 would cap it at + 5).
+    pool = 2 * concurrency(server, flags)
     config = services.pgbouncer_config_for(pg, pool_size=pool, max_client_conn=2000)
     with (
         services.pgbouncer(config, services.pgbouncer_auth_for(), workdir) as bouncer,
@@ -169,7 +171,8 @@ def bench_one(
             server,
             bouncer.database_env(),
             workdir,
-            env={"DATABASE_CONN_MAX_AGE": str(conn_max_age(server, args.conn_max_age))},
+            env={"DATABASE_CONN_MAX_AGE": str(conn_max_age(server, args.conn_max_age)),
+                 "DATABASE_CONN_HEALTH_CHECKS": "1" if args.conn_health_checks else "0"},
             bare=bare,
             **flags,
         ) as served,
@@ -178,7 +181,8 @@ def bench_one(
         view_ms = statistics.median(served.get(path).seconds for _ in range(10)) * 1e3
         run_wrk(url, min(args.connections, 20), 1, script)  # warm up: imports, connections
         before = None if bare else metric_sum(served.metrics(), "djangoscale_requests_total")
-        sampler = services.PeakSampler(pg, interval=0.05)
+        # Every 10 ms: each /slow/ transaction holds its server connection for ~50 ms.
+        sampler = services.PeakSampler(pg, interval=0.01)
         sampler.start()
         cpu_before = tree_cpu_seconds(served.process.pid)
         report = run_wrk(url, args.connections, args.duration, script)
@@ -348,6 +352,7 @@ def main() -> int:
         "--connections", type=int, default=200, help="concurrent connections (max 1000)"
     )
     parser.add_argument("--only", nargs="*", help="labels or server types to run")
+    parser.add_argument("--views", nargs="*", help="only these views (e.g. /slow/)")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument(
         "--cost-only",
@@ -360,6 +365,11 @@ def main() -> int:
         default=PERSISTENT_CONN_MAX_AGE,
         help="DATABASE_CONN_MAX_AGE of threaded servers (0: a new connection per request); "
         "gevent always gets 0, as from the operator",
+    )
+    parser.add_argument(
+        "--conn-health-checks",
+        action="store_true",
+        help="Django's CONN_HEALTH_CHECKS on (a SELECT 1 before a request reuses a connection)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat every run this many times (max 9)"
@@ -377,11 +387,14 @@ def main() -> int:
         workdir = Path(tmp)
         script = workdir / "report.lua"
         script.write_text(WRK_REPORT)
-        with services.postgres(workdir, max_connections=300) as pg:
+        # Room for the largest pool (2 x 150 for cherrypy 2 x 75) and the sampler.
+        with services.postgres(workdir, max_connections=400) as pg:
             config = services.pgbouncer_config_for(pg, pool_size=5)
             with services.pgbouncer(config, services.pgbouncer_auth_for(), workdir) as bouncer:
                 services.migrate_sample_app(bouncer.database_env(), SAMPLEAPP, sys.executable)
-            for label, server, flags, path, bare in plan(args.only, args.cost_only) * args.rounds:
+            runs = [run for run in plan(args.only, args.cost_only)
+                    if not args.views or run[3] in args.views]
+            for label, server, flags, path, bare in runs * args.rounds:
                 print(
                     f"-- {label} {path} {'bare' if bare else 'launcher'}: {args.connections} "
                     f"connections, {args.duration}s",
@@ -403,7 +416,9 @@ def main() -> int:
                     print(f"   {label} failed: {error}", file=sys.stderr, flush=True)
                 if args.out:
                     Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=1))
-    print(f"{len(results)} runs in {time.monotonic() - started:.0f} s\n")
+    print(f"{len(results)} runs in {time.monotonic() - started:.0f} s; DATABASE_CONN_MAX_AGE "
+          f"{args.conn_max_age} (gevent 0), CONN_HEALTH_CHECKS "
+          f"{'on' if args.conn_health_checks else 'off'}, pgbouncer pool 2 x concurrency\n")
     print(table(results))
     print()
     print(ratios(results))

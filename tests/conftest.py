@@ -28,7 +28,8 @@ PG_MAX_CONNECTIONS = 100
 
 def _services_available() -> str | None:
     if not (services.PG_BIN / "postgres").exists():
-        return f"PostgreSQL not found in {services.PG_BIN} (apt-get install postgresql-15)"
+        return (f"PostgreSQL not found in {services.PG_BIN} (apt-get install postgresql, or set "
+                "DJANGOSCALE_PG_BIN)")
     if not os.path.exists(services.PGBOUNCER):
         return f"{services.PGBOUNCER} not found (apt-get install pgbouncer)"
     return None
@@ -70,3 +71,33 @@ def postgres_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
 def pgbouncer_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     """`with pgbouncer_factory(ini_text, auth_text) as bouncer:` runs that exact config."""
     return lambda config_text, auth_text: services.pgbouncer(config_text, auth_text, tmp_path)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """The last lines of every run: how many tests were skipped, and why.
+
+    In CI a missing service already fails its tests (services.require); any skip left there
+    fails the run too (pytest_sessionfinish). Outside CI a skip is a warning that names what
+    to install: the run did not prove what those tests prove."""
+    yield  # after pytest's own summary, so these are the last lines
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_sep("=", f"{len(skipped)} skipped")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{count:4d} skipped: {reason}")
+    if skipped and not os.environ.get("CI"):
+        terminalreporter.write_line(
+            f"WARNING: {len(skipped)} tests did not run; install what is named above "
+            "(scripts/setup.sh) to run them", yellow=True, bold=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if os.environ.get("CI") and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

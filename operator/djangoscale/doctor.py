@@ -50,6 +50,10 @@ OPERATOR_ACCESS: Final[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
     ("", "pods", ("get", "list", "watch")),
     ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
+    ("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "pods/log", ("get",)),
+    ("networking.k8s.io", "ingresses", ("get", "list", "create", "patch", "delete")),
+    ("gateway.networking.k8s.io", "httproutes", ("get", "list", "create", "patch", "delete")),
 )
 # With the metrics API: the front proxy's client CA, one ConfigMap in kube-system.
 REQUESTHEADER_ACCESS: Final = ("kube-system", "", "configmaps",

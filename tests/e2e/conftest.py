@@ -22,6 +22,7 @@ import pytest
 from djangoscale.spec import crd
 from djangoscale_dev.cluster import LocalCluster
 from djangoscale_dev.cluster.node import missing_for_real_node
+from tests.e2e.helpers import HPA_SYNC_PERIOD
 from tests.fixtures import services
 from tests.fixtures.polling import wait_for
 
@@ -41,7 +42,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A running local cluster with `NODES` fake nodes; `.kubeconfig` is its admin kubeconfig."""
     wanted = os.environ.get("DJANGOSCALE_E2E_CLUSTER_DIR")
     directory = Path(wanted) if wanted else tmp_path_factory.mktemp("cluster")
-    local = LocalCluster(directory, hpa_sync_period="2s")
+    local = LocalCluster(directory, hpa_sync_period=f"{HPA_SYNC_PERIOD}s")
     reused = local.running() is not None
     local.up(nodes=NODES, node="kwok")
     try:

@@ -116,7 +116,10 @@ POOLING_ENV = ("DATABASE_POOL_MAX_SIZE", "DATABASE_CONN_MAX_AGE")
 
 
 @contextlib.contextmanager
-def simulated_pods(pooling: str, pg: services.Postgres, pgbouncer_factory, tmp: Path):
+def simulated_pods(pooling: str, pg: services.Postgres, pgbouncer_factory, tmp: Path,
+                   override: dict[str, str] | None = None):
+    """The pods at max replicas, each with the env the Deployment gives it (`override`
+    replaces some of it, for bench/bench_pooling.py's contrasts)."""
     # `none` over this budget is refused; `external` runs the pods the same way (each thread
     # connects to the database host), which is what `none` would have done.
     ds = spec.parse(djangoservice("external" if pooling == "none" else pooling))
@@ -140,6 +143,7 @@ def simulated_pods(pooling: str, pg: services.Postgres, pgbouncer_factory, tmp: 
             (app,) = build_deployment(ds, secret)["spec"]["template"]["spec"]["containers"]
             given = {item["name"]: item.get("value") for item in app["env"]}
             env.update({name: given[name] for name in POOLING_ENV if name in given})
+            env.update(override or {})
             urls.append(stack.enter_context(serve_pod(ds, env, tmp)))
         yield ds, urls
 
@@ -178,7 +182,8 @@ def test_max_replicas_of_pooled_pods_stay_within_the_budget(
     assert errors == []
     assert ok == REQUESTS
     assert sampler.samples > 10
-    # Every pool was in use (the load saturates them) and never above its size.
+    # More than one pod's pool in use at once (the load spreads over the pods), and never
+    # above the budget.
     assert sizing.pool_size_per_pod < peak <= sizing.connections_at_max
     assert peak <= ds.database.max_connections - ds.database.reserved_connections
 

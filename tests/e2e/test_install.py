@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,36 +46,18 @@ from chart_install import (  # noqa: E402
 )
 from lua_health import health  # noqa: E402
 
-from tests.fixtures.services import stop_process  # noqa: E402
+from tests.e2e.helpers import start_operator  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "e2e-install-password"
 
 
-def free_port() -> int:
-    """A free local port: kopf reads a liveness port of 0 as "no port", i.e. 80, which two
-    peers on one machine cannot share."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def operator_process(kubeconfig: Path, log: Path, *args: str) -> Iterator[subprocess.Popen]:
     """`djangoscale run` with these credentials; its log must hold no Forbidden and no secret."""
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DJANGOSCALE_RESYNC_SECONDS": "3",
-           # A free port: two peers run on this machine at once.
-           "DJANGOSCALE_METRICS_API_PORT": "0"}
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "djangoscale.cli", "run", "--liveness-port", str(free_port()),
-             "--metrics-port", "0", "--bind", "127.0.0.1", *args],
-            env=env, stdout=output, stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        stop_process(process)
+    # Its log is checked for tracebacks and failed handlers by start_operator.
+    with start_operator(kubeconfig, log, *args) as running:
+        yield running.process
     text = log.read_text(errors="replace")
     assert PASSWORD not in text
     # RBAC is enough: not one request was refused. (A bare 403 would match timestamps; a

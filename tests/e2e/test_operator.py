@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from djangoscale.contract import INITIAL_SCALE_FIELD_MANAGER
 from djangoscale.k8s import ApiError
-from tests.e2e.helpers import API, condition, djangoservice, ready, secret, start_operator
+from tests.e2e.helpers import (
+    API,
+    OperatorProcess,
+    condition,
+    djangoservice,
+    ready,
+    secret,
+    start_operator,
+)
 from tests.fixtures.invalid_specs import INVALID_FIELDS, UNKNOWN_FIELDS
 from tests.fixtures.polling import wait_for
 from tests.tools.chart_install import operator_kubeconfig
@@ -22,13 +28,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def operator(kube, cluster, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
+def operator(kube, cluster, tmp_path_factory) -> Iterator[OperatorProcess]:
     """The operator with exactly the Helm chart's RBAC: its ServiceAccount's token."""
     directory = tmp_path_factory.mktemp("operator")
     log = directory / "operator.log"
     kubeconfig = operator_kubeconfig(cluster.kubeconfig, directory / "sa" / "kubeconfig")
-    with start_operator(kubeconfig, log) as process:
-        yield process
+    with start_operator(kubeconfig, log) as running:
+        yield running
     text = log.read_text(errors="replace")
     # The operator never logs a password, whatever happened in the tests.
     assert "e2e-secret-password" not in text
@@ -262,12 +268,20 @@ def without_bookkeeping(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "metadata": metadata}
 
 
+def resynced(kube: Any) -> Callable[[], int]:
+    """How many DjangoServices the operator resyncs now: every one not being deleted (kopf
+    stops an object's resync once it has a deletionTimestamp)."""
+    return lambda: sum(
+        1 for item in kube.call("GET", f"/apis/{API}/djangoservices")["items"]
+        if not item["metadata"].get("deletionTimestamp"))
+
+
 def test_no_drift_and_no_fight_with_the_hpa(kube, operator, namespace):
     kube.apply(secret(namespace))
     body = djangoservice(namespace)
     gitops_apply(kube, body)
     wait_for("Ready", lambda: ready(kube, namespace))
-    time.sleep(4)  # let one resync pass so the object is settled
+    operator.wait_for_resyncs(resynced(kube), 1)  # the object settled by a resync of its own
 
     def versions() -> dict[str, str]:
         return {
@@ -283,16 +297,17 @@ def test_no_drift_and_no_fight_with_the_hpa(kube, operator, namespace):
     assert without_bookkeeping(gitops_apply(kube, body, dry_run=True)) == without_bookkeeping(live)
     # The same file applied again, as a GitOps tool does: nothing changes.
     gitops_apply(kube, copy.deepcopy(body))
-    time.sleep(7)  # two resync periods of the operator
+    # Not a sleep: no resync in the wait would make "nothing changed" true by default.
+    assert operator.wait_for_resyncs(resynced(kube), 2) >= 2
     assert versions()["DjangoService"] == settled["DjangoService"]
     assert versions()["Service"] == settled["Service"]
 
     # Replicas belong to the HPA (here set through the scale subresource, as the HPA does):
     # the operator's resyncs leave them alone.
     kube.scale("apps/v1", "Deployment", namespace, "shop", 4, INITIAL_SCALE_FIELD_MANAGER)
-    time.sleep(7)
+    assert operator.wait_for_resyncs(resynced(kube), 2) >= 2
     deployment = kube.get("apps/v1", "Deployment", namespace, "shop")
-    # (The local cluster's HPA scale-down window is 30 s, longer than this wait.)
+    # (The local cluster's HPA scale-down window is 30 s, longer than two 3 s resyncs.)
     assert deployment["spec"]["replicas"] == 4
     managers = {m["manager"] for m in deployment["metadata"]["managedFields"]}
     assert "djangoscale" in managers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,13 +20,18 @@ from djangoscale.serve.config import SERVER_TYPES, ServeConfig
 from djangoscale.serve.metrics import FLUSH_INTERVAL
 from tests.fixtures import services
 from tests.fixtures.launcher import (
+    REPO,
+    SAMPLEAPP,
     Response,
+    Served,
+    accepted_connections,
     children_of,
     get,
     metric_sum,
     plain_gunicorn,
     serve,
 )
+from tests.fixtures.polling import wait_for
 from tests.fixtures.services import PeakSampler
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -125,7 +131,7 @@ def test_sigterm_finishes_in_flight_and_refuses_new(server, pgbouncer_server, tm
         result: list[Response] = []
         in_flight = threading.Thread(target=lambda: result.append(served.get("/sleep/?s=8")))
         in_flight.start()
-        time.sleep(0.4)
+        _wait_in_flight(served, 1)
         served.terminate()
         # New requests are refused while the accepted one is still running. Polled, not a
         # fixed wait: every process of the server must have run its signal handler first (an
@@ -136,6 +142,41 @@ def test_sigterm_finishes_in_flight_and_refuses_new(server, pgbouncer_server, tm
         assert result and result[0].status == 200, served.log()[-2000:]
         assert json.loads(result[0].body) == {"slept": 8}
         assert served.process.wait(15) == 0, served.log()[-2000:]
+
+
+SLOWSTART = Path(__file__).resolve().parents[1] / "fixtures" / "slowstart"
+
+
+@pytest.mark.parametrize("server", SERVER_TYPES)
+def test_sigterm_while_a_worker_still_loads_the_app_serves_nothing_new(
+    server, pgbouncer_server, tmp_path
+):
+    """SIGTERM once the first worker answers and before the second has loaded the app: the
+    late worker must not start taking requests after the signal (it would until killed at
+    the timeout, a draining pod still serving)."""
+    env = {"SLOW_START_MARKER": str(tmp_path / "first-worker-loaded"),
+           "SLOW_START_SECONDS": "4",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(SAMPLEAPP),
+                                          str(SLOWSTART)])}
+    with serve(server, pgbouncer_server.database_env(), tmp_path, env=env,
+               app="slow_second_worker:application", workers=WORKERS, threads=THREADS,
+               timeout=10) as served:
+        served.terminate()
+        assert _refuses_new_requests(served.host, served.port, within=4), served.log()[-2000:]
+        # Until the server is gone (past the late worker's load), nothing new is served.
+        while served.process.poll() is None:
+            assert not _new_request_succeeds(served.host, served.port, timeout=0.5), (
+                served.log()[-2000:])
+            time.sleep(0.1)
+        assert served.process.wait(15) == 0, served.log()[-2000:]
+
+
+def _wait_in_flight(served: Served, count: int) -> None:
+    """Until the launcher's in-flight gauge shows `count` requests inside the app (published
+    every FLUSH_INTERVAL s): a signal sent then finds them accepted, however busy the machine."""
+    samples = served.metrics_until(
+        lambda s: s.get("djangoscale_requests_in_flight", 0) >= count, timeout=15)
+    assert samples.get("djangoscale_requests_in_flight", 0) >= count, samples
 
 
 def _refuses_new_requests(host: str, port: int, within: float) -> bool:
@@ -199,7 +240,7 @@ def test_cherrypy_full_queue_answers_503_at_once(pgbouncer_server, tmp_path):
 
         busy = threading.Thread(target=occupy_the_only_thread)
         busy.start()
-        time.sleep(0.3)
+        _wait_in_flight(served, 1)
         sent = time.monotonic()
         responses = fire(served.host, served.port, ["/hello/"] * 6, clients=6, timeout=10)
         busy.join(10)
@@ -285,7 +326,11 @@ def test_sigterm_counts_the_last_requests_before_exit(server, pgbouncer_server, 
         result: list[Response] = []
         in_flight = threading.Thread(target=lambda: result.append(served.get("/sleep/?s=2")))
         in_flight.start()
-        time.sleep(1)  # accepted by the server's loop, even on a loaded machine
+        # Accepted by a worker (periodic flushes are off here, so the in-flight gauge of a
+        # worker process is not published: the socket in the server's hands is the sign).
+        wait_for("the request accepted by the server",
+                 lambda: accepted_connections(served.process.pid, served.port) >= 1,
+                 timeout=10, interval=0.02)
         served.terminate()
         in_flight.join(10)
         assert result and result[0].status == 200

@@ -42,7 +42,7 @@ def test_an_unreachable_pgbouncer_is_logged_and_the_wait_still_happens(monkeypat
 def test_the_deployments_hook_is_a_command_the_launcher_parses():
     from djangoscale import cli, spec
     from djangoscale.builders.deployment import PRE_STOP_SLEEP, build_deployment
-    from tests.unit.test_budget import body_with
+    from tests.unit.test_budget_arithmetic import body_with
 
     ds = spec.parse(body_with())
     (app,) = build_deployment(ds, {"metadata": {"name": "shop-database"}, "data": {}})[

@@ -5,7 +5,7 @@ from __future__ import annotations
 from djangoscale import spec
 from djangoscale.controller.reconcile import status_changed
 from djangoscale.controller.status import observed_status
-from tests.unit.test_budget import body_with
+from tests.unit.test_budget_arithmetic import body_with
 
 
 def database_of(**fields):
@@ -47,7 +47,7 @@ def test_a_field_another_writer_added_does_not_force_a_write():
 
 def test_the_crd_declares_every_status_database_field_both_writers_set():
     from djangoscale.autoscaling.collector import database_figures
-    from tests.unit.test_budget_guard import reading
+    from tests.unit.test_budget_guard_rules import reading
 
     declared = spec.crd_version()["schema"]["openAPIV3Schema"]["properties"]["status"][
         "properties"]["database"]["properties"]

@@ -187,10 +187,12 @@ def test_gevent_condition_in_status_only_with_worker_groups():
 def test_worker_children_validate_against_the_kubernetes_schemas():
     import kubernetes_validate
 
-    built = children()
-    for (_, name), child in built.items():
-        if "-worker-" in name:
-            kubernetes_validate.validate(child, "1.35", strict=True)
+    workers = [child for (_, name), child in children().items() if "-worker-" in name]
+    # Both groups' children are in the list: a renamed child must not leave it empty.
+    assert {"shop-worker-default", "shop-worker-reports"} <= {
+        c["metadata"]["name"] for c in workers}, [c["metadata"]["name"] for c in workers]
+    for child in workers:
+        kubernetes_validate.validate(child, "1.35", strict=True)
 
 
 def test_without_autoscaling_worker_groups_hold_min_replicas_and_get_no_hpa():

@@ -1,58 +1,44 @@
-"""The handful of API calls the launcher makes, over HTTPS with the admin client cert.
+"""Path-based API calls for the dev tooling, over the operator's one API layer.
 
-The launcher must work where only the standard library and `cryptography` are installed (it
-runs before the operator and its Kubernetes client are in play), and it needs five verbs, so
-it speaks JSON over `urllib` rather than pulling in a client library.
+The local cluster, its tests and benches speak in API paths (`/api/v1/namespaces/...`), which
+suits a tool that creates namespaces, APIServices and nodes of its own. The requests
+themselves go through `djangoscale.k8s.KubernetesApi` (one transport, one error type, one
+place that imports the kubernetes client), with the cluster's admin kubeconfig.
 """
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
+
+from djangoscale.k8s import ApiError, KubernetesApi
+from djangoscale.k8s.api import APPLY_PATCH, JSON
+
+__all__ = ["ApiClient", "ApiError"]
+
+# The field manager of what the dev tooling applies (never the operator's).
+FIELD_MANAGER = "djangoscale-cluster"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:500]}")
-        self.status = status
-        self.body = body
-
-
-@dataclass(frozen=True)
 class ApiClient:
-    server: str
-    ca: Path
-    cert: Path
-    key: Path
-    timeout: float = 10.0
+    """`get`, `create`, `apply`, `delete` and raw `request`s by path, as the cluster admin."""
 
-    def _context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.load_cert_chain(str(self.cert), str(self.key))
-        return context
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self._api = KubernetesApi(str(kubeconfig))
 
     def request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self, method: str, path: str, body: Any = None, content_type: str = JSON
     ) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.server + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", content_type)
+        """The answer as JSON, or as text for the paths that answer text (`/readyz`)."""
+        path, _, query = path.partition("?")
+        raw = self._api.request_bytes(method, path, body, parse_qsl(query), content_type)
+        text = raw.decode("utf-8", "replace")
         try:
-            with urllib.request.urlopen(req, context=self._context(), timeout=self.timeout) as r:
-                raw = r.read().decode()
-        except urllib.error.HTTPError as err:
-            raise ApiError(err.code, err.read().decode(errors="replace")) from None
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            return raw
+            return self._api.decode(raw) if raw else None
+        except ValueError:
+            return text
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -60,14 +46,10 @@ class ApiClient:
     def create(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, body)
 
-    def apply(self, path: str, body: dict[str, Any], manager: str = "djangoscale-cluster") -> Any:
+    def apply(self, path: str, body: dict[str, Any], manager: str = FIELD_MANAGER) -> Any:
         """Server-side apply of `body` at its own object path."""
-        return self.request(
-            "PATCH",
-            f"{path}?fieldManager={manager}&force=true",
-            body,
-            content_type="application/apply-patch+yaml",
-        )
+        return self.request("PATCH", f"{path}?fieldManager={manager}&force=true", body,
+                            content_type=APPLY_PATCH)
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)

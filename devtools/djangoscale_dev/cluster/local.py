@@ -266,8 +266,7 @@ class LocalCluster:
     def client(self) -> ApiClient:
         if self.state is None:
             raise ClusterError("cluster is not up")
-        pki = PkiPaths(self.dir / "pki")
-        return ApiClient(self.state.server, pki.ca, pki.cert("admin"), pki.key("admin"))
+        return ApiClient(self.state.kubeconfig)
 
     @property
     def kubeconfig(self) -> Path:

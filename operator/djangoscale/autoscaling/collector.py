@@ -121,9 +121,14 @@ class Scraper:
         self.semaphore = asyncio.Semaphore(concurrency)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A collector still mid-round when the operator stops must not open a session
+            # nobody will close (asyncio logs it as an error at exit): its reads fail, it holds.
+            raise aiohttp.ClientConnectionError("the scraper is closed: the operator is stopping")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self.timeout,
@@ -132,6 +137,7 @@ class Scraper:
         return self._session
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
 

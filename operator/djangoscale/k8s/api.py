@@ -125,13 +125,19 @@ class KubernetesApi:
         query: Query | None = None,
         content_type: str = JSON,
     ) -> Any:
-        data = self._request(method, path, body, query, content_type, accept=JSON)
-        return json.loads(data) if data else None
+        data = self.request_bytes(method, path, body, query, content_type)
+        return self.decode(data) if data else None
 
-    def _request(
-        self, method: str, path: str, body: Any, query: Query | None, content_type: str,
-        accept: str,
+    @staticmethod
+    def decode(data: bytes) -> Any:
+        """A JSON answer (ValueError when the answer is not JSON)."""
+        return json.loads(data)
+
+    def request_bytes(
+        self, method: str, path: str, body: Any = None, query: Query | None = None,
+        content_type: str = JSON, accept: str = JSON,
     ) -> bytes:
+        """One request, its answer as sent (for the few paths that answer text)."""
         from urllib3.exceptions import HTTPError
 
         headers = {"Accept": accept}
@@ -233,5 +239,5 @@ class KubernetesApi:
     def read_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
         path = object_path("v1", "Pod", namespace, pod) + "/log"
         query = [("container", container), ("tailLines", str(tail_lines))]
-        return self._request("GET", path, None, query, JSON, accept="text/plain").decode(
+        return self.request_bytes("GET", path, None, query, JSON, accept="text/plain").decode(
             "utf-8", "replace")

@@ -51,7 +51,8 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
         "PASSWORD": password,
         "CONN_MAX_AGE": 0 if "pool" in options else int(env.get("DATABASE_CONN_MAX_AGE", "0")),
         # No CONN_HEALTH_CHECKS: a round trip per request; the launcher polls the socket.
-        "CONN_HEALTH_CHECKS": False,
+        # (DATABASE_CONN_HEALTH_CHECKS=1 turns them on, for bench/bench_servers.py's contrast.)
+        "CONN_HEALTH_CHECKS": env.get("DATABASE_CONN_HEALTH_CHECKS", "0") == "1",
         "DISABLE_SERVER_SIDE_CURSORS": True,
         "OPTIONS": options,
     }
