@@ -104,13 +104,6 @@ def serving_cert(api: ApiClient) -> bytes:
     return base64.b64decode(tls["data"]["tls.crt"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passed before main was merged in (9aa6d3a); since, the aggregator's availability "
-    "check gets 404 from https://<metrics Service ClusterIP>/apis/custom.metrics.k8s.io/v1beta2 "
-    "while both operator pods log 'serving custom.metrics.k8s.io/v1beta2 on 0.0.0.0:6443' and "
-    "one is Ready: cause not found yet",
-)
 def test_helm_install_then_upgrade_runs_the_operator_on_the_real_node(
     real_cluster: LocalCluster, release: ApiClient, tmp_path: Path
 ) -> None:

@@ -173,6 +173,7 @@ def test_a_restricted_pod_serves_through_its_service_and_down_leaves_nothing(
         added = chains() - chains_before
         assert any(" KUBE-SVC-" in c for c in added), added
         assert any(" CNI-" in c for c in added), added  # the hostPort's
+        assert f"iptables filter {node.SERVICE_GUARD_CHAIN}" in added, added
         kubelet_log = (cluster.dir / "logs" / "kubelet.log").read_text()
         assert "strict decoding error" not in kubelet_log  # every config field is known
     finally:

@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -538,3 +540,52 @@ def test_worker_processes_drain_and_exit_when_the_parent_is_killed(server, pgbou
         while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
             time.sleep(0.1)
         assert not any(Path(f"/proc/{c}").exists() for c in children)
+
+
+def _prestop(served, env: dict[str, str]) -> str:
+    """Run the pod's preStop hook against `served` (no wait), as the kubelet would."""
+    from tests.fixtures.launcher import launcher_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "djangoscale.cli", "prestop", "--sleep", "0",
+         "--bind", f"{served.host}:{served.port}"],
+        env=launcher_env(env), capture_output=True, text=True, timeout=30, check=True,
+    )
+    return done.stderr
+
+
+@pytest.mark.parametrize("workers", [1, WORKERS])
+@pytest.mark.parametrize("server", ["cherrypy", "waitress", "gunicorn-gthread",
+                                    "gunicorn-gevent"])
+def test_prestop_closes_keep_alive_connections_after_their_next_answer(
+    server, workers, pgbouncer_server, tmp_path
+):
+    """A keep-alive client still routed to a pod whose endpoint is being removed gets its
+    next answer with `Connection: close` and then an orderly close, never a closed socket
+    under a request it has just sent."""
+    env = pgbouncer_server.database_env()
+    clients = 8  # with workers, the kernel spreads them over the processes
+    # As many slots per process as clients: gevent's worker holds only that many connections.
+    with serve(server, env, tmp_path, workers=workers, threads=clients) as served:
+        kept = [http.client.HTTPConnection(served.host, served.port, timeout=10)
+                for _ in range(clients)]
+        for connection in kept:
+            connection.request("GET", "/hello/")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            assert response.getheader("Connection", "keep-alive").lower() == "keep-alive"
+        assert f"server {served.process.pid} draining" in _prestop(served, env)
+        for connection in kept:
+            connection.request("GET", "/hello/")
+            response = connection.getresponse()
+            assert response.read()
+            assert (response.status, response.getheader("Connection")) == (200, "close")
+            # The server closed its end after the answer: EOF, not a reset or a hang.
+            assert connection.sock is None or connection.sock.recv(1) == b""
+            connection.close()
+        # Still serving new connections (the listener closes at SIGTERM), but not ready.
+        assert served.get("/hello/").status == 200
+        assert served.get("/readyz").status == 503
+        served.terminate()
+        assert served.process.wait(15) == 0, served.log()[-2000:]

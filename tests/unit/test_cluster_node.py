@@ -152,6 +152,20 @@ def test_rules_jumping_to_a_chain_are_found() -> None:
     assert node._jump_target(["-A", "INPUT", "-p", "tcp"]) is None
 
 
+def test_untranslated_traffic_to_the_service_range_is_refused_from_host_and_pods() -> None:
+    commands = node.service_guard_commands()
+    chain = node.SERVICE_GUARD_CHAIN
+    assert chain.startswith(node.NODE_CHAIN_PREFIXES)  # so teardown removes it and its jumps
+    (rule,) = [c for c in commands if c[2:4] == ["-A", chain]]
+    assert rule[rule.index("-d") + 1] == flags.SERVICE_CLUSTER_IP_RANGE
+    # Only what kube-proxy did not translate: a synced Service must still be reachable.
+    assert rule[rule.index("--ctstate") - 1:rule.index("--ctstate") + 2] == [
+        "!", "--ctstate", "DNAT"]
+    assert rule[-2:] == ["-j", "REJECT"]
+    hooks = {c[3] for c in commands if c[2] == "-I" and node._jump_target(c[2:]) == chain}
+    assert hooks == {"OUTPUT", "FORWARD"}
+
+
 def test_mounts_are_unmounted_newest_first(tmp_path: Path) -> None:
     root = tmp_path.resolve()
     mountinfo = tmp_path / "mountinfo"

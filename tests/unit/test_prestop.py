@@ -16,12 +16,15 @@ def args(sleep: float) -> argparse.Namespace:
     return parser.parse_args(["--sleep", str(sleep)])
 
 
-def test_without_pgbouncer_it_only_waits(monkeypatch, capsys):
+def test_without_pgbouncer_or_server_it_only_waits(monkeypatch, capsys):
     monkeypatch.delenv(PGBOUNCER_ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("DJANGOSCALE_BIND", f"127.0.0.1:{free_port()}")  # no server there
     started = time.monotonic()
     assert prestop.main(args(0.2)) == 0
     assert time.monotonic() - started >= 0.2
-    assert "no pgbouncer in this pod" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no server recorded for port" in err
+    assert "pgbouncer" not in err
 
 
 def test_an_unreachable_pgbouncer_is_logged_and_the_wait_still_happens(monkeypatch, capsys):
@@ -50,8 +53,8 @@ def test_the_deployments_hook_is_a_command_the_launcher_parses():
     assert (parsed.handler, parsed.sleep, parsed.pool_size) == (prestop.main, PRE_STOP_SLEEP, 1)
     env = {item["name"]: item.get("value") for item in app["env"]}
     assert env[PGBOUNCER_ADDRESS_ENV] == "127.0.0.1:6432"  # where the hook finds pgbouncer
-    # Without the sidecar there is no pool to shrink: the plain sleep as before.
+    # Without the sidecar the hook still tells the server to drain, then waits.
     external = spec.parse(body_with(pooling={"mode": "external"}))
     (app,) = build_deployment(external, {"metadata": {"name": "shop-database"}, "data": {}})[
         "spec"]["template"]["spec"]["containers"]
-    assert app["lifecycle"] == {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}}
+    assert app["lifecycle"]["preStop"]["exec"]["command"] == command

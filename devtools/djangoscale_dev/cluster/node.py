@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from djangoscale_dev.cluster import nodeconfig, processes
+from djangoscale_dev.cluster.flags import SERVICE_CLUSTER_IP_RANGE
 from djangoscale_dev.cluster.nodeconfig import NodePaths, NodePorts
 from djangoscale_dev.cluster.ociarchive import ImageFile, write_oci_archive
 
@@ -61,6 +62,8 @@ IPTABLES = ("iptables", "ip6tables")
 TABLES = ("filter", "nat", "mangle", "raw")
 # Chains of kube-proxy, the kubelet and the CNI portmap plugin.
 NODE_CHAIN_PREFIXES = ("KUBE-", "CNI-")
+# Ours, under a prefix teardown removes (with the rules that jump to it).
+SERVICE_GUARD_CHAIN = "KUBE-DJANGOSCALE-SVC-GUARD"
 CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
@@ -278,6 +281,24 @@ def prepare_host(cluster_dir: Path, binary: Path) -> None:
     new_dirs = [str(d) for d in (*HOST_DIRS, KUBELET_FIXED_DIR) if not d.exists()]
     Record(str(cluster_dir), str(binary), read_sysctls(), all_chains(), new_dirs).save(paths)
     create_bridge(cluster_dir)
+    for command in service_guard_commands():
+        _run(command)
+
+
+def service_guard_commands() -> list[list[str]]:
+    """Refuse traffic to the Service range that kube-proxy has not translated (a Service it
+    has not synced yet). Routed on, it would leave the host by the default route, and a
+    connection made then keeps that path for its whole life (conntrack): the aggregator
+    kept one to a new metrics Service and got 404 from whatever answered outside."""
+    chain = SERVICE_GUARD_CHAIN
+    return [
+        ["iptables", "-w", "-N", chain],
+        ["iptables", "-w", "-A", chain, "-d", SERVICE_CLUSTER_IP_RANGE,
+         "-m", "conntrack", "!", "--ctstate", "DNAT", "-j", "REJECT"],
+        # From the host (the apiserver, tests) and from pods.
+        ["iptables", "-w", "-I", "OUTPUT", "-j", chain],
+        ["iptables", "-w", "-I", "FORWARD", "-j", chain],
+    ]
 
 
 def start_processes(

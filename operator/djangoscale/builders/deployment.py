@@ -173,7 +173,7 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
             "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
             "failureThreshold": LIVENESS_FAILURES,
         },
-        "lifecycle": {"preStop": pre_stop(ds, PRE_STOP_SLEEP)},
+        "lifecycle": {"preStop": pre_stop(PRE_STOP_SLEEP)},
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -190,13 +190,12 @@ def app_env_from_and_resources(ds: DjangoService) -> dict[str, Any]:
     return fields
 
 
-def pre_stop(ds: DjangoService, seconds: int) -> dict[str, Any]:
-    """The app container's preStop hook: wait `seconds` for load balancers to stop sending;
-    with a pgbouncer sidecar, first shrink its pool to DRAINING_POOL_SIZE, the share the
-    budget keeps for a terminating pod (`djangoscale prestop`)."""
-    if ds.uses_pgbouncer:
-        return {"exec": {"command": ["djangoscale", "prestop", "--sleep", str(seconds)]}}
-    return {"sleep": {"seconds": seconds}}
+def pre_stop(seconds: int) -> dict[str, Any]:
+    """The app container's preStop hook (`djangoscale prestop`): tell the server to drain
+    (`Connection: close` from then on, so keep-alive clients move to other pods), with a
+    pgbouncer sidecar shrink its pool to DRAINING_POOL_SIZE, the share the budget keeps for
+    a terminating pod, then wait `seconds` for load balancers to stop sending."""
+    return {"exec": {"command": ["djangoscale", "prestop", "--sleep", str(seconds)]}}
 
 
 def build_pgbouncer_container(ds: DjangoService, secret: dict[str, Any]) -> dict[str, Any]:

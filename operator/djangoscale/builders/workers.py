@@ -109,7 +109,7 @@ def build_worker_container(
     }
     if ds.uses_pgbouncer:
         # No load balancer to wait for: shrink the pool and let Celery's warm shutdown run.
-        container["lifecycle"] = {"preStop": pre_stop(ds, 0)}
+        container["lifecycle"] = {"preStop": pre_stop(0)}
     if group.resources:
         container["resources"] = copy.deepcopy(group.resources)
     return container

@@ -24,9 +24,12 @@ def serve(config: ServeConfig) -> int:
 
     # Must happen before prometheus_client is imported anywhere in this process.
     metrics_dir = prepare_multiprocess_dir()
+    from djangoscale.serve.drain import drain_on_signal, forget_pid, record_pid
     from djangoscale.serve.servers import runner_for
 
     runner = runner_for(config.server)
+    drain_on_signal()
+    record_pid(config.bind.port)
     if config.metrics_bind is not None:
         from djangoscale.serve.config import PgBouncerAdmin
         from djangoscale.serve.metrics import start_metrics_server
@@ -44,7 +47,10 @@ def serve(config: ServeConfig) -> int:
         file=sys.stderr,
         flush=True,
     )
-    return runner(config)
+    try:
+        return runner(config)
+    finally:
+        forget_pid(config.bind.port)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,16 +1,30 @@
 """Per-process drain state: readiness, requests in flight, and waiting for them to finish.
 
-A pod being deleted gets SIGTERM. From then on readiness must answer 503 (so the endpoint
-is removed), no new connection may be accepted, and every request already accepted must
-finish. Each server adapter closes its own listener; this object is what they share to know
-when the last request has gone.
+A pod being deleted runs its preStop hook first (`djangoscale prestop`), which sends
+DRAIN_SIGNAL to the server process recorded in the pid file: from then on readiness answers
+503 and every response says `Connection: close`, so a client whose keep-alive connection is
+still routed to this pod (conntrack keeps an established flow on its endpoint after the
+endpoint is removed) reconnects, to another pod, after the answer it got. Then SIGTERM: no
+new connection may be accepted, and every request already accepted must finish. Each server
+adapter closes its own listener; this object is what they share to know when the last
+request has gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Not SIGUSR2 (gunicorn's master re-executes itself on it); gunicorn passes SIGUSR1 on to its
+# workers after reopening its logs.
+DRAIN_SIGNAL = signal.SIGUSR1
 
 
 class DrainState:
@@ -89,3 +103,38 @@ class DrainState:
 
 # One per process: the middleware and the server adapter of that process share it.
 STATE = DrainState()
+
+
+def pid_file(port: int) -> Path:
+    """Where `djangoscale serve` on `port` records its pid for the preStop hook."""
+    return Path(tempfile.gettempdir()) / f"djangoscale-serve-{port}.pid"
+
+
+def record_pid(port: int) -> None:
+    pid_file(port).write_text(f"{os.getpid()}\n")
+
+
+def forget_pid(port: int) -> None:
+    """At exit: a pid file left behind could name an unrelated process later."""
+    with contextlib.suppress(FileNotFoundError):
+        pid_file(port).unlink()
+
+
+def signal_drain(port: int) -> int | None:
+    """Send DRAIN_SIGNAL to the server recorded for `port`; its pid, or None if there is
+    no such server (no pid file, or a stale one)."""
+    try:
+        pid = int(pid_file(port).read_text().strip())
+        os.kill(pid, DRAIN_SIGNAL)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def drain_on_signal(state: DrainState = STATE) -> None:
+    """Begin draining on DRAIN_SIGNAL (what the preStop hook sends)."""
+
+    def on_drain_signal(signum: int, frame: Any) -> None:
+        state.begin_drain()
+
+    signal.signal(DRAIN_SIGNAL, on_drain_signal)

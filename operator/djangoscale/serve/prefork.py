@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from djangoscale.serve.config import ProcessSettings, ServeConfig
-from djangoscale.serve.drain import STATE
+from djangoscale.serve.drain import DRAIN_SIGNAL, STATE, drain_on_signal
 
 
 def reuse_port_socket(config: ServeConfig) -> socket.socket:
@@ -57,6 +57,7 @@ def _spawn(config: ServeConfig, child: Callable[[ServeConfig], int]) -> int:
         # child's server sets its drain (bjoern's loop ends on KeyboardInterrupt).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        drain_on_signal()  # not the parent's, which passes it on
         _drain_when_orphaned(parent)
         code = 1
         try:
@@ -85,8 +86,15 @@ def run_processes(config: ServeConfig, child: Callable[[ServeConfig], int]) -> i
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def on_drain_signal(signum: int, frame: Any) -> None:
+        STATE.begin_drain()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, DRAIN_SIGNAL)
+
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
+    signal.signal(DRAIN_SIGNAL, on_drain_signal)
     deadline: float | None = None
     failed = False
 

@@ -40,8 +40,19 @@ class ClosingThreadPool(threadpool.ThreadPool):
         return worker
 
 
+class DrainingServer(wsgi.Server):
+    """Once draining, every response closes its connection (`Connection: close`): cheroot
+    asks this property before keeping a connection for the next request."""
+
+    @property
+    def can_add_keepalive_connection(self) -> bool:
+        if STATE.draining:
+            return False
+        return bool(super().can_add_keepalive_connection)
+
+
 def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
-    server = wsgi.Server(
+    server = DrainingServer(
         (config.bind.host, config.bind.port),
         app,
         numthreads=config.threads,

@@ -22,7 +22,7 @@ from djangoscale.serve.config import (
     ServeConfig,
     hand_down,
 )
-from djangoscale.serve.drain import STATE
+from djangoscale.serve.drain import DRAIN_SIGNAL, STATE
 
 WORKER_CLASSES = {
     "gunicorn-sync": "sync",
@@ -78,6 +78,29 @@ def _post_worker_init(worker: Any) -> None:
             stop_accepting()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    _close_connections_once_draining(worker)
+
+
+def _close_connections_once_draining(worker: Any) -> None:
+    """On the preStop hook's signal (which gunicorn's arbiter passes on to its workers),
+    every response says `Connection: close` and the worker closes the connection after it:
+    both read the response's should_close(). Idle kept connections are left to SIGTERM."""
+    from gunicorn.http import wsgi as gunicorn_wsgi
+
+    keep_unless_asked = gunicorn_wsgi.Response.should_close
+
+    def should_close(response: Any) -> bool:
+        return STATE.draining or bool(keep_unless_asked(response))
+
+    gunicorn_wsgi.Response.should_close = should_close  # in this worker process only
+    previous = signal.getsignal(DRAIN_SIGNAL)  # gunicorn's: reopen the log files
+
+    def on_drain_signal(signum: int, frame: Any) -> None:
+        STATE.begin_drain()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(DRAIN_SIGNAL, on_drain_signal)
 
 
 def _track_gevent_servers() -> Any:

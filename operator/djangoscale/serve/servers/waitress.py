@@ -7,14 +7,16 @@ the loop.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import signal
 import threading
 import time
 from typing import Any
 
+import waitress.channel
 import waitress.server
+import waitress.task
+import waitress.wasyncore
 
 from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ProcessSettings, ServeConfig
@@ -26,6 +28,21 @@ def _pending_output(server: Any) -> int:
     return sum(
         getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values())
     )
+
+
+class DrainingTask(waitress.task.WSGITask):  # type: ignore[misc]
+    def build_response_header(self) -> bytes:
+        if STATE.draining:
+            # As if the client had asked to close: waitress says `Connection: close` and
+            # closes once the response is sent (an app may not set that header itself).
+            self.request.headers["CONNECTION"] = "close"
+        return bytes(super().build_response_header())
+
+
+class DrainingChannel(waitress.channel.HTTPChannel):  # type: ignore[misc]
+    """Once draining, every response closes its connection."""
+
+    task_class = DrainingTask
 
 
 def run(config: ServeConfig) -> int:
@@ -47,6 +64,7 @@ def run_one_process(config: ServeConfig) -> int:
         clear_untrusted_proxy_headers=True,
         ident="djangoscale",
     )
+    server.channel_class = DrainingChannel
     from djangoscale.serve.metrics import process_metrics
 
     if ProcessSettings.from_env().multiproc_dir:
@@ -64,13 +82,19 @@ def run_one_process(config: ServeConfig) -> int:
         STATE.wait_idle(config.timeout)
         while _pending_output(server) and time.monotonic() < deadline:
             time.sleep(0.01)
-        _thread.interrupt_main()  # waitress's run() stops its dispatcher on KeyboardInterrupt
+        # Then the idle kept connections, the trigger and all: waitress's loop runs while its
+        # map holds a channel. (Not a KeyboardInterrupt in the main thread: one that lands in
+        # a trigger thunk is swallowed by waitress's bare except, and the loop never ends.)
+        server.trigger.pull_trigger(lambda: waitress.wasyncore.close_all(server._map))
+
+    stopping: list[threading.Thread] = []
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if STATE.draining:
+        if stopping:  # draining alone is not enough: the preStop hook begins that
             return
         STATE.begin_drain()
-        threading.Thread(target=drain, name="djangoscale-drain", daemon=True).start()
+        stopping.append(threading.Thread(target=drain, name="djangoscale-drain", daemon=True))
+        stopping[0].start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
     from djangoscale.serve.metrics import flush_process_metrics
