@@ -200,8 +200,8 @@ def test_sigkill_of_the_active_operator_under_load_never_drops_desired_replicas(
                     time.sleep(0.5)
                 assert "Handler" not in standby_log.read_text()  # the standby was paused
                 killed = time.monotonic()
-                active.send_signal(signal.SIGKILL)
-                active.wait(10)
+                active.process.send_signal(signal.SIGKILL)
+                active.process.wait(10)
                 resumed: float | None = None
                 deadline = killed + TAKEOVER_BOUND
                 while resumed is None or time.monotonic() < resumed + WATCH_AFTER_TAKEOVER:

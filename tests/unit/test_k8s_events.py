@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 
 from djangoscale.k8s import ApiError
 from djangoscale.k8s.events import MAX_MESSAGE_LENGTH, warn, warning_event
@@ -41,6 +42,15 @@ def test_an_event_the_api_refuses_is_logged_not_raised(caplog):
     warn(api, SHOP, "BudgetExceeded", "9 > 6")
     assert api.events == []
     assert "could not post the BudgetExceeded event: 403 Forbidden" in caplog.text
+
+
+def test_an_event_into_a_terminating_namespace_is_no_warning(caplog):
+    caplog.set_level(logging.INFO)
+    api = FakeApi()
+    api.failure = ApiError(403, "Forbidden", '{"reason": "NamespaceTerminating"}')
+    warn(api, SHOP, "BudgetExceeded", "9 > 6")
+    assert "is being deleted" in caplog.text
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
 
 
 def test_warn_posts_through_the_api():

@@ -182,8 +182,15 @@ def on_child_event(
         _reconcile(context, kopf.Body(owner), logger)
         return
     status = refresh_status(context.api, owner)
-    if status is not None:
+    if status is None:
+        return
+    try:
         write_status(context.api, owner, status)
+    except ApiError as error:
+        if error.status != 404:
+            raise
+        # The DjangoService went between the read and the write: its children go with it.
+        logger.debug("%s/%s was deleted before its status was written", namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)

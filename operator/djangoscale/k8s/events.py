@@ -60,4 +60,10 @@ def warn(api: Api, obj: dict[str, Any], reason: str, message: str) -> None:
         api.call("POST", collection_path("v1", "Event", obj["metadata"]["namespace"]),
                  body=event)
     except ApiError as error:
-        logger.warning("could not post the %s event: %s %s", reason, error.status, error.reason)
+        if error.status == 403 and "NamespaceTerminating" in error.body:
+            # The namespace and everything in it are going away: nobody will read the event.
+            logger.info("the %s event was not posted: namespace %s is being deleted", reason,
+                        obj["metadata"]["namespace"])
+            return
+        logger.warning("could not post the %s event: %s %s %s", reason, error.status,
+                       error.reason, error.body[:300])
