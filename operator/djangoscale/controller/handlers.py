@@ -69,6 +69,10 @@ def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger
                 # The namespace and everything in it are going away: nothing to converge.
                 logger.info("namespace %s is being deleted", body.metadata.namespace)
                 return
+            if error.status == 404 and context.api.get(API_VERSION, KIND, namespace, name) is None:
+                # The DjangoService went while it was reconciled: its children go with it.
+                logger.info("%s/%s was deleted during its reconcile", namespace, name)
+                return
             metrics.RECONCILE_ERRORS.inc()
             raise kopf.TemporaryError(
                 f"API error {error.status}: {error.reason}", delay=API_ERROR_RETRY_SECONDS
