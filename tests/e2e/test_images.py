@@ -412,8 +412,13 @@ def test_sample_app_serves_and_drains_on_sigterm(built: Built, runc: Runc) -> No
     )
     assert process.poll() is None, process.stdout.read() if process.stdout else ""
     assert answers("127.0.0.1", port, "/hello/") == (200, b'{"hello": "world"}')
-    assert (
-        b"djangoscale_requests_total" in (answers("127.0.0.1", metrics, "/metrics") or (0, b""))[1]
+    # The launcher publishes its counters a moment after the request (each process flushes
+    # every quarter of a second): poll rather than read once.
+    wait_for(
+        "the request in the launcher's metrics",
+        lambda: b"djangoscale_requests_total"
+        in (answers("127.0.0.1", metrics, "/metrics") or (0, b""))[1],
+        timeout=30,
     )
     runc.signal(name, "TERM")
     assert process.wait(timeout=60) == 0
