@@ -14,3 +14,5 @@ from __future__ import annotations
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+# Where `cluster up` and `dev` keep a local cluster (PKI, logs, state) unless told otherwise.
+DEFAULT_DIR = Path(".djangoscale/cluster")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from djangoscale_dev import DATA_DIR
+from djangoscale_dev import DATA_DIR, DEFAULT_DIR
 from djangoscale_dev.dev_load import configure_load, run_load
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("KUBECONFIG"),
         help="use this cluster instead of starting the local one (default: $KUBECONFIG)",
     )
-    parser.add_argument("--dir", type=Path, default=Path(".djangoscale/cluster"))
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("-f", "--filename", type=Path, default=EXAMPLE, help="objects to apply")
     parser.add_argument(

@@ -9,9 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from djangoscale_dev import DEFAULT_DIR
 from djangoscale_dev.images import cli as images_cli
-
-DEFAULT_DIR = Path(".djangoscale/cluster")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

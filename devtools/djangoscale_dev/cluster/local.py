@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from djangoscale_dev import DEFAULT_DIR
 from djangoscale_dev.cluster import flags, nodeconfig, processes
 from djangoscale_dev.cluster import node as node_module
 from djangoscale_dev.cluster.api import ApiClient, ApiError
 from djangoscale_dev.cluster.build import Binaries, ensure_binaries
 from djangoscale_dev.cluster.pki import CLIENTS, PkiPaths, generate_pki
 
-DEFAULT_DIR = Path(".djangoscale/cluster")
 STATE_FILE = "state.json"
 ADMIN_KUBECONFIG = "kubeconfig"
 PORT_RACE_ATTEMPTS = 3
