@@ -6,11 +6,14 @@ fake nodes (tests bind hand-started processes to their 127.1.x pod IPs, and some
 of pods); its directory is a pytest temp dir (logs kept for post-mortems) unless
 DJANGOSCALE_E2E_CLUSTER_DIR names one, and a cluster already running there is reused and left
 running. Tests of the real node (kubelet, containerd, CNI, kube-proxy) get their own cluster
-per module from `real_cluster`: only one real node can run on a machine at a time.
+per module from `real_cluster`: only one real node can run on a machine at a time, so the
+fixture holds an exclusive lock on REAL_NODE_LOCK while its node runs (two pytest runs on one
+machine take turns instead of fighting over the bridge and the pod range).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from tests.fixtures.polling import wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
 NODES = 2
+REAL_NODE_LOCK = Path("/run/lock/djangoscale-real-node.lock")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,12 +62,15 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
     network namespaces, bridge, iptables chains, processes) when the module ends, also after
     a failure."""
     services.require(missing_for_real_node())
-    local = LocalCluster(tmp_path_factory.mktemp("real-node"), hpa_sync_period="2s")
-    try:
-        local.up(node="real")
-        yield local
-    finally:
-        local.down()
+    REAL_NODE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(REAL_NODE_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        local = LocalCluster(tmp_path_factory.mktemp("real-node"), hpa_sync_period="2s")
+        try:
+            local.up(node="real")
+            yield local
+        finally:
+            local.down()
 
 
 @pytest.fixture(scope="session")
