@@ -100,6 +100,36 @@ def first_time(t: Sequence[float], values: Sequence[float | None], after: float,
     return None
 
 
+def scale_events(columns: Columns, *, up_after: float | None,
+                 load_end: float) -> dict[str, float | None]:
+    """The HPA's scale events in a timeline, from its desired replicas (seconds since the load
+    started): `first_scale_up` (the first time above the starting count at or after
+    `up_after`) and its delay `scale_up_delay`; `peak_desired`; `first_scale_down` (the first
+    time below the peak after it); `back_to_start` (desired at the starting count again, at or
+    after `load_end`) and its delay `scale_down_delay`. None where it did not happen."""
+    events: dict[str, float | None] = dict.fromkeys(
+        ("first_scale_up", "scale_up_delay", "peak_desired", "first_scale_down",
+         "back_to_start", "scale_down_delay"))
+    t = [float(v) for v in _known(columns.get("seconds", []))]
+    desired = columns.get("desired_replicas")
+    known = _known(desired) if desired is not None else []
+    if desired is None or not known or len(t) != len(desired):
+        return events
+    start, peak = known[0], max(known)
+    if up_after is not None:
+        up = first_time(t, desired, up_after, lambda d: d > start)
+        events.update(first_scale_up=up, scale_up_delay=None if up is None else up - up_after)
+    events["peak_desired"] = peak
+    if peak > start:
+        peak_at = first_time(t, desired, 0.0, lambda d: d >= peak)
+        assert peak_at is not None
+        events["first_scale_down"] = first_time(t, desired, peak_at, lambda d: d < peak)
+        back = first_time(t, desired, max(load_end, peak_at), lambda d: d <= start)
+        events.update(back_to_start=back,
+                      scale_down_delay=None if back is None else back - load_end)
+    return events
+
+
 def plot_timeline(columns: Columns, out: Path, title: str, *,
                   marks: Sequence[tuple[float, str]] = (),
                   load_window: tuple[float, float] | None = None,
