@@ -182,6 +182,7 @@ def run_real_node(args: argparse.Namespace, started: float) -> int:
             print(f"kubeconfig: {kubeconfig}  (export KUBECONFIG={kubeconfig} to use kubectl)")
             services = apply_documents(real_node_documents(args.filename, stack.database))
             print(f"applied {args.filename} with the sample app and pgbouncer images built here")
+            stack.wait_for_operator()
             return converge(args, services, alive=lambda: None, started=started)
     except KeyboardInterrupt:
         return 0

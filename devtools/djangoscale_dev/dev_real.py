@@ -162,7 +162,8 @@ class RealNodeStack:
         self.emit(f"{what}: {self.timings[what]:.1f}s")
 
     def up(self) -> Path:
-        """Everything up; returns the admin kubeconfig."""
+        """Everything up (the operator installed; `wait_for_operator` once a DjangoService is
+        applied); returns the admin kubeconfig."""
         started = time.monotonic()
         self.emit("starting the real node (kubelet, containerd, CNI, kube-proxy)...")
         kubeconfig = self.cluster.up(node="real")
@@ -175,7 +176,7 @@ class RealNodeStack:
         self._timed(f"PostgreSQL on {nodeconfig.GATEWAY}:{self.database.port}", started)
         started = time.monotonic()
         self.install_operator(kubeconfig)
-        self._timed("operator installed by the chart, metrics API available", started)
+        self._timed("operator installed by the chart", started)
         return kubeconfig
 
     def load_images(self) -> None:
@@ -200,8 +201,7 @@ class RealNodeStack:
         return pg
 
     def install_operator(self, kubeconfig: Path) -> None:
-        """`helm install` of the chart, as a user runs it; waits for the leading operator pod
-        and the metrics API it serves to the HPA controller."""
+        """`helm install` of the chart, as a user runs it."""
         done = subprocess.run(
             [helm(), "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
              "--create-namespace", *CHART_VALUES],
@@ -210,9 +210,16 @@ class RealNodeStack:
         if done.returncode != 0:
             raise DevError(f"helm install failed:\n{done.stderr[-2000:]}")
         self.emit(f"helm install {RELEASE} {CHART.resolve()} (image {OPERATOR})")
-        deadline = time.monotonic() + OPERATOR_READY_SECONDS
+
+    def wait_for_operator(self) -> None:
+        """The leading operator pod Ready and the metrics API it serves to the HPA controller
+        Available. The pod is Ready once it has collected RPS (its /readyz), which takes a
+        DjangoService: call this after applying one."""
+        started = time.monotonic()
+        deadline = started + OPERATOR_READY_SECONDS
         while not (active_operator_ready(self.cluster) and apiservice_available(self.cluster)):
             if time.monotonic() > deadline:
                 raise DevError(f"the chart's operator was not Ready with the metrics API "
                                f"Available after {OPERATOR_READY_SECONDS:.0f}s")
             time.sleep(1)
+        self._timed("operator Ready, metrics API Available", started)

@@ -74,6 +74,7 @@ def api(stack: RealNodeStack) -> ApiClient:
                 f"/apis/{API}/namespaces/{metadata['namespace']}/djangoservices/"
                 f"{metadata['name']}")
         client.apply(path, document)
+    stack.wait_for_operator()
     wait_for("the example Ready on the real node", lambda: ready(client), timeout=240)
     wait_for("the HPA reading the pods' RPS", lambda: scaling_active(client), timeout=120)
     return client
