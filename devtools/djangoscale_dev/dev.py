@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -161,16 +162,20 @@ def main(args: argparse.Namespace) -> int:
 
     # Checked under the lock: a real node that another run holds is a wait, not a reason.
     with real_node_lock():
+        waited = time.monotonic() - started
         missing = missing_for_real_node()
         if missing is None:
-            return run_real_node(args, started)
+            if waited >= 1:
+                print(f"waited {waited:.0f}s for the real node lock; times below start now")
+            return run_real_node(args, time.monotonic(), waited)
     print(f"the real node cannot run here ({missing}): using KWOK fake nodes, where no pod "
           "serves, so nothing loads or scales")
     return run_host_operator(args)
 
 
-def run_real_node(args: argparse.Namespace, started: float) -> int:
-    """The real node, the chart's operator, PostgreSQL, the example, the load (`dev_real`)."""
+def run_real_node(args: argparse.Namespace, started: float, waited: float) -> int:
+    """The real node, the chart's operator, PostgreSQL, the example, the load (`dev_real`).
+    What each part took goes to dev-setup.json beside the timeline."""
     from djangoscale_dev.dev_real import DevError, RealNodeStack, real_node_documents
 
     print("using the real node: pods run in containerd, the load goes through the Service")
@@ -183,6 +188,9 @@ def run_real_node(args: argparse.Namespace, started: float) -> int:
             services = apply_documents(real_node_documents(args.filename, stack.database))
             print(f"applied {args.filename} with the sample app and pgbouncer images built here")
             stack.wait_for_operator()
+            setup = {"lock_wait": round(waited, 1), **stack.timings,
+                     "until_operator_ready": round(time.monotonic() - started, 1)}
+            (args.dir.parent / "dev-setup.json").write_text(json.dumps(setup, indent=2) + "\n")
             return converge(args, services, alive=lambda: None, started=started)
     except KeyboardInterrupt:
         return 0

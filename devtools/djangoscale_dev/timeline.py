@@ -100,6 +100,12 @@ def first_time(t: Sequence[float], values: Sequence[float | None], after: float,
     return None
 
 
+def starting_count(desired: Sequence[float | None] | None) -> float | None:
+    """The HPA's desired replicas before anything scaled: its first positive value (a new HPA
+    reports 0 until its first sync; the minimum is at least 1)."""
+    return next((v for v in _known(desired or []) if v > 0), None)
+
+
 def scale_events(columns: Columns, *, up_after: float | None,
                  load_end: float) -> dict[str, float | None]:
     """The HPA's scale events in a timeline, from its desired replicas (seconds since the load
@@ -112,10 +118,10 @@ def scale_events(columns: Columns, *, up_after: float | None,
          "back_to_start", "scale_down_delay"))
     t = [float(v) for v in _known(columns.get("seconds", []))]
     desired = columns.get("desired_replicas")
-    known = _known(desired) if desired is not None else []
-    if desired is None or not known or len(t) != len(desired):
+    start = starting_count(desired)
+    if desired is None or start is None or len(t) != len(desired):
         return events
-    start, peak = known[0], max(known)
+    peak = max(_known(desired))
     if up_after is not None:
         up = first_time(t, desired, up_after, lambda d: d > start)
         events.update(first_scale_up=up, scale_up_delay=None if up is None else up - up_after)
@@ -227,7 +233,7 @@ def _plot_replicas(axis: Axes, t: Sequence[float], columns: Columns, present: se
 
     replicas.yaxis.set_major_locator(MaxNLocator(integer=True))
     desired = columns.get("desired_replicas")
-    start = _known(desired)[0] if desired and _known(desired) else None
+    start = starting_count(desired)
     if desired is None or start is None:
         return replicas
     arrow = {"arrowstyle": "->", "color": "tab:green"}

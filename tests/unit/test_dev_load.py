@@ -107,7 +107,7 @@ def test_the_example_runs_on_the_real_node_with_the_images_and_database_started_
 
 def test_scale_events_read_the_hpa_desired_replicas_of_a_timeline() -> None:
     seconds = [float(s) for s in range(12)]
-    desired = [2, 2, 2, 3, 5, 5, 5, 4, 3, 2, 2, 2]
+    desired = [0, 2, 2, 3, 5, 5, 5, 4, 3, 2, 2, 2]  # 0: the HPA before its first sync
     events = scale_events({"seconds": seconds, "desired_replicas": desired}, up_after=2.0,
                           load_end=6.0)
     assert events == {"first_scale_up": 3.0, "scale_up_delay": 1.0, "peak_desired": 5,
