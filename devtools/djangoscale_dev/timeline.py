@@ -182,8 +182,10 @@ def plot_timeline(columns: Columns, out: Path, title: str, *,
                 target = twin
                 target.set_ylabel(label)
             if name == "errors":
-                target.bar(t, [v or 0 for v in columns[name]], width=0.9, color=colour,
-                           alpha=0.6, label=label)
+                counts = [v or 0 for v in columns[name]]
+                target.bar(t, counts, width=0.9, color=colour, alpha=0.6, label=label)
+                # A run without errors shows an axis from 0, not matplotlib's -0.05..0.05.
+                target.set_ylim(0, max(1.0, *counts) * 1.1)
             else:
                 target.plot(t, _nan(columns[name]), color=colour, linewidth=1.6, label=label)
         if group is PER_POD_RPS and target_per_pod is not None:
