@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 SAMPLE_SECONDS = 1.0  # between two reads of the cluster once the load has ended
+# A new HPA reads its metric after a sync or two; a load that started before it would show a
+# late scale-up for reasons that are not the autoscaler's.
+HPA_METRICS_WAIT_SECONDS = 60.0
 
 if TYPE_CHECKING:
     from djangoscale_dev.live import ClusterSampler, ClusterSnapshot, Reader
@@ -115,6 +118,7 @@ def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path, *
     except load.LoadError as error:
         print(f"load skipped: {error}")
         return None
+    wait_for_hpa_metrics(read, namespace, name)
     secret_name = (service.get("spec", {}).get("database") or {}).get("secretName")
     secret = read(f"/api/v1/namespaces/{namespace}/secrets/{secret_name}") if secret_name else None
     sampler = ClusterSampler(read, namespace, name,
@@ -122,6 +126,22 @@ def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path, *
     print(f"load: {args.rps} RPS, {args.step_seconds:g} s a step, against {url}")
     return watch_load(settings, sampler, out_dir, settle_seconds=args.settle_seconds,
                       target_per_pod=_target(service), started=started)
+
+
+def hpa_reads_metrics(read: Reader, namespace: str, name: str) -> bool:
+    """The HPA computed replicas from its metric (ScalingActive)."""
+    hpa = read(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}")
+    return any(c.get("type") == "ScalingActive" and c.get("status") == "True"
+               for c in ((hpa or {}).get("status") or {}).get("conditions") or [])
+
+
+def wait_for_hpa_metrics(read: Reader, namespace: str, name: str) -> None:
+    """Before the load, until the HPA reads the pods' RPS (bounded: the view shows why not)."""
+    deadline = time.monotonic() + HPA_METRICS_WAIT_SECONDS
+    if not hpa_reads_metrics(read, namespace, name):
+        print("waiting for the HPA to read the pods' RPS...")
+    while not hpa_reads_metrics(read, namespace, name) and time.monotonic() < deadline:
+        time.sleep(1)
 
 
 def watch_load(settings: LoadSettings, sampler: ClusterSampler, out_dir: Path, *,
