@@ -175,8 +175,9 @@ def init_pid(stack: RealNodeStack, pod: dict[str, Any]) -> int:
 def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
         api: ApiClient, stack: RealNodeStack) -> None:
     at_rest(api)
-    # 4.5 pods' worth: the HPA asks for 5 and stays there while the rate wobbles.
-    steady = 5
+    # 2.5 pods' worth: the HPA asks for 3 and stays there while the rate wobbles (more load
+    # than this saturates the 2 shared cores, and requests time out whatever the operator does).
+    steady = 3
     loader = Background(service_url(api), [Step((steady - 0.5) * TARGET_RPS_PER_POD, 150.0)])
     loader.start()
     wait_for(f"{steady} pods ready under steady load",
@@ -196,8 +197,8 @@ def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
             and p["status"]["containerStatuses"][0]["restartCount"] > restarts for p in pods)
 
     wait_for("the killed operator restarted and a leader Ready", leader_again, timeout=120)
-    print(f"operator SIGKILL at {time.monotonic() - killed:.0f}s before the end: {total}; "
-          f"(s, desired, spec, pods): {seen}")
+    print(f"operator SIGKILL under load, watched {time.monotonic() - killed:.0f}s after: "
+          f"{total}; (s since the kill, desired, spec, pods): {seen}")
     assert len(seen) > 60, "the load ended too soon after the kill to watch the takeover"
     assert min(s[1] for s in seen) >= steady, seen
     assert min(s[2] for s in seen) >= steady, seen
