@@ -181,19 +181,22 @@ def scrape(max_wait=None, waiting=0, active=0):
                      servers_active=active)
 
 
-def test_the_ceiling_comes_on_after_a_stable_window_of_most_pods_waiting_and_clears():
+def test_the_ceiling_comes_on_when_most_pods_wait_and_lets_go_a_window_after():
     windows = ServiceWindows()
     one_waits = [scrape(0.5, 4, 2), scrape(0.0), scrape(0.0)]
-    assert database_saturation(windows, one_waits, 0, 20).waiting_pods == 1
-    assert windows.saturated_since is None
+    assert not database_saturation(windows, one_waits, 0, 4).held
+    blip = [scrape(0.05, 1, 2), scrape(0.05, 1, 2), scrape(0.0)]  # shorter than a queue
+    assert not database_saturation(windows, blip, 1, 4).held
     most_wait = [scrape(0.5, 4, 2), scrape(0.3, 2, 2), scrape(0.0, 0, 2)]
-    assert not database_saturation(windows, most_wait, 10, 20).held
-    assert not database_saturation(windows, most_wait, 29, 20).held
-    held = database_saturation(windows, most_wait, 30, 20)
-    assert held.held and (held.clients_waiting, held.servers_active) == (6, 6)
-    assert held.max_wait_seconds == 0.5
-    assert not database_saturation(windows, [scrape(0.0)] * 3, 31, 20).held
-    assert not database_saturation(windows, most_wait, 32, 20).held  # starts over
+    on = database_saturation(windows, most_wait, 2, 4)
+    assert on.held and (on.waiting_pods, on.clients_waiting, on.servers_active) == (2, 6, 6)
+    assert on.max_wait_seconds == 0.5
+    calm = [scrape(0.0)] * 3
+    assert database_saturation(windows, calm, 3, 4).held  # not yet a window without waits
+    assert database_saturation(windows, most_wait, 5, 4).held  # waiting again: stays on
+    assert database_saturation(windows, calm, 6, 4).held
+    assert not database_saturation(windows, calm, 10, 4).held
+    assert not database_saturation(windows, [], 11, 4).held  # no pod reports: off
 
 
 def reading(per_pod, saturation=None, metric="concurrency"):

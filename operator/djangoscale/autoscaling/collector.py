@@ -250,7 +250,7 @@ class Saturation:
     max_wait_seconds: float
     clients_waiting: int
     servers_active: int
-    held: bool  # most pods waiting for a whole stable window: the ceiling is on
+    held: bool  # the ceiling is on (see `database_saturation`)
 
 
 @dataclass
@@ -329,7 +329,7 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
     saturation = None
     if guarded and autoscaling.database_ceiling:
         saturation = database_saturation(windows, [s for s in by_pod.values() if s], t,
-                                         autoscaling.stable_window_seconds)
+                                         autoscaling.panic_window_seconds)
     return Reading(
         decisions[RPS], len(ready), failed, "prometheus" if source else "pods",
         budget=ds.database.pool_budget if guarded and ds.database else None,
@@ -339,23 +339,28 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
 
 
 def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: float,
-                        window: float) -> Saturation:
-    """Whether most reporting pods have a client that waited for a server connection, and
-    for how long that has held (tracked in `windows`)."""
+                        release_seconds: float) -> Saturation:
+    """Whether the ceiling is on: from the first round in which most reporting pods have a
+    client that waited SATURATED_WAIT_SECONDS for a server connection (a wait that long is a
+    queue, not a blip, and the burst path would ask for pods in the next round), until the
+    waiting has stopped for `release_seconds` (so it does not flap). Tracked in `windows`."""
     reporting = [s for s in scrapes if s.max_wait_seconds is not None]
     waiting = [s for s in reporting if (s.max_wait_seconds or 0.0) >= SATURATED_WAIT_SECONDS]
     if reporting and 2 * len(waiting) > len(reporting):
         if windows.saturated_since is None:
             windows.saturated_since = t
-    else:
-        windows.saturated_since = None
-    since = windows.saturated_since
+        windows.unsaturated_since = None
+    elif windows.saturated_since is not None:
+        if windows.unsaturated_since is None:
+            windows.unsaturated_since = t
+        if t - windows.unsaturated_since >= release_seconds:
+            windows.saturated_since = windows.unsaturated_since = None
     return Saturation(
         waiting_pods=len(waiting), reporting=len(reporting),
         max_wait_seconds=max((s.max_wait_seconds or 0.0 for s in reporting), default=0.0),
         clients_waiting=sum(s.clients_waiting or 0 for s in reporting),
         servers_active=sum(s.servers_active or 0 for s in reporting),
-        held=since is not None and t - since >= window,
+        held=windows.saturated_since is not None,
     )
 
 
@@ -450,10 +455,6 @@ def saturation_condition(live: list[dict[str, Any]], saturation: Saturation) -> 
             f"({saturation.clients_waiting} waiting, {saturation.servers_active} server "
             "connections active): no scale-up while they wait, more pods would only add "
             "waiters")
-    if saturation.waiting_pods:
-        return Condition(DATABASE_SATURATED, "False", "ClientsStartedWaiting",
-                         "most pods' clients wait for a server connection; the ceiling holds "
-                         "if that lasts a stable window")
     return Condition(DATABASE_SATURATED, "False", "ClientsNotWaiting",
                      "no pod's clients wait for a server connection")
 

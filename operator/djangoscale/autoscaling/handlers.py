@@ -8,6 +8,7 @@ collection costs no API requests however often it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -38,6 +39,7 @@ from djangoscale.contract import (
     RPS_METRIC,
     WEB_COMPONENT,
 )
+from djangoscale.controller.metrics import DATABASE_BUDGET
 from djangoscale.k8s import Api, ApiError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class RpsCollection:
         services = background.latest(self.services)
         for key in set(self.windows) - set(services):
             del self.windows[key]
+            with contextlib.suppress(KeyError):
+                DATABASE_BUDGET.remove(*key)
             for store in self.context.web_stores.values():
                 store.drop(*key)
         if services:
@@ -115,6 +119,8 @@ class RpsCollection:
                 carried=collector.carried_rates(body))
         pods = list(self.pods.get((namespace, name), []))
         reading = await collector.collect(ds, pods, windows, context.scraper)
+        if reading.budget is not None:
+            DATABASE_BUDGET.labels(namespace, name).set(reading.budget)
         labels = {pod.name: pod.label_dict for pod in pods}
         # RPS is served whatever the metric (its status is the takeover's starting point).
         served = {RPS_METRIC: reading.decision.per_pod, **collector.served_values(ds, reading)}

@@ -229,8 +229,10 @@ class ServiceWindows:
     # Seconds requests spent in the pod (a counter), and the queue-time histogram, per pod.
     busy: dict[str, PodCounter] = field(default_factory=dict)
     queues: dict[str, PodHistogram] = field(default_factory=dict)
-    # Since when (monotonic) most pods' clients wait for a database connection; None: not.
+    # The database ceiling: since when it is on (None: off), and since when the pods' clients
+    # have stopped waiting while it is on.
     saturated_since: float | None = None
+    unsaturated_since: float | None = None
 
     def start(self, pods: Iterable[str]) -> None:
         """At the first collection: the pods ready now start from the carried rates."""
