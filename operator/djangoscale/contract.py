@@ -95,6 +95,9 @@ QUEUE_TIME_METRIC: Final = "djangoscale_queue_time_p95_seconds"
 # before it (their sums over time give the requests in the pod, by Little's law).
 REQUEST_DURATION_NAME: Final = "djangoscale_request_duration_seconds"
 REQUEST_QUEUE_NAME: Final = "djangoscale_request_queue_seconds"
+# CPU time of the processes that serve requests (a counter): with the time requests spent in
+# the app, the operator's advice on workers and threads (status.recommendations).
+CPU_SECONDS_NAME: Final = "djangoscale_cpu_seconds"
 # The launcher honours this ingress header (nginx `t=${msec}`, Heroku `t=<microseconds>`): the
 # wait then starts when the ingress saw the request (WSGI environ key).
 REQUEST_START_HEADER: Final = "HTTP_X_REQUEST_START"

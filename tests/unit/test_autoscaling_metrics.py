@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from djangoscale import spec
+from djangoscale.autoscaling.advice import recommendations
 from djangoscale.autoscaling.collector import (
     PodScrape,
     Reading,
@@ -238,3 +239,40 @@ def test_a_pod_exports_the_pgbouncer_wait_the_ceiling_reads():
     registry = CollectorRegistry()
     Gauge(PGBOUNCER_MAX_WAIT, "w", registry=registry).set(0.25)
     assert parse_pod_metrics(generate_latest(registry).decode()).max_wait_seconds == 0.25
+
+
+# -- advice on threads --------------------------------------------------------
+
+def test_full_threads_on_an_idle_cpu_ask_for_more_threads():
+    server = service({"type": "gunicorn-gthread", "workers": 2, "threads": 8}).server
+    assert recommendations(server, {"a": (15.0, 0.4), "b": (15.4, 0.2)}) == [
+        "threads are 100 % busy while CPU is 20 % of each worker's core: raise "
+        "spec.server.maxThreads (requests wait on I/O, not on CPU)"]
+    sync = service({"type": "gunicorn-sync", "workers": 4}).server
+    assert "raise spec.server.workers" in recommendations(sync, {"a": (3.9, 0.4)})[0]
+
+
+def test_a_busy_cpu_asks_for_processes_and_a_balanced_pod_for_nothing():
+    server = service({"type": "gunicorn-gthread", "workers": 2, "threads": 8}).server
+    assert recommendations(server, {"a": (5.0, 1.9)}) == [
+        "CPU is 100 % of each worker's core while threads are 30 % busy: more "
+        "spec.server.workers and fewer threads (Python runs one thread at a time per process)"]
+    assert recommendations(server, {"a": (8.0, 1.0)}) == []
+    assert recommendations(server, {}) == []
+
+
+def test_usage_comes_from_the_launchers_time_in_the_app_and_cpu():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry=registry)
+    metrics.request_started()
+    metrics.request_finished("GET", "200 OK", 0.25)
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn CPU the next flush counts
+        pass
+    scrape = parse_pod_metrics(generate_latest(registry).decode())
+    assert scrape.app_seconds == pytest.approx(0.25)
+    assert scrape.cpu_seconds >= 0.05
+    windows = ServiceWindows(stable_window=10, panic_window=2)
+    windows.observe_usage("a", 0, 0.0, 0.0)
+    windows.observe_usage("a", 10, 30.0, 5.0)
+    assert windows.usage() == {"a": (3.0, 0.5)}

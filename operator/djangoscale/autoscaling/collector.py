@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from djangoscale.autoscaling.advice import recommendations
 from djangoscale.autoscaling.windows import (
     Decision,
     Rates,
@@ -49,6 +50,7 @@ from djangoscale.conditions import (
 )
 from djangoscale.contract import (
     CONCURRENCY,
+    CPU_SECONDS_NAME,
     METRICS_PATH,
     PGBOUNCER_CLIENTS_WAITING,
     PGBOUNCER_MAX_WAIT,
@@ -107,6 +109,9 @@ class PodScrape:
     server_connections: int | None = None
     # Seconds requests spent in the pod so far: in the app plus waiting for a thread.
     busy_seconds: float = 0.0
+    # Seconds requests spent in the app (threads busy), and the serving processes' CPU time.
+    app_seconds: float = 0.0
+    cpu_seconds: float = 0.0
     # The queue-time histogram: upper bounds (the last +Inf) and cumulative counts; empty
     # when the server records no waits.
     queue_bounds: tuple[float, ...] = ()
@@ -124,7 +129,7 @@ def parse_pod_metrics(text: str) -> PodScrape:
     A labelled counter has no sample until its first request, so a pod that answered without
     one has served nothing yet: 0, not a failed read.
     """
-    total = busy = 0.0
+    total = busy = app = cpu = 0.0
     buckets: dict[float, float] = {}
     pgbouncer: dict[str, float] = {}
     sums = (f"{REQUEST_DURATION_NAME}_sum", f"{REQUEST_QUEUE_NAME}_sum")
@@ -134,6 +139,10 @@ def parse_pod_metrics(text: str) -> PodScrape:
                 total += sample.value
             elif sample.name in sums:
                 busy += sample.value
+                if sample.name == sums[0]:
+                    app += sample.value
+            elif sample.name == f"{CPU_SECONDS_NAME}_total":
+                cpu += sample.value
             elif sample.name == f"{REQUEST_QUEUE_NAME}_bucket":
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
@@ -145,9 +154,11 @@ def parse_pod_metrics(text: str) -> PodScrape:
         return int(pgbouncer[name]) if name in pgbouncer else None
 
     return PodScrape(
-        total, figure(PGBOUNCER_SERVER_CONNECTIONS), busy, bounds,
-        tuple(buckets[b] for b in bounds), pgbouncer.get(PGBOUNCER_MAX_WAIT),
-        figure(PGBOUNCER_CLIENTS_WAITING), figure(PGBOUNCER_SERVERS_ACTIVE),
+        total, figure(PGBOUNCER_SERVER_CONNECTIONS), busy_seconds=busy, app_seconds=app,
+        cpu_seconds=cpu, queue_bounds=bounds, queue_counts=tuple(buckets[b] for b in bounds),
+        max_wait_seconds=pgbouncer.get(PGBOUNCER_MAX_WAIT),
+        clients_waiting=figure(PGBOUNCER_CLIENTS_WAITING),
+        servers_active=figure(PGBOUNCER_SERVERS_ACTIVE),
     )
 
 
@@ -269,6 +280,8 @@ class Reading:
     # Every metric in use (RPS always, for status.rps), by spec name.
     decisions: dict[str, Decision] = field(default_factory=dict)
     saturation: Saturation | None = None
+    # Per ready pod: (threads busy on average, CPU cores used) over the stable window.
+    usage: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
@@ -311,6 +324,7 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
             else:
                 windows.observe_counter(pod.name, t, scrape.requests_total)
                 windows.observe_busy(pod.name, t, scrape.busy_seconds)
+                windows.observe_usage(pod.name, t, scrape.app_seconds, scrape.cpu_seconds)
                 if scrape.queue_bounds:
                     windows.observe_queue(pod.name, t, scrape.queue_bounds, scrape.queue_counts)
     autoscaling = ds.autoscaling
@@ -334,7 +348,7 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
         decisions[RPS], len(ready), failed, "prometheus" if source else "pods",
         budget=ds.database.pool_budget if guarded and ds.database else None,
         server_connections=sum(reported), pods_reporting=len(reported),
-        decisions=decisions, saturation=saturation,
+        decisions=decisions, saturation=saturation, usage=windows.usage(),
     )
 
 
@@ -511,13 +525,15 @@ def status_patch(body: dict[str, Any], reading: Reading,
     if reading.saturation is not None:
         conditions.append(saturation_condition(previous, reading.saturation))
     scaling = scaling_status(ds, reading) if ds is not None else {}
+    advice = None if ds is None else recommendations(ds.server, reading.usage)
     database = database_figures(reading)
     live_database = status.get("database") or {}
     same_database = database is None or all(
         live_database.get(key) == value for key, value in database.items())
     if status.get("rps") == rps and same_database and all(
             _says(previous, c) for c in conditions) and (
-            not scaling or status.get("scaling") == scaling):
+            not scaling or status.get("scaling") == scaling) and (
+            advice is None or (status.get("recommendations") or []) == advice):
         return None
     generation = body.get("metadata", {}).get("generation")
     patch: dict[str, Any] = {
@@ -528,4 +544,6 @@ def status_patch(body: dict[str, Any], reading: Reading,
         patch["database"] = database
     if scaling:
         patch["scaling"] = scaling
+    if advice is not None:
+        patch["recommendations"] = advice
     return patch

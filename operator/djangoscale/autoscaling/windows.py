@@ -229,6 +229,9 @@ class ServiceWindows:
     # Seconds requests spent in the pod (a counter), and the queue-time histogram, per pod.
     busy: dict[str, PodCounter] = field(default_factory=dict)
     queues: dict[str, PodHistogram] = field(default_factory=dict)
+    # Seconds in the app and CPU seconds, per pod: what the advice on threads reads.
+    in_app: dict[str, PodCounter] = field(default_factory=dict)
+    cpu: dict[str, PodCounter] = field(default_factory=dict)
     # The database ceiling: since when it is on (None: off), and since when the pods' clients
     # have stopped waiting while it is on.
     saturated_since: float | None = None
@@ -246,7 +249,8 @@ class ServiceWindows:
         """Pod churn: drop the pods that are gone."""
         alive = set(pods)
         stores: tuple[dict[str, Any], ...] = (
-            self.counters, self.given, self.seeded, self.busy, self.queues)
+            self.counters, self.given, self.seeded, self.busy, self.queues, self.in_app,
+            self.cpu)
         for store in stores:
             for name in [name for name in store if name not in alive]:
                 del store[name]
@@ -258,6 +262,21 @@ class ServiceWindows:
     def observe_busy(self, pod: str, t: float, seconds: float) -> None:
         counter = self.busy.setdefault(pod, PodCounter())
         counter.observe(t, seconds, keep_seconds=max(self.stable_window, self.panic_window))
+
+    def observe_usage(self, pod: str, t: float, app_seconds: float, cpu_seconds: float) -> None:
+        keep = max(self.stable_window, self.panic_window)
+        self.in_app.setdefault(pod, PodCounter()).observe(t, app_seconds, keep_seconds=keep)
+        self.cpu.setdefault(pod, PodCounter()).observe(t, cpu_seconds, keep_seconds=keep)
+
+    def usage(self) -> dict[str, tuple[float, float]]:
+        """Per pod over the stable window: (threads busy on average, CPU cores used)."""
+        found = {}
+        for pod, counter in self.in_app.items():
+            busy = counter.rate(self.stable_window)
+            cores = self.cpu[pod].rate(self.stable_window) if pod in self.cpu else None
+            if busy is not None and cores is not None:
+                found[pod] = (busy, cores)
+        return found
 
     def observe_queue(self, pod: str, t: float, bounds: tuple[float, ...],
                       cumulative: tuple[float, ...]) -> None:

@@ -21,9 +21,11 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from typing import Any
 
 from djangoscale.contract import (
+    CPU_SECONDS_NAME,
     MULTIPROC_DIR_ENV,
     REQUEST_DURATION_NAME,
     REQUEST_QUEUE_NAME,
@@ -178,6 +180,12 @@ class Metrics:
             buckets=QUEUE_BUCKETS,
             registry=registry,
         )
+        self.cpu = Counter(
+            CPU_SECONDS_NAME,
+            "CPU time (user + system) of the processes that serve requests.",
+            registry=registry,
+        )
+        self._cpu_counted = time.process_time()
         # Servers without a pool supervisor count busy threads as requests in flight.
         self.pool_supervised = False
         # The histogram's bounds as prometheus-client stores them (the last one +Inf):
@@ -241,6 +249,10 @@ class Metrics:
                     if count:
                         self.queue._buckets[index].inc(count)
                 self.queue._sum.inc(queue_total)
+            cpu = time.process_time()
+            if cpu > self._cpu_counted:
+                self.cpu.inc(cpu - self._cpu_counted)
+                self._cpu_counted = cpu
             if in_flight != self._published_in_flight:
                 self.in_flight.set(in_flight)
                 if not self.pool_supervised:
