@@ -4,8 +4,8 @@ One `djangoscale serve` of the sample project (cherrypy, 1 worker, 8 threads, me
 in a pod) is loaded with wrk on `/hello/` (the cheapest view, where a per-request cost shows
 most), in rounds that alternate the server with the measurement and the same server without
 it (the pool queue's stamps, the thread's hand-over and the middleware's histogram turned
-off in that process). Each round starts a fresh server; the medians of the rounds are
-compared.
+off in that process). Each round starts a fresh server for each; the medians of the rounds
+are compared, and so is each round's own pair (which cancels a drift in the machine's load).
 
     .venv/bin/python bench/bench_queue_time_cost.py --rounds 7 --seconds 5
 """
@@ -125,7 +125,12 @@ def main() -> int:
           f"({', '.join(f'{v:.0f}' for v in rps[False])})")
     print(f"  with queue time:    median {with_median:.0f} RPS "
           f"({', '.join(f'{v:.0f}' for v in rps[True])})")
-    print(f"  cost: {cost:.1f} % of RPS")
+    print(f"  cost: {cost:.1f} % of RPS (medians)")
+    # Each round ran both servers back to back: its ratio cancels a drift in the machine's
+    # load that the medians of the two series do not.
+    paired = [(w - m) / w * 100 for m, w in zip(rps[True], rps[False], strict=True)]
+    print(f"  cost per round: median {statistics.median_low(paired):.1f} % "
+          f"({', '.join(f'{v:.1f}' for v in paired)})")
     return 0
 
 
