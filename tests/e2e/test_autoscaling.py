@@ -986,3 +986,47 @@ def get_text(host: str, port: int) -> str:
     from tests.fixtures.launcher import get
 
     return get(host, port, "/metrics").body.decode()
+
+
+PROMETHEUS_OPERATOR_CRDS = (Path(__file__).resolve().parents[1] / "tools"
+                            / "prometheus-operator" / "fetch.sh")
+
+
+def test_the_charts_monitors_pass_the_prometheus_operators_crds(api: ApiClient) -> None:
+    """The PodMonitor and ServiceMonitor the chart renders, dry-run on the real API server
+    with the monitoring.coreos.com CRDs (from the Prometheus Operator's Go module) installed."""
+    import yaml
+
+    from tests.tools import install_manifests
+
+    directory = Path(subprocess.run([str(PROMETHEUS_OPERATOR_CRDS)], check=True,
+                                    capture_output=True, text=True).stdout.strip())
+    for path in sorted(directory.glob("*.yaml")):
+        definition = yaml.safe_load(path.read_text())
+        api.apply(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                  f"{definition['metadata']['name']}", definition)
+
+        def established(name: str = definition["metadata"]["name"]) -> bool:
+            live = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (live.get("status") or {}).get("conditions") or [])
+
+        wait_for(f"{path.name} established", established)
+    docs = install_manifests.documents(install_manifests.template(
+        "--set", "monitoring.podMonitor.enabled=true",
+        "--set", "monitoring.serviceMonitor.enabled=true",
+        "--set", "monitoring.podMonitor.labels.release=prometheus"))
+    monitors = [d for d in docs if d["kind"] in ("PodMonitor", "ServiceMonitor")]
+    assert sorted(d["kind"] for d in monitors) == ["PodMonitor", "ServiceMonitor"]
+    for monitor in monitors:
+        plural = monitor["kind"].lower() + "s"
+        namespace = monitor["metadata"]["namespace"]
+        with contextlib.suppress(ApiError):  # the chart's namespace, for the dry run
+            api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                              "metadata": {"name": namespace}})
+        answer = api.request(
+            "POST", f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}"
+            "?dryRun=All&fieldValidation=Strict", monitor)
+        # Strict validation refused no field, and the API server kept what the chart wrote.
+        assert answer["kind"] == monitor["kind"], answer
+        assert {key: answer["spec"].get(key) for key in monitor["spec"]} == monitor["spec"]
