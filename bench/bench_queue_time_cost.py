@@ -8,6 +8,11 @@ off in that process). Each round starts a fresh server for each; the medians of 
 are compared, and so is each round's own pair (which cancels a drift in the machine's load).
 
     .venv/bin/python bench/bench_queue_time_cost.py --rounds 7 --seconds 5
+
+On 2 shared cores the rounds vary by far more than 2 %, so the script also times, in one
+process, what the measurement adds to each request (the pool's stamp, the thread's hand-over,
+the middleware's read and the histogram's buffered count: best of 5 batches) and prints it as
+a share of a request's time at the median RPS without it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 from tests.fixtures.launcher import SAMPLE_WSGI, SAMPLEAPP, get, launcher_env, serve_argv  # noqa: E402
 from tests.fixtures.services import free_port  # noqa: E402
 
-WITHOUT = "--serve-without-queue-time"
+# Both servers start through this script, so they differ only in the measurement.
+WITH, WITHOUT = "--serve-with-queue-time", "--serve-without-queue-time"
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
   io.write(string.format("JSON{\\"requests\\": %d, \\"seconds\\": %f, \\"errors\\": %d}\\n",
@@ -40,19 +46,26 @@ end
 """
 
 
-def serve_without_queue_time(argv: list[str]) -> None:
-    """`djangoscale serve` with the queue-time measurement taken out of this process."""
+def serve(measured: bool, argv: list[str]) -> None:
+    """`djangoscale serve`, with the queue-time measurement taken out of this process unless
+    `measured`."""
+    from djangoscale import cli
+
+    if not measured:
+        unmeasure()
+    cli.main(argv)
+
+
+def unmeasure() -> None:
     from cheroot import server as cheroot_server
     from cheroot.workers import threadpool
 
-    from djangoscale import cli
     from djangoscale.serve import middleware
     from djangoscale.serve.servers import cherrypy
 
     middleware.waited_seconds = lambda environ, now: None  # type: ignore[assignment]
     cherrypy.QueueTimedConnection = cheroot_server.HTTPConnection  # type: ignore[misc]
     cherrypy.ClosingThreadPool.put = threadpool.ThreadPool.put  # type: ignore[method-assign]
-    cli.main(argv)
 
 
 def wait_serving(port: int, timeout: float = 30.0) -> None:
@@ -67,12 +80,46 @@ def wait_serving(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the server on port {port} did not answer within {timeout} s")
 
 
+def measurement_microseconds(calls: int = 100_000, repeat: int = 5) -> float:
+    """What queue-time measurement adds to one request, in one process (best of `repeat`)."""
+    import timeit
+
+    from prometheus_client import CollectorRegistry
+
+    from djangoscale.serve.metrics import Metrics
+    from djangoscale.serve.queue_time import took_request, waited_seconds
+
+    metrics = Metrics(registry=CollectorRegistry())
+    environ: dict[str, Any] = {}
+
+    class Connection:
+        ready_at: float | None = None
+
+    connection = Connection()
+
+    def with_it() -> None:
+        connection.ready_at = time.perf_counter()  # the pool's stamp
+        took_request(connection.ready_at)  # the thread's hand-over
+        metrics.request_started()
+        metrics.request_finished("GET", "200 OK", 0.001,
+                                 waited_seconds(environ, time.perf_counter()))
+
+    def without_it() -> None:
+        metrics.request_started()
+        metrics.request_finished("GET", "200 OK", 0.001, None)
+
+    best = {name: min(timeit.repeat(func, number=calls, repeat=repeat)) / calls * 1e6
+            for name, func in (("with", with_it), ("without", without_it))}
+    metrics.flush()
+    return best["with"] - best["without"]
+
+
 def one_round(measured: bool, seconds: int, connections: int, log_dir: Path) -> dict[str, Any]:
     port, metrics_port = free_port(), free_port()
     argv = serve_argv("cherrypy", port, metrics_port, SAMPLE_WSGI, workers=1, threads=8,
                       max_threads=8, queue_size=256)
-    if not measured:
-        argv = [sys.executable, str(Path(__file__).resolve()), WITHOUT, *argv[3:]]
+    argv = [sys.executable, str(Path(__file__).resolve()), WITH if measured else WITHOUT,
+            *argv[3:]]
     log = open(log_dir / f"serve-{port}.log", "wb")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(argv, cwd=SAMPLEAPP, env=launcher_env({}), stdout=log,
                                stderr=subprocess.STDOUT)
@@ -95,8 +142,8 @@ def one_round(measured: bool, seconds: int, connections: int, log_dir: Path) -> 
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == WITHOUT:
-        serve_without_queue_time(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] in (WITH, WITHOUT):
+        serve(sys.argv[1] == WITH, sys.argv[2:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -131,6 +178,10 @@ def main() -> int:
     paired = [(w - m) / w * 100 for m, w in zip(rps[True], rps[False], strict=True)]
     print(f"  cost per round: median {statistics.median_low(paired):.1f} % "
           f"({', '.join(f'{v:.1f}' for v in paired)})")
+    added = measurement_microseconds()
+    share = added / (1e6 / without_median) * 100
+    print(f"  in one process: the measurement adds {added:.2f} us a request, {share:.2f} % of "
+          f"a request's {1e6 / without_median:.0f} us at {without_median:.0f} RPS")
     return 0
 
 
