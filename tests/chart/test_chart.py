@@ -88,8 +88,10 @@ def operator_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "values",
     [[], ["--set", "watch.namespaces={web,shop}"], ["--set", "metricsApi.tls.mode=certManager"],
-     ["--set", "metricsApi.enabled=false", "--set", "replicaCount=1"]],
-    ids=["clusterwide", "namespaced", "cert-manager", "single-no-metrics"],
+     ["--set", "metricsApi.enabled=false", "--set", "replicaCount=1"],
+     ["--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
+      "--set", "monitoring.serviceMonitor.enabled=true"]],
+    ids=["clusterwide", "namespaced", "cert-manager", "single-no-metrics", "monitoring"],
 )
 def test_helm_lint_is_clean(values):
     result = subprocess.run(
