@@ -39,8 +39,8 @@ from djangoscale.contract import (
     RPS_METRIC,
     WEB_COMPONENT,
 )
-from djangoscale.controller.metrics import DATABASE_BUDGET
 from djangoscale.k8s import Api, ApiError
+from djangoscale.operator_metrics import DATABASE_BUDGET
 
 logger = logging.getLogger(__name__)
 # /readyz stays up through this many missed collection rounds (a slow API), at least

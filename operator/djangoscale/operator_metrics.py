@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics."""
+"""The operator's own Prometheus metrics (shared by the controller and the autoscaling loops)."""
 
 from __future__ import annotations
 
