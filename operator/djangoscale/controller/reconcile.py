@@ -14,7 +14,8 @@ from typing import Any
 
 from djangoscale import spec
 from djangoscale.builders import build_children
-from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
+from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials, pooler_name
+from djangoscale.builders.pooler import is_pooler
 from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
@@ -126,6 +127,8 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         return _failure(body, error.reason, error.message)
 
     existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
+    existing_pooler = ds.pooler is not None and api.get(
+        "apps/v1", "Deployment", ds.namespace, pooler_name(ds)) is not None
     migration = migrations.observe(api, body, ds) if ds.migrations.enabled else None
     if migration is not None:
         migrations.run(api, ds, migration)
@@ -151,6 +154,10 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         # outside the operator's applied configuration, so the HPA owns it from then on.
         api.scale("apps/v1", "Deployment", ds.namespace, ds.name, ds.min_replicas,
                   INITIAL_SCALE_FIELD_MANAGER)
+    if ds.pooler is not None and not existing_pooler and f"Deployment/{pooler_name(ds)}" in applied:
+        # As for the web pods: its HPA owns the replicas, from pooler.replicas.min.
+        api.scale("apps/v1", "Deployment", ds.namespace, pooler_name(ds),
+                  ds.pooler.min_replicas, INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
         prune(api, ds, applied)
     if gate is None:
@@ -171,7 +178,7 @@ def held_for_migration(api: Api, ds: spec.DjangoService, migration: migrations.G
         if child["kind"] == "Job":
             continue
         held = migration is not None and migration.action is not Action.OPEN
-        if child["kind"] == "Deployment" and held:
+        if child["kind"] == "Deployment" and held and not is_pooler(child):
             live = api.get("apps/v1", "Deployment", ds.namespace, child["metadata"]["name"])
             if live is None:
                 continue  # no pods run code whose migrations have not run
@@ -235,8 +242,10 @@ def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[st
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
 # Deployment, PDB and HPA of a Celery worker group taken out of the spec, the Ingress and the
-# HTTPRoute when spec.ingress or spec.gateway goes.
+# HTTPRoute when spec.ingress or spec.gateway goes, the pooler's Service when pooling.mode
+# pooler goes.
 PRUNABLE = (
+    ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
