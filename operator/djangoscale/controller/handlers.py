@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Final
 
 import kopf
@@ -117,12 +118,16 @@ async def start_resync(memo: object, djangoservices: kopf.Index[ServiceKey, Any]
     interval = context.settings.resync_seconds
 
     async def resync_all() -> None:
+        started = time.monotonic()
         services = background.latest(djangoservices)
         for key in context.rollouts.retain(services):
             await asyncio.to_thread(_reconcile_live, context, key)
         await background.each(
             services, lambda key: asyncio.to_thread(_reconcile_live, context, key), logger,
             "resync", concurrency=RESYNC_CONCURRENCY)
+        # What a round costs as the count grows (bench/bench_operator_scale.py reads it).
+        logger.info("resync: %d DjangoServices in %.1f s", len(services),
+                    time.monotonic() - started)
 
     context.start("resync", background.run_every(interval, resync_all, logger, "resync",
                                                  first_delay=interval,
