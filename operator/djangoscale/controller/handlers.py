@@ -63,7 +63,7 @@ def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger
             live = context.api.get(API_VERSION, KIND, namespace, name)
             if live is None:
                 return  # deleted meanwhile
-            outcome = reconcile(context.api, live, context.rollouts)
+            outcome = reconcile(context.api, live, context.rollouts, context.pruned)
             _write(context, body, live, outcome, logger)
         except ApiError as error:
             if namespace_terminating(error):
@@ -141,7 +141,9 @@ def on_delete(namespace: str, name: str, memo: object, **_: Any) -> None:
     `optional=True`: no finalizer, so a stopped operator never blocks a deletion (and no
     daemon or timer anywhere brings one: `djangoscale.background`).
     """
-    metrics.managed(context_of(memo).managed, namespace, name, present=False)
+    context = context_of(memo)
+    metrics.managed(context.managed, namespace, name, present=False)
+    context.pruned.pop((namespace, name), None)
 
 
 def _owner_name(owners: list[dict[str, Any]]) -> str | None:

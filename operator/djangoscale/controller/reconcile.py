@@ -111,11 +111,14 @@ def _failure(body: dict[str, Any], reason: str, message: str) -> Outcome:
     )
 
 
-def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -> Outcome:
+def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None,
+              pruned: dict[Key, tuple[str, int | None]] | None = None) -> Outcome:
     """Bring the children in line with the spec; return the status to report.
 
     With a `gate`, a pod template change the user did not ask for waits for a rollout slot
-    (`rollouts`): until then the Deployments are left as they are.
+    (`rollouts`): until then the Deployments are left as they are. With `pruned` (the
+    (uid, generation) each object was last pruned at), an object already pruned at this
+    generation is not listed again.
     """
     try:
         ds = spec.parse(body)
@@ -159,7 +162,11 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         api.scale("apps/v1", "Deployment", ds.namespace, pooler_name(ds),
                   ds.pooler.min_replicas, INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
-        prune(api, ds, applied)
+        key, seen = (ds.namespace, ds.name), (ds.uid, ds.generation)
+        if pruned is None or pruned.get(key) != seen:
+            prune(api, ds, applied)
+        if pruned is not None:
+            pruned[key] = seen
     if gate is None:
         status = current_status(api, body, ds)
         return Outcome(status=status, warning=_migration_warning(body, status), applied=applied)
