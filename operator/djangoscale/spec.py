@@ -382,6 +382,12 @@ def _pooler_problems(spec: dict[str, Any], mode: str) -> list[str]:
     if mode == "pooler" and "database" not in spec:
         problems.append("spec.pooling.mode: pooler needs spec.database (there is no database "
                         "to pool)")
+    if mode == "pooler" and spec["pgbouncer"]["poolMode"] != "transaction":
+        problems.append(
+            "spec.pgbouncer.poolMode: pooling.mode pooler shares a few server connections "
+            "among every app thread; session pooling would tie one to each client for its life "
+            "(use transaction)"
+        )
     if mode == "pooler" and not spec["pgbouncer"]["enabled"]:
         problems.append("spec.pooling.mode: pooler runs pgbouncer; it contradicts "
                         "spec.pgbouncer.enabled=false")
