@@ -215,6 +215,8 @@ def rollout_queued(api: Api, body: dict[str, Any], ds: spec.DjangoService,
 
 def deployments_of(api: Api, ds: spec.DjangoService) -> list[dict[str, Any] | None]:
     names = [ds.name] + [worker_name(ds, group) for group in ds.workers]
+    if ds.pooler is not None:
+        names.append(pooler_name(ds))
     return [api.get("apps/v1", "Deployment", ds.namespace, name) for name in names]
 
 
@@ -330,6 +332,10 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
+    if ds.pooler is not None:
+        # The app's pods reach the database only through it: not Ready until it has rolled out.
+        workers[pooler_name(ds)] = api.get("apps/v1", "Deployment", ds.namespace,
+                                           pooler_name(ds))
     if ds.gateway is not None and not serves_http_routes(api, ds.namespace):
         # Also when a child's event refreshes the status: the failure stays until it is fixed.
         return _status_with(body, failed(GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE),
