@@ -66,6 +66,7 @@ from tests.fixtures.polling import wait_for  # noqa: E402
 PARALLEL_APPLIES = 8
 # Seconds of the operator at rest measured after a resync round.
 IDLE_SECONDS = 20
+PROGRESS_SECONDS = 30
 RESYNC_LINE = re.compile(r"resync: (\d+) DjangoServices in ([\d.]+) s")
 
 
@@ -90,6 +91,37 @@ class CpuSampler(threading.Thread):
     def at(self, moment: float) -> float:
         """CPU seconds at the sample nearest `moment`."""
         return min(self.samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+
+class Progress(threading.Thread):
+    """Every PROGRESS_SECONDS: DjangoServices applied, their Deployments, how many are Ready,
+    the operator's RSS and CPU (% of a core) since the last line, the resync rounds logged."""
+
+    def __init__(self, kube: Any, namespace: str, pid: int, log: Path, started: float) -> None:
+        super().__init__(daemon=True)
+        self.kube, self.namespace, self.log, self.started = kube, namespace, log, started
+        self.cpu = CpuSampler(pid)
+        self.applied = 0
+        self.done = threading.Event()
+
+    def resync_rounds(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = RESYNC_LINE.findall(self.log.read_text(errors="replace"))
+        return found
+
+    def run(self) -> None:
+        before = self.cpu.cpu_seconds()
+        while not self.done.wait(PROGRESS_SECONDS):
+            with contextlib.suppress(Exception):  # a slow API answer skips a line, no more
+                now = self.cpu.cpu_seconds()
+                deployments = len(self.kube.list("apps/v1", "Deployment", self.namespace,
+                                                 "app.kubernetes.io/component=web"))
+                print(f"  {time.monotonic() - self.started:6.0f} s: {self.applied} applied, "
+                      f"{deployments} Deployments, "
+                      f"{len(ready_names(self.kube, self.namespace))} Ready, operator RSS "
+                      f"{rss_mib(self.cpu.pid):.0f} MiB, CPU "
+                      f"{100 * (now - before) / PROGRESS_SECONDS:.0f} %, resync rounds "
+                      f"{self.resync_rounds()}", flush=True)
+                before = now
 
 
 def rss_mib(pid: int) -> float:
@@ -145,7 +177,8 @@ def children_of(namespace: str, names: list[str]) -> list[dict[str, Any]]:
 
 
 def one_round(kube: Any, kubeconfig: Path, directory: Path, names: list[str],
-              tag: str, resync_seconds: float, floors: list[str]) -> dict[str, float]:
+              tag: str, resync_seconds: float, floors: list[str],
+              give_up_after: float) -> dict[str, float]:
     ours, sequential, parallel = (f"bench-{kind}-{tag}" for kind in ("op", "seq", "par"))
     for namespace in (ours, sequential, parallel):
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -157,11 +190,24 @@ def one_round(kube: Any, kubeconfig: Path, directory: Path, names: list[str],
                         resync_seconds=int(resync_seconds)) as operator:
         time.sleep(3)  # started and idle: its startup is not what is timed
         started = time.monotonic()
+        progress = Progress(kube, ours, operator.process.pid, log, started)
+        progress.start()
         for name in names:
             kube.apply(djangoservice(ours, name=name, replicas={"min": 1, "max": 3}))
-        wait_for("all Ready", lambda: ready_names(kube, ours) == set(names), timeout=3600)
-        figures["operator"] = time.monotonic() - started
-        figures.update(resync_and_idle(operator.process.pid, log, len(names), resync_seconds))
+            progress.applied += 1
+        try:
+            wait_for("all Ready", lambda: ready_names(kube, ours) == set(names),
+                     timeout=give_up_after)
+        except TimeoutError:
+            print(f"not all Ready after {give_up_after:.0f} s: {len(ready_names(kube, ours))}"
+                  f" of {len(names)}; resync rounds so far: {progress.resync_rounds()}",
+                  flush=True)
+            figures["ready_at_give_up"] = len(ready_names(kube, ours))
+        else:
+            figures["operator"] = time.monotonic() - started
+            figures.update(resync_and_idle(operator.process.pid, log, len(names),
+                                           resync_seconds))
+        progress.done.set()
         figures["rss"] = peak_rss_mib(operator.process.pid)
 
     figures["children"] = len(children_of(sequential, names))
@@ -200,6 +246,8 @@ def main() -> int:
     parser.add_argument("--resync-seconds", type=float, default=30)
     parser.add_argument("--floors", nargs="+", choices=["sequential", "parallel"],
                         default=["sequential", "parallel"])
+    parser.add_argument("--give-up-after", type=float, default=3600,
+                        help="seconds to wait for all Ready before printing what was reached")
     args = parser.parse_args()
 
     directory = args.cluster_dir or Path(tempfile.mkdtemp(prefix="djangoscale-bench-"))
@@ -218,12 +266,14 @@ def main() -> int:
         for index in range(args.rounds):
             rounds.append(one_round(kube, kubeconfig, directory, names,
                                     f"{int(time.time())}-{index}", args.resync_seconds,
-                                    args.floors))
+                                    args.floors, args.give_up_after))
             print(f"round {index + 1}: " + ", ".join(
                 f"{key} {value:.1f}" for key, value in rounds[-1].items()), flush=True)
 
         def median(key: str) -> float:
-            return statistics.median(r[key] for r in rounds)
+            """Over the rounds that reached it (nan where none did, e.g. all Ready)."""
+            values = [r[key] for r in rounds if key in r]
+            return statistics.median(values) if values else float("nan")
 
         print(f"\n{args.count} DjangoServices ({int(rounds[0]['children'])} children), "
               f"median of {len(rounds)} rounds, load average {os.getloadavg()[0]:.1f}")
