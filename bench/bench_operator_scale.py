@@ -198,7 +198,7 @@ def one_round(kube: Any, kubeconfig: Path, directory: Path, names: list[str],
         try:
             wait_for("all Ready", lambda: ready_names(kube, ours) == set(names),
                      timeout=give_up_after)
-        except TimeoutError:
+        except AssertionError:  # wait_for's "timed out waiting for ..."
             print(f"not all Ready after {give_up_after:.0f} s: {len(ready_names(kube, ours))}"
                   f" of {len(names)}; resync rounds so far: {progress.resync_rounds()}",
                   flush=True)
