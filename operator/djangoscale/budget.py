@@ -69,6 +69,19 @@ def pgbouncer_budget_at_least(max_pods: int) -> int:
     return max_pods * (1 + DRAINING_POOL_SIZE)
 
 
+def pooler_pods_at_most(pooler_max: int) -> int:
+    """Pooler pods that can hold server connections at once: its replicas.max plus the surge
+    pod of its rollout (a terminating one keeps DRAINING_POOL_SIZE, see the pooler builder)."""
+    return pooler_max + ROLLOUT_SURGE
+
+
+def pooler_clients_at_most(spec: dict[str, Any]) -> int:
+    """Client connections the app's pods may open to the pooler (raw spec, defaults applied):
+    one per thread of every pod, surge pods included, and the beat pod's one."""
+    web, workers = unpooled_connections_at_most(spec)
+    return web + workers + (BEAT_PODS if "beat" in spec else 0)
+
+
 @dataclass(frozen=True)
 class PoolSizing:
     pool_size_per_pod: int
@@ -97,6 +110,13 @@ def size_pool(ds: DjangoService) -> PoolSizing:
             pool_size_per_pod(ds.database.pool_budget, max_pods * workers), ds.server.max_threads
         )
         return PoolSizing(per_process * workers, clients, max_pods, per_process)
+    if ds.pooler is not None:
+        # The pooler's pods, not the app's, hold the server connections.
+        pooler_pods = pooler_pods_at_most(ds.pooler.max_replicas)
+        pool = ds.pgbouncer.pool_size or pool_size_per_pod(
+            ds.database.pool_budget, pooler_pods, DRAINING_POOL_SIZE
+        )
+        return PoolSizing(pool, ds.pooler.max_client_conn, pooler_pods, pool)
     if ds.pgbouncer.pool_size is not None:
         pool = ds.pgbouncer.pool_size
     else:
@@ -125,6 +145,8 @@ def budget_problems(
     if mode == "external":
         # The user's own pooler guards the database; nothing here is divided.
         return problems
+    if mode == "pooler":
+        return _pooler_problems(spec, database, budget)
     if budget < pods:
         largest = budget - (pods - replicas["max"])
         problems.append(
@@ -132,7 +154,8 @@ def budget_problems(
             "must give one server connection to each of spec.replicas.max pods plus one rollout "
             "surge pod (and the same for each worker group); the largest spec.replicas.max it "
             "supports is maxConnections - reservedConnections - 1 - the worker groups' pods = "
-            f"{largest} here"
+            f"{largest} here (budget {budget} cannot give {pods} pods a connection each; "
+            "use pooling.mode: pooler)"
         )
     if mode == "pgbouncer" and budget < pgbouncer_budget_at_least(pods):
         largest = budget // (1 + DRAINING_POOL_SIZE) - (pods - replicas["max"])
@@ -144,6 +167,8 @@ def budget_problems(
             f"({budget} < 2 x {pods}); "
             + (f"the largest spec.replicas.max it supports is {largest} here" if largest >= 1
                else "no spec.replicas.max fits beside the worker groups' pods here")
+            + f" (budget {budget} cannot give {pods} pods a connection each and keep one for "
+            "each terminating pod; use pooling.mode: pooler)"
         )
     if mode == "pgbouncer" and "secretName" not in database:
         problems.append(
@@ -225,3 +250,44 @@ def _unpooled_problems(spec: dict[str, Any], budget: int) -> list[str]:
         f"{spec['database']['maxConnections']} - {spec['database']['reservedConnections']} "
         f"= {budget})"
     ]
+
+
+def _pooler_problems(spec: dict[str, Any], database: dict[str, Any], budget: int) -> list[str]:
+    """pooling.mode pooler: the budget is divided over the pooler's pods, and replicas.min of
+    them must take every client connection the app's pods may open."""
+    problems = []
+    pooler = spec["pooling"]["pooler"]
+    pooler_pods = pooler_pods_at_most(pooler["replicas"]["max"])
+    if "secretName" not in database:
+        problems.append(
+            "spec.database.secretName: required with pooling.mode pooler (the pooler's "
+            "pgbouncer needs the credentials)"
+        )
+    if budget < pgbouncer_budget_at_least(pooler_pods):
+        problems.append(
+            "spec.database.maxConnections: with pooling.mode pooler each pooler pod needs one "
+            "server connection while it runs and keeps one while it terminates, so the budget "
+            "(maxConnections minus reservedConnections) must be at least 2 x "
+            f"(spec.pooling.pooler.replicas.max + 1 surge pod) ({budget} < 2 x {pooler_pods})"
+        )
+    pool_size = spec["pgbouncer"].get("poolSize")
+    if pool_size is not None and (pool_size + DRAINING_POOL_SIZE) * pooler_pods > budget:
+        problems.append(
+            "spec.pgbouncer.poolSize: with pooling.mode pooler, (poolSize + 1 connection kept "
+            "by a terminating pooler pod) x (spec.pooling.pooler.replicas.max + 1 surge pod) "
+            "must fit the budget (spec.database.maxConnections minus reservedConnections) "
+            f"(({pool_size} + {DRAINING_POOL_SIZE}) x {pooler_pods} > {budget})"
+        )
+    clients = pooler_clients_at_most(spec)
+    capacity = pooler["replicas"]["min"] * pooler["maxClientConn"]
+    if clients > capacity:
+        problems.append(
+            "spec.pooling.pooler.maxClientConn: spec.pooling.pooler.replicas.min pooler pods x "
+            "maxClientConn must take a client connection from every thread of "
+            "spec.replicas.max app pods plus one surge pod (spec.server.workers x maxThreads "
+            "each), each worker group's concurrency x (replicas.max + 1) and the beat pod; "
+            "raise maxClientConn or pooling.pooler.replicas.min, or lower spec.replicas.max "
+            f"({pooler['replicas']['min']} x {pooler['maxClientConn']} = {capacity} < "
+            f"{clients} client connections)"
+        )
+    return problems

@@ -68,6 +68,10 @@ class OperatorContext:
     child_generations: dict[str, int] = field(default_factory=dict)
     # (namespace, name) of the DjangoServices this operator manages, for its gauge.
     managed: set[tuple[str, str]] = field(default_factory=set)
+    # (uid, generation) each DjangoService's children were last pruned at: only a new spec
+    # (or a new operator process) can make a child obsolete, so a resync of an unchanged
+    # object skips the list calls of the prune.
+    pruned: dict[tuple[str, str], tuple[str, int | None]] = field(default_factory=dict)
     # Set by the startup handler that starts the metrics API server (before any copy is made).
     metrics_server: web.AppRunner | None = None
     # The operator-wide loops (`djangoscale.background`), cancelled at cleanup.

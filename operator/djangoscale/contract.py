@@ -129,6 +129,8 @@ MANAGED_BY: Final = "djangoscale"
 APP_NAME: Final = "django"
 WEB_COMPONENT: Final = "web"
 WORKER_COMPONENT_PREFIX: Final = "worker-"
+# The pgbouncer Deployment of pooling.mode pooler (its Deployment, Service, PDB and HPA).
+POOLER_COMPONENT: Final = "pooler"
 
 # -- server-side apply ---------------------------------------------------------------------------
 FIELD_MANAGER: Final = "djangoscale"

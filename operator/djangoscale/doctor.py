@@ -40,7 +40,7 @@ OPERATOR_ACCESS: Final[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
     (GROUP, f"{PLURAL}/status", ("get", "patch", "update")),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
     ("apps", "deployments/scale", ("patch",)),
-    ("", "services", ("get", "create", "patch")),
+    ("", "services", ("get", "list", "create", "patch", "delete")),
     ("", "secrets", ("get", "create", "patch")),
     ("policy", "poddisruptionbudgets", ("get", "list", "create", "patch", "delete")),
     ("autoscaling", "horizontalpodautoscalers",

@@ -146,6 +146,18 @@ class PgBouncerSpec:
 
 
 @dataclass(frozen=True)
+class PoolerSpec:
+    """The pgbouncer Deployment of pooling.mode pooler: the app's pods connect to its Service,
+    and the budget is divided over its pods (its image and poolMode are spec.pgbouncer's)."""
+
+    min_replicas: int
+    max_replicas: int
+    max_client_conn: int
+    target_cpu_utilization: int
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class WorkerGroup:
     """A Celery worker Deployment: native threads and fair prefetch by default."""
 
@@ -238,8 +250,9 @@ class DjangoService:
     autoscaling: AutoscalingSpec
     database: DatabaseSpec | None
     pgbouncer: PgBouncerSpec
-    # pgbouncer (a sidecar per pod), django (Django's own psycopg pool per process), none, or
-    # external (the user's pooler outside the pod; the operator does not divide the budget).
+    # pgbouncer (a sidecar per pod), pooler (a pgbouncer Deployment the pods connect to),
+    # django (Django's own psycopg pool per process), none, or external (the user's pooler
+    # outside the pod; the operator does not divide the budget).
     pooling_mode: str
     resources: dict[str, Any] = field(default_factory=dict)
     env: tuple[dict[str, Any], ...] = ()
@@ -254,6 +267,8 @@ class DjangoService:
     gateway: GatewaySpec | None = None
     beat: BeatSpec | None = None
     static_files: StaticFilesSpec = STATIC_FILES_IN_IMAGE
+    # Set with pooling.mode pooler (which needs a database), else None.
+    pooler: PoolerSpec | None = None
 
     @property
     def max_pods(self) -> int:
@@ -264,6 +279,10 @@ class DjangoService:
     @property
     def uses_pgbouncer(self) -> bool:
         return self.database is not None and self.pooling_mode == "pgbouncer"
+
+    @property
+    def uses_pooler(self) -> bool:
+        return self.pooler is not None
 
     @property
     def uses_django_pool(self) -> bool:
@@ -361,10 +380,35 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     mode = pooling_mode(spec)
     if explicit_mode == "pgbouncer" and not spec["pgbouncer"]["enabled"]:
         problems.append("spec.pooling.mode: pgbouncer contradicts spec.pgbouncer.enabled=false")
+    problems += _pooler_problems(spec, mode)
     database = spec.get("database")
     if database is not None:
         problems += budget_problems(spec, database, mode, explicit_mode)
     problems += _lifecycle_problems(spec)
+    return problems
+
+
+def _pooler_problems(spec: dict[str, Any], mode: str) -> list[str]:
+    """The pooler's own rules; its budget rules are in `budget_problems`."""
+    problems = []
+    replicas = spec["pooling"]["pooler"]["replicas"]
+    if replicas["min"] > replicas["max"]:
+        problems.append(
+            "spec.pooling.pooler.replicas.min: must be <= spec.pooling.pooler.replicas.max "
+            f"({replicas['min']} > {replicas['max']})"
+        )
+    if mode == "pooler" and "database" not in spec:
+        problems.append("spec.pooling.mode: pooler needs spec.database (there is no database "
+                        "to pool)")
+    if mode == "pooler" and spec["pgbouncer"]["poolMode"] != "transaction":
+        problems.append(
+            "spec.pgbouncer.poolMode: pooling.mode pooler shares a few server connections "
+            "among every app thread; session pooling would tie one to each client for its life "
+            "(use transaction)"
+        )
+    if mode == "pooler" and not spec["pgbouncer"]["enabled"]:
+        problems.append("spec.pooling.mode: pooler runs pgbouncer; it contradicts "
+                        "spec.pgbouncer.enabled=false")
     return problems
 
 
@@ -595,11 +639,23 @@ def parse(body: dict[str, Any]) -> DjangoService:
         ),
         beat=None if "beat" not in spec else BeatSpec(
             app=spec["beat"]["app"], resources=copy.deepcopy(spec["beat"].get("resources", {}))),
+        pooler=_pooler(spec) if database is not None and pooling_mode(spec) == "pooler" else None,
         static_files=StaticFilesSpec(
             enabled=spec["staticFiles"]["enabled"],
             command=tuple(spec["staticFiles"]["command"]),
             mount_path=spec["staticFiles"]["mountPath"],
         ),
+    )
+
+
+def _pooler(spec: dict[str, Any]) -> PoolerSpec:
+    raw = spec["pooling"]["pooler"]
+    return PoolerSpec(
+        min_replicas=raw["replicas"]["min"],
+        max_replicas=raw["replicas"]["max"],
+        max_client_conn=raw["maxClientConn"],
+        target_cpu_utilization=raw["targetCPUUtilizationPercentage"],
+        resources=copy.deepcopy(raw.get("resources", {})),
     )
 
 

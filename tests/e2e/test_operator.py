@@ -83,6 +83,36 @@ def test_djangoservice_becomes_ready_with_its_children(kube, operator, namespace
     assert "e2e-secret-password" not in text
 
 
+def test_pooler_mode_runs_a_pgbouncer_deployment_the_pods_connect_to(kube, operator, namespace):
+    kube.apply(secret(namespace))
+    kube.apply(djangoservice(namespace, pooling={"mode": "pooler"}))
+    wait_for("Ready=True", lambda: ready(kube, namespace))
+    # Started at pooling.pooler.replicas.min (2), then its own HPA owns the replicas.
+    wait_for("2 pooler pods ready", lambda: (kube.get(
+        "apps/v1", "Deployment", namespace, "shop-pooler") or {}).get("status", {}).get(
+        "readyReplicas") == 2)
+    hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, "shop-pooler")
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 3)
+    service = kube.get("v1", "Service", namespace, "shop-pooler")
+    assert service["spec"]["ports"][0]["port"] == 6432
+    assert kube.get("policy/v1", "PodDisruptionBudget", namespace, "shop-pooler") is not None
+    app = kube.get("apps/v1", "Deployment", namespace, "shop")["spec"]["template"]["spec"]
+    assert "initContainers" not in app
+    env = {item["name"]: item.get("value") for item in app["containers"][0]["env"]}
+    assert env["DATABASE_HOST"] == "shop-pooler"
+    database = kube.get(API, "DjangoService", namespace, "shop")["status"]["database"]
+    # 37 over 3 pooler pods + 1 surge pod, one kept for a terminating one: 8 each.
+    assert (database["poolingMode"], database["poolSizePerPod"],
+            database["connectionsAtMaxReplicas"]) == ("pooler", 8, 32)
+    # Back to the sidecar: the pooler's children go.
+    kube.apply(djangoservice(namespace))
+    wait_for("pooler pruned", lambda: all(kube.get(api_version, kind, namespace, "shop-pooler")
+                                          is None for api_version, kind in [
+        ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler")]))
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -154,6 +154,7 @@ def test_children_the_spec_no_longer_asks_for_are_pruned(context, api, warnings)
     smaller = copy.deepcopy(live)
     del smaller["spec"]["workers"], smaller["spec"]["broker"]
     smaller["spec"]["autoscaling"] = {"enabled": False}
+    smaller["metadata"]["generation"] = 2  # as the API server does on a spec change
     api.put(smaller)
     change(context, api, smaller)
     assert sorted(api.written("delete")) == [
@@ -163,6 +164,33 @@ def test_children_the_spec_no_longer_asks_for_are_pruned(context, api, warnings)
         ("delete", "PodDisruptionBudget", "shop-worker-mail"),
     ]
     assert api.get("apps/v1", "Deployment", "web", "shop") is not None
+
+
+def test_a_resync_of_an_unchanged_object_lists_nothing_to_prune(context, api, warnings):
+    """Only a new spec (or a new operator process) can make a child obsolete."""
+    listed: list[str] = []
+    list_of = api.list
+
+    def counting_list(api_version, kind, namespace, selector):  # type: ignore[no-untyped-def]
+        listed.append(kind)
+        return list_of(api_version, kind, namespace, selector)
+
+    api.list = counting_list  # type: ignore[method-assign]
+    live = change(context, api, SHOP)
+    assert "Deployment" in listed  # the first reconcile prunes
+    listed.clear()
+    handlers._reconcile_live(context, ("web", "shop"))  # the resync
+    assert listed == []
+    no_autoscaling = copy.deepcopy(live)
+    no_autoscaling["spec"]["autoscaling"] = {"enabled": False}
+    no_autoscaling["metadata"]["generation"] = 2
+    api.put(no_autoscaling)
+    change(context, api, no_autoscaling)
+    # A new generation prunes: the HPA the spec no longer asks for.
+    assert "HorizontalPodAutoscaler" in listed
+    assert ("delete", "HorizontalPodAutoscaler", "shop") in api.written("delete")
+    handlers.on_delete(namespace="web", name="shop", memo=context)
+    assert ("web", "shop") not in context.pruned
 
 
 def test_an_api_error_is_retried_and_a_terminating_namespace_is_not(context, api, warnings):

@@ -97,11 +97,14 @@ def test_budget_too_small_says_the_largest_max_it_supports():
     one_each, with_draining = problems_of(body)
     assert one_each.startswith("spec.database.maxConnections:")
     # 40 - 3 reserved = 37 connections; one per pod plus one rollout surge pod: max 36.
-    assert one_each.endswith("the worker groups' pods = 36 here")
+    assert one_each.endswith("the worker groups' pods = 36 here (budget 37 cannot give 61 "
+                             "pods a connection each; use pooling.mode: pooler)")
     # pgbouncer: one more for each pod that may terminate beside its replacement: max 17.
     assert with_draining.startswith("spec.database.maxConnections: with pgbouncer")
     assert with_draining.endswith("(37 < 2 x 61); the largest spec.replicas.max it supports "
-                                  "is 17 here")
+                                  "is 17 here (budget 37 cannot give 61 pods a connection each "
+                                  "and keep one for each terminating pod; use pooling.mode: "
+                                  "pooler)")
     assert spec.parse(
         with_spec(replicas={"min": 2, "max": 17}, database=database)
     ).max_replicas == 17
@@ -171,9 +174,9 @@ def test_worker_groups_share_the_budget_and_default_to_fair_threads():
     body["spec"]["workers"][0]["replicas"]["max"] = 30
     one_each, with_draining = problems_of(body)
     # 37 connections, 31 worker pods: the web side may have at most 37 - 1 - 31 = 5.
-    assert one_each.endswith("= 5 here")
+    assert "= 5 here (budget 37 cannot give 42 pods" in one_each
     # With pgbouncer 37 // 2 = 18 pods at most: the 31 worker pods alone are too many.
-    assert with_draining.endswith("no spec.replicas.max fits beside the worker groups' pods here")
+    assert "no spec.replicas.max fits beside the worker groups' pods here (" in with_draining
 
 
 def test_gevent_workers_need_an_explicit_opt_in():

@@ -77,8 +77,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [patch]
+# services list, delete: pruning the pooler's Service when pooling.mode pooler goes.
 - apiGroups: [""]
-  resources: [services, secrets]
+  resources: [services]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
   verbs: [get, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]

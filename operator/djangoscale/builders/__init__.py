@@ -13,6 +13,7 @@ from djangoscale.builders.hpa import build_hpa
 from djangoscale.builders.migration import build_migration_job, mark_migrated
 from djangoscale.builders.pdb import build_pdb
 from djangoscale.builders.pgbouncer import DatabaseCredentials, build_database_secret
+from djangoscale.builders.pooler import build_pooler
 from djangoscale.builders.routes import build_http_route, build_ingress
 from djangoscale.builders.service import build_service
 from djangoscale.builders.static_files import with_static_files
@@ -46,7 +47,12 @@ def build_children(
     # Last: a cluster without the Gateway API refuses it, after everything else is in place.
     if ds.gateway is not None:
         children.append(build_http_route(ds))
-    return with_migration(ds, children)
+    children = with_migration(ds, children)
+    if ds.uses_pooler and secret is not None:
+        # Right after its Secret, before the app's pods that connect to it; never held for a
+        # migration (the Job connects to the database directly).
+        children[1:1] = build_pooler(ds, secret)
+    return children
 
 
 def with_migration(ds: DjangoService, children: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -93,7 +93,8 @@ def conn_max_age(ds: DjangoService, greenlets: bool) -> int:
     """DATABASE_CONN_MAX_AGE: persistent only to the local pgbouncer and only per thread. A
     greenlet's connection would outlive its greenlet; without pgbouncer a kept connection
     is a server connection held idle; Django's own pool needs 0."""
-    return PERSISTENT_CONN_MAX_AGE if ds.uses_pgbouncer and not greenlets else 0
+    behind_pgbouncer = ds.uses_pgbouncer or ds.uses_pooler
+    return PERSISTENT_CONN_MAX_AGE if behind_pgbouncer and not greenlets else 0
 
 
 def database_env(
@@ -114,6 +115,12 @@ def database_env(
             # The launcher exports SHOW POOLS from here for the operator's budget guard.
             {"name": PGBOUNCER_ADDRESS_ENV,
              "value": f"{pgbouncer.LISTEN_HOST}:{pgbouncer.LISTEN_PORT}"},
+        ]
+    elif ds.uses_pooler:
+        # The pooler's Service; the budget guard reads SHOW POOLS of sidecars only.
+        env += [
+            {"name": "DATABASE_HOST", "value": pgbouncer.pgbouncer_host(ds)},
+            {"name": "DATABASE_PORT", "value": str(pgbouncer.LISTEN_PORT)},
         ]
     else:
         env += [
@@ -241,6 +248,21 @@ def pod_security(secret_files: bool = False) -> dict[str, Any]:
     return {"runAsNonRoot": True, **group, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+def pgbouncer_config_volume(secret: dict[str, Any]) -> dict[str, Any]:
+    """pgbouncer's ini and userlist from the database Secret (sidecar and pooler alike)."""
+    return {
+        "name": "pgbouncer-config",
+        "secret": {
+            "secretName": secret["metadata"]["name"],
+            "items": [
+                {"key": pgbouncer.INI_KEY, "path": pgbouncer.INI_KEY},
+                {"key": pgbouncer.USERLIST_KEY, "path": pgbouncer.USERLIST_KEY},
+            ],
+            "defaultMode": SECRET_FILE_MODE,
+        },
+    }
+
+
 def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) -> dict[str, Any]:
     """The web Deployment. `secret` is the built database Secret when there is a database."""
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
@@ -250,19 +272,7 @@ def build_deployment(ds: DjangoService, secret: dict[str, Any] | None = None) ->
         annotations[CHECKSUM_ANNOTATION] = pgbouncer.config_checksum(secret)
         if ds.uses_pgbouncer:
             init_containers.append(build_pgbouncer_container(ds, secret))
-            volumes.append(
-                {
-                    "name": "pgbouncer-config",
-                    "secret": {
-                        "secretName": secret["metadata"]["name"],
-                        "items": [
-                            {"key": pgbouncer.INI_KEY, "path": pgbouncer.INI_KEY},
-                            {"key": pgbouncer.USERLIST_KEY, "path": pgbouncer.USERLIST_KEY},
-                        ],
-                        "defaultMode": SECRET_FILE_MODE,
-                    },
-                }
-            )
+            volumes.append(pgbouncer_config_volume(secret))
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security(secret_files=True),
         "terminationGracePeriodSeconds": (

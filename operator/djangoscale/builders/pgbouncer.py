@@ -1,9 +1,11 @@
 """pgbouncer sizing against the database's connection budget, and its configuration Secret.
 
 Poolers in the Postgres operators (Zalando, CloudNativePG, Crunchy) are fixed-size shared
-Deployments. Here every web pod runs its own pgbouncer, so the per-pod pool is the budget divided
-over the most pods that can ever run at once: `replicas.max` plus the one rollout surge pod.
-Scaling out to the maximum then cannot exhaust PostgreSQL, whatever the app's concurrency.
+Deployments. Here, by default, every web pod runs its own pgbouncer, so the per-pod pool is the
+budget divided over the most pods that can ever run at once: `replicas.max` plus the one rollout
+surge pod. Scaling out to the maximum then cannot exhaust PostgreSQL, whatever the app's
+concurrency. With pooling.mode pooler the same ini runs in a pgbouncer Deployment
+(`builders.pooler`) and the budget is divided over its pods instead.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ LISTEN_HOST = "127.0.0.1"
 LISTEN_ADDR = "*"
 LISTEN_PORT = 6432
 CONFIG_DIR = "/etc/pgbouncer"
+# The pooler's ini ends by including this file, empty while the pod runs: its preStop hook
+# writes the draining pool size into it and reloads pgbouncer (SIGHUP), so a terminating
+# pooler pod keeps DRAINING_POOL_SIZE server connections, as a terminating sidecar does.
+DRAIN_INI = "/tmp/pgbouncer-drain.ini"
 INI_KEY = "pgbouncer.ini"
 USERLIST_KEY = "userlist.txt"
 DATABASE_URL_KEY = "DATABASE_URL"
@@ -123,6 +129,7 @@ def render_ini(ds: DjangoService, credentials: DatabaseCredentials) -> str:
             "ignore_startup_parameters = extra_float_digits,options",
             "log_connections = 0",
             "log_disconnections = 0",
+            *([f"%include {DRAIN_INI}"] if ds.uses_pooler else []),
             "",
         ]
     )
@@ -139,6 +146,16 @@ def database_url(credentials: DatabaseCredentials, host: str, port: int) -> str:
     )
 
 
+def pooler_name(ds: DjangoService) -> str:
+    """The pooler's Deployment, Service, PDB and HPA; the Service's name is its host."""
+    return f"{ds.name}-pooler"
+
+
+def pgbouncer_host(ds: DjangoService) -> str:
+    """Where the app's pods reach pgbouncer: their sidecar, or the pooler's Service."""
+    return pooler_name(ds) if ds.uses_pooler else LISTEN_HOST
+
+
 def secret_name(ds: DjangoService) -> str:
     return f"{ds.name}-database"
 
@@ -148,11 +165,11 @@ def build_database_secret(ds: DjangoService, credentials: DatabaseCredentials) -
 
     Credentials live only here and in the user's Secret, never in a ConfigMap, args or status.
     """
-    if ds.uses_pgbouncer:
+    if ds.uses_pgbouncer or ds.uses_pooler:
         data = {
             INI_KEY: render_ini(ds, credentials),
             USERLIST_KEY: render_userlist(credentials),
-            DATABASE_URL_KEY: database_url(credentials, LISTEN_HOST, LISTEN_PORT),
+            DATABASE_URL_KEY: database_url(credentials, pgbouncer_host(ds), LISTEN_PORT),
         }
     else:
         data = {DATABASE_URL_KEY: database_url(credentials, credentials.host, credentials.port)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Final
 
 import kopf
@@ -62,7 +63,7 @@ def _reconcile(context: OperatorContext, body: kopf.Body, logger: logging.Logger
             live = context.api.get(API_VERSION, KIND, namespace, name)
             if live is None:
                 return  # deleted meanwhile
-            outcome = reconcile(context.api, live, context.rollouts)
+            outcome = reconcile(context.api, live, context.rollouts, context.pruned)
             _write(context, body, live, outcome, logger)
         except ApiError as error:
             if namespace_terminating(error):
@@ -117,12 +118,16 @@ async def start_resync(memo: object, djangoservices: kopf.Index[ServiceKey, Any]
     interval = context.settings.resync_seconds
 
     async def resync_all() -> None:
+        started = time.monotonic()
         services = background.latest(djangoservices)
         for key in context.rollouts.retain(services):
             await asyncio.to_thread(_reconcile_live, context, key)
         await background.each(
             services, lambda key: asyncio.to_thread(_reconcile_live, context, key), logger,
             "resync", concurrency=RESYNC_CONCURRENCY)
+        # What a round costs as the count grows (bench/bench_operator_scale.py reads it).
+        logger.info("resync: %d DjangoServices in %.1f s", len(services),
+                    time.monotonic() - started)
 
     context.start("resync", background.run_every(interval, resync_all, logger, "resync",
                                                  first_delay=interval,
@@ -136,7 +141,9 @@ def on_delete(namespace: str, name: str, memo: object, **_: Any) -> None:
     `optional=True`: no finalizer, so a stopped operator never blocks a deletion (and no
     daemon or timer anywhere brings one: `djangoscale.background`).
     """
-    metrics.managed(context_of(memo).managed, namespace, name, present=False)
+    context = context_of(memo)
+    metrics.managed(context.managed, namespace, name, present=False)
+    context.pruned.pop((namespace, name), None)
 
 
 def _owner_name(owners: list[dict[str, Any]]) -> str | None:

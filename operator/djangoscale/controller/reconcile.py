@@ -14,7 +14,8 @@ from typing import Any
 
 from djangoscale import spec
 from djangoscale.builders import build_children
-from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
+from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials, pooler_name
+from djangoscale.builders.pooler import is_pooler
 from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
 from djangoscale.builders.workers import worker_name
 from djangoscale.conditions import (
@@ -110,11 +111,14 @@ def _failure(body: dict[str, Any], reason: str, message: str) -> Outcome:
     )
 
 
-def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -> Outcome:
+def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None,
+              pruned: dict[Key, tuple[str, int | None]] | None = None) -> Outcome:
     """Bring the children in line with the spec; return the status to report.
 
     With a `gate`, a pod template change the user did not ask for waits for a rollout slot
-    (`rollouts`): until then the Deployments are left as they are.
+    (`rollouts`): until then the Deployments are left as they are. With `pruned` (the
+    (uid, generation) each object was last pruned at), an object already pruned at this
+    generation is not listed again.
     """
     try:
         ds = spec.parse(body)
@@ -126,6 +130,8 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         return _failure(body, error.reason, error.message)
 
     existing = api.get("apps/v1", "Deployment", ds.namespace, ds.name)
+    existing_pooler = ds.pooler is not None and api.get(
+        "apps/v1", "Deployment", ds.namespace, pooler_name(ds)) is not None
     migration = migrations.observe(api, body, ds) if ds.migrations.enabled else None
     if migration is not None:
         migrations.run(api, ds, migration)
@@ -151,8 +157,16 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None) -
         # outside the operator's applied configuration, so the HPA owns it from then on.
         api.scale("apps/v1", "Deployment", ds.namespace, ds.name, ds.min_replicas,
                   INITIAL_SCALE_FIELD_MANAGER)
+    if ds.pooler is not None and not existing_pooler and f"Deployment/{pooler_name(ds)}" in applied:
+        # As for the web pods: its HPA owns the replicas, from pooler.replicas.min.
+        api.scale("apps/v1", "Deployment", ds.namespace, pooler_name(ds),
+                  ds.pooler.min_replicas, INITIAL_SCALE_FIELD_MANAGER)
     if ds.uid:
-        prune(api, ds, applied)
+        key, seen = (ds.namespace, ds.name), (ds.uid, ds.generation)
+        if pruned is None or pruned.get(key) != seen:
+            prune(api, ds, applied)
+        if pruned is not None:
+            pruned[key] = seen
     if gate is None:
         status = current_status(api, body, ds)
         return Outcome(status=status, warning=_migration_warning(body, status), applied=applied)
@@ -171,7 +185,7 @@ def held_for_migration(api: Api, ds: spec.DjangoService, migration: migrations.G
         if child["kind"] == "Job":
             continue
         held = migration is not None and migration.action is not Action.OPEN
-        if child["kind"] == "Deployment" and held:
+        if child["kind"] == "Deployment" and held and not is_pooler(child):
             live = api.get("apps/v1", "Deployment", ds.namespace, child["metadata"]["name"])
             if live is None:
                 continue  # no pods run code whose migrations have not run
@@ -201,6 +215,8 @@ def rollout_queued(api: Api, body: dict[str, Any], ds: spec.DjangoService,
 
 def deployments_of(api: Api, ds: spec.DjangoService) -> list[dict[str, Any] | None]:
     names = [ds.name] + [worker_name(ds, group) for group in ds.workers]
+    if ds.pooler is not None:
+        names.append(pooler_name(ds))
     return [api.get("apps/v1", "Deployment", ds.namespace, name) for name in names]
 
 
@@ -235,8 +251,10 @@ def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[st
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
 # Deployment, PDB and HPA of a Celery worker group taken out of the spec, the Ingress and the
-# HTTPRoute when spec.ingress or spec.gateway goes.
+# HTTPRoute when spec.ingress or spec.gateway goes, the pooler's Service when pooling.mode
+# pooler goes.
 PRUNABLE = (
+    ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("apps/v1", "Deployment"),
@@ -314,6 +332,10 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
         group.name: api.get("apps/v1", "Deployment", ds.namespace, worker_name(ds, group))
         for group in ds.workers
     }
+    if ds.pooler is not None:
+        # The app's pods reach the database only through it: not Ready until it has rolled out.
+        workers[pooler_name(ds)] = api.get("apps/v1", "Deployment", ds.namespace,
+                                           pooler_name(ds))
     if ds.gateway is not None and not serves_http_routes(api, ds.namespace):
         # Also when a child's event refreshes the status: the failure stays until it is fixed.
         return _status_with(body, failed(GATEWAY_API_MISSING, GATEWAY_API_MISSING_MESSAGE),

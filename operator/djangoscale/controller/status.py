@@ -11,6 +11,9 @@ from djangoscale.spec import DjangoService
 GUARDS = {
     "pgbouncer": "each pod's pgbouncer holds at most poolSizePerPod server connections "
                  "(max_db_connections), sized so that every pod that can run at once fits",
+    "pooler": "each pooler pod's pgbouncer holds at most poolSizePerPod server connections "
+              "(max_db_connections), sized so that pooling.pooler.replicas.max pooler pods "
+              "plus one surge pod fit",
     "django": "Django's pool in each worker process is sized so that every pod that can run "
               "at once fits",
     "none": "admitted only because every thread of every pod that can run at once fits",
@@ -30,7 +33,7 @@ def database_status(ds: DjangoService) -> dict[str, Any] | None:
         "guarded": ds.pooling_mode != "external",
         "guard": GUARDS[ds.pooling_mode],
     }
-    if ds.uses_pgbouncer or ds.uses_django_pool:
+    if ds.uses_pgbouncer or ds.uses_pooler or ds.uses_django_pool:
         sizing = size_pool(ds)
         status.update(
             poolSizePerPod=sizing.pool_size_per_pod,
