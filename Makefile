@@ -4,9 +4,10 @@
 setup:
 	./scripts/setup.sh
 
-# The operator against a local control plane (or $KUBECONFIG's cluster), with the example.
+# The example autoscaling under load on a local real node (or $KUBECONFIG's cluster);
+# `make dev ARGS=--once` runs the load steps once and exits.
 dev: setup
-	.venv/bin/djangoscale dev
+	.venv/bin/djangoscale dev $(ARGS)
 
 # Every test: unit and end-to-end (local control plane, PostgreSQL, pgbouncer, WSGI servers).
 test: setup

@@ -1,20 +1,24 @@
 """`djangoscale dev`: the whole product on one machine, in one command.
 
-Starts the local control plane unless a kubeconfig is given, installs the CRD, runs the operator,
-applies the example and prints the objects as they converge. Once the example is Ready, it
-offers load steps to its Service with a live view and writes a PNG timeline (`dev_load`;
-`--no-load` skips that), then goes on printing until Ctrl-C stops everything.
+Without a kubeconfig it runs on the real node (`dev_real`): images built and loaded, PostgreSQL,
+the operator installed by the chart, the example applied with the sample app. Once the example
+is Ready it offers load steps to its Service with a live view as the HPA scales, and writes a
+PNG timeline (`dev_load`; `--no-load` skips that); Ctrl-C tears everything down. Against
+$KUBECONFIG's cluster, or with `--node kwok` (or where the real node cannot run), the operator
+runs on this host instead and nothing loads (KWOK's pods do not serve).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +40,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="use this cluster instead of starting the local one (default: $KUBECONFIG)",
     )
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument(
+        "--node", choices=("real", "kwok"), default="real",
+        help="without --kubeconfig: real: the real node (kubelet, containerd), the chart's "
+        "operator, PostgreSQL, the sample app, load and the live view; kwok: fake nodes and "
+        "the operator on this host (nothing serves, so no load) (default: %(default)s)")
+    parser.add_argument("--nodes", type=int, default=2, help="fake nodes with --node kwok")
     parser.add_argument("-f", "--filename", type=Path, default=EXAMPLE, help="objects to apply")
     parser.add_argument(
-        "--once", action="store_true", help="exit once the DjangoServices are Ready (for tests)"
-    )
-    parser.add_argument("--timeout", type=float, default=600.0, help="with --once: give up after")
+        "--once", action="store_true",
+        help="run through once and exit (tests, CI): once Ready, the load steps and the "
+        "scale-down after them, then tear down; exit 1 if a request failed")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="with --once: give up waiting for Ready after this many seconds")
     configure_load(parser)
 
 
@@ -68,10 +79,9 @@ def install_crd() -> None:
     raise RuntimeError(f"CRD {name} not Established")
 
 
-def apply_documents(path: Path) -> list[dict[str, Any]]:
+def apply_documents(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Apply every object; return the DjangoServices among them."""
     kube = _kube()
-
-    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     for document in documents:
         kube.apply(document)
     return [doc for doc in documents if doc["kind"] == "DjangoService"]
@@ -138,22 +148,103 @@ def start_cluster(args: argparse.Namespace) -> tuple[str, Any]:
     from djangoscale_dev.cluster.local import LocalCluster
 
     cluster = LocalCluster(args.dir)
-    print("starting the local control plane (the first run builds it from Go modules)...")
+    print("starting the local control plane with KWOK fake nodes (the first run builds it "
+          "from Go modules)...")
     return str(cluster.up(nodes=args.nodes)), cluster
 
 
 def main(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if args.kubeconfig or args.node == "kwok":
+        return run_host_operator(args)
+    from djangoscale_dev.cluster.node import missing_for_real_node
+    from djangoscale_dev.dev_real import real_node_lock
+
+    # Checked under the lock: a real node that another run holds is a wait, not a reason.
+    with real_node_lock():
+        waited = time.monotonic() - started
+        missing = missing_for_real_node()
+        if missing is None:
+            if waited >= 1:
+                print(f"waited {waited:.0f}s for the real node lock; times below start now")
+            return run_real_node(args, time.monotonic(), waited)
+    print(f"the real node cannot run here ({missing}): using KWOK fake nodes, where no pod "
+          "serves, so nothing loads or scales")
+    return run_host_operator(args)
+
+
+def run_real_node(args: argparse.Namespace, started: float, waited: float) -> int:
+    """The real node, the chart's operator, PostgreSQL, the example, the load (`dev_real`).
+    What each part took goes to dev-setup.json beside the timeline."""
+    from djangoscale_dev.dev_real import DevError, RealNodeStack, real_node_documents
+
+    print("using the real node: pods run in containerd, the load goes through the Service")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with RealNodeStack(args.dir, emit=_say) as stack:
+            kubeconfig = stack.up()
+            os.environ["KUBECONFIG"] = str(kubeconfig)
+            print(f"kubeconfig: {kubeconfig}  (export KUBECONFIG={kubeconfig} to use kubectl)")
+            services = apply_documents(real_node_documents(args.filename, stack.database))
+            print(f"applied {args.filename} with the sample app and pgbouncer images built here")
+            stack.wait_for_operator()
+            setup = {"lock_wait": round(waited, 1), **stack.timings,
+                     "until_operator_ready": round(time.monotonic() - started, 1)}
+            (args.dir.parent / "dev-setup.json").write_text(json.dumps(setup, indent=2) + "\n")
+            return converge(args, services, alive=lambda: None, started=started)
+    except KeyboardInterrupt:
+        return 0
+    except DevError as error:
+        print(f"dev: {error}", file=sys.stderr)
+        return 1
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _interrupt(*_: Any) -> None:
+    """SIGTERM stops `dev` as Ctrl-C does: the PNG is written, then everything is torn down."""
+    raise KeyboardInterrupt
+
+
+def converge(args: argparse.Namespace, services: list[dict[str, Any]],
+             alive: Callable[[], str | None], started: float) -> int:
+    """Print the objects as they converge; once Ready, run the load (unless --no-load). With
+    --once, return when done: 1 if a request failed or the deadline passed."""
+    deadline = time.monotonic() + args.timeout
+    previous: list[str] = []
+    loaded = args.no_load or not services
+    failed = 0
+    while True:
+        lines, ready = summary_lines(services)
+        if lines != previous:
+            print(time.strftime("%H:%M:%S"), *lines, sep="\n")
+            previous = lines
+        if ready and not loaded:
+            loaded = True
+            summary = run_load(args, services[0], args.dir.parent, started=started)
+            failed = int((summary or {}).get("requests", {}).get("failed", 0))
+        if args.once and ready:
+            return 1 if failed else 0
+        if args.once and time.monotonic() > deadline:
+            print("timed out waiting for Ready", file=sys.stderr)
+            return 1
+        why = alive()
+        if why is not None:
+            print(why, file=sys.stderr)
+            return 1
+        time.sleep(2)
+
+
+def run_host_operator(args: argparse.Namespace) -> int:
+    """The operator on this host, against $KUBECONFIG's cluster or the local one with KWOK."""
+    started = time.monotonic()
     kubeconfig, cluster = start_cluster(args)
     os.environ["KUBECONFIG"] = kubeconfig
     print(f"kubeconfig: {kubeconfig}  (export KUBECONFIG={kubeconfig} to use kubectl)")
     operator = None
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         install_crd()
         print("CRD installed; starting the operator")
@@ -167,29 +258,16 @@ def main(args: argparse.Namespace) -> int:
             stdout=log_path.open("ab"),
             stderr=subprocess.STDOUT,
         )
-        services = apply_documents(args.filename)
+        services = apply_documents(
+            [doc for doc in yaml.safe_load_all(args.filename.read_text()) if doc])
         print(f"applied {args.filename}")
-        deadline = time.monotonic() + args.timeout
-        previous: list[str] = []
-        loaded = args.no_load or not services
-        while not stopping:
-            lines, ready = summary_lines(services)
-            if lines != previous:
-                print(time.strftime("%H:%M:%S"), *lines, sep="\n")
-                previous = lines
-            if ready and not loaded:
-                loaded = True
-                run_load(args, services[0], args.dir.parent)
-            if args.once and ready:
-                return 0
-            if args.once and time.monotonic() > deadline:
-                print("timed out waiting for Ready", file=sys.stderr)
-                return 1
-            if operator.poll() is not None:
-                print(f"the operator exited with {operator.returncode}", file=sys.stderr)
-                return 1
-            time.sleep(2)
-        return 0
+        running = operator
+
+        def alive() -> str | None:
+            code = running.poll()
+            return None if code is None else f"the operator exited with {code}"
+
+        return converge(args, services, alive, started)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 SAMPLE_SECONDS = 1.0  # between two reads of the cluster once the load has ended
+# A new HPA reads its metric after a sync or two; a load that started before it would show a
+# late scale-up for reasons that are not the autoscaler's.
+HPA_METRICS_WAIT_SECONDS = 60.0
 
 if TYPE_CHECKING:
     from djangoscale_dev.live import ClusterSampler, ClusterSnapshot, Reader
@@ -90,8 +94,10 @@ def step_marks(steps: list[Step]) -> tuple[list[tuple[float, str]], float | None
     return marks, up, down
 
 
-def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -> None:
-    """Load the DjangoService through its Service with the live view, then write the PNG."""
+def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path, *,
+             started: float | None = None) -> dict[str, Any] | None:
+    """Load the DjangoService through its Service with the live view, then write the PNG and
+    the summary (`watch_load`); None when the load was skipped (and why is printed)."""
     from kubernetes.client.exceptions import ApiException
 
     from djangoscale_dev import load
@@ -105,30 +111,50 @@ def run_load(args: argparse.Namespace, service: dict[str, Any], out_dir: Path) -
         url, why_not = None, f"load skipped: cannot read the nodes or the Service: {error.reason}"
     if url is None:
         print(why_not)
-        return
+        return None
     try:
         load.check_target(url, allow_remote=False)
         settings = load.LoadSettings(url, load.plan(load.parse_rps(args.rps), args.step_seconds))
     except load.LoadError as error:
         print(f"load skipped: {error}")
-        return
+        return None
+    wait_for_hpa_metrics(read, namespace, name)
     secret_name = (service.get("spec", {}).get("database") or {}).get("secretName")
     secret = read(f"/api/v1/namespaces/{namespace}/secrets/{secret_name}") if secret_name else None
     sampler = ClusterSampler(read, namespace, name,
                              pg_connections_in_use(secret) if secret else None)
     print(f"load: {args.rps} RPS, {args.step_seconds:g} s a step, against {url}")
-    watch_load(settings, sampler, out_dir, settle_seconds=args.settle_seconds,
-               target_per_pod=_target(service))
+    return watch_load(settings, sampler, out_dir, settle_seconds=args.settle_seconds,
+                      target_per_pod=_target(service), started=started)
+
+
+def hpa_reads_metrics(read: Reader, namespace: str, name: str) -> bool:
+    """The HPA computed replicas from its metric (ScalingActive)."""
+    hpa = read(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}")
+    return any(c.get("type") == "ScalingActive" and c.get("status") == "True"
+               for c in ((hpa or {}).get("status") or {}).get("conditions") or [])
+
+
+def wait_for_hpa_metrics(read: Reader, namespace: str, name: str) -> None:
+    """Before the load, until the HPA reads the pods' RPS (bounded: the view shows why not)."""
+    deadline = time.monotonic() + HPA_METRICS_WAIT_SECONDS
+    if not hpa_reads_metrics(read, namespace, name):
+        print("waiting for the HPA to read the pods' RPS...")
+    while not hpa_reads_metrics(read, namespace, name) and time.monotonic() < deadline:
+        time.sleep(1)
 
 
 def watch_load(settings: LoadSettings, sampler: ClusterSampler, out_dir: Path, *,
-               settle_seconds: float, target_per_pod: float | None) -> Path | None:
+               settle_seconds: float, target_per_pod: float | None,
+               started: float | None = None) -> dict[str, Any]:
     """Run the load with the live view (the generator's counters and `sampler`'s cluster
     figures, once a second), watch the scale-down after it for up to `settle_seconds`, then
-    print the per-step table and write the timeline (CSV and PNG) into `out_dir`.
+    print the per-step table and write the timeline (CSV and PNG) and its summary
+    (load-summary.json: every request counted, the scale events) into `out_dir`.
 
-    Returns the PNG, or None when nothing was recorded. KeyboardInterrupt still writes the
-    PNG of what ran, then propagates (dev stops)."""
+    `started`: when `djangoscale dev` started (monotonic), so the summary also says how long
+    after the command the first scale-up came. Returns the summary (`png`: None when nothing
+    was recorded). KeyboardInterrupt still writes the PNG of what ran, then propagates."""
     from rich.console import Console
 
     from djangoscale_dev import load, timeline
@@ -136,7 +162,7 @@ def watch_load(settings: LoadSettings, sampler: ClusterSampler, out_dir: Path, *
 
     recorder = load.Recorder(settings.steps)
     rows: list[dict[str, float | None]] = []
-    started = time.monotonic()
+    load_started = time.monotonic()
     interrupted = False
     try:
         with LiveView() as view:
@@ -164,25 +190,43 @@ def watch_load(settings: LoadSettings, sampler: ClusterSampler, out_dir: Path, *
     except KeyboardInterrupt:
         interrupted = True
     Console().print(step_table(recorder))
-    print(load.closing_line(recorder.total(), time.monotonic() - started))
+    print(load.closing_line(recorder.total(), time.monotonic() - load_started))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marks, up, down = step_marks(settings.steps)
+    load_end = sum(step.seconds for step in settings.steps)
+    summary: dict[str, Any] = {
+        "url": settings.url, "rps": [step.rps for step in settings.steps],
+        "step_seconds": [step.seconds for step in settings.steps],
+        "interrupted": interrupted, "requests": recorder.total().summary(),
+        "steps": [tally.summary() for tally in recorder.by_step],
+        **timeline.scale_events(timeline.columns_of(rows), up_after=up, load_end=load_end),
+        "load_started_after_command": (None if started is None
+                                       else round(load_started - started, 1)),
+        "png": None,
+    }
+    if started is not None and summary["first_scale_up"] is not None:
+        summary["first_scale_up_after_command"] = round(
+            load_started - started + summary["first_scale_up"], 1)
+        print(f"first scale-up {summary['scale_up_delay']:.1f} s after the step up, "
+              f"{summary['first_scale_up_after_command']:.0f} s after the command started")
     png = None
     if rows:
-        out_dir.mkdir(parents=True, exist_ok=True)
         timeline.write_csv(rows, out_dir / "load-timeline.csv")
-        marks, up, down = step_marks(settings.steps)
         profile = ",".join(f"{step.rps:g}" for step in settings.steps)
         png = timeline.plot_timeline(
             timeline.columns_of(rows), out_dir / "load-timeline.png",
             f"{sampler.namespace}/{sampler.name} under {profile} RPS "
             f"({settings.steps[0].seconds:g} s steps)",
-            marks=marks, load_window=(0.0, sum(step.seconds for step in settings.steps)),
+            marks=marks, load_window=(0.0, load_end),
             target_per_pod=target_per_pod, scale_up_after=up, scale_down_after=down)
         print(f"timeline: {png}")
+        summary["png"] = str(png)
     else:
         print("timeline: nothing recorded", file=sys.stderr)
+    (out_dir / "load-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if interrupted:
         raise KeyboardInterrupt
-    return png
+    return summary
 
 
 def _target(service: dict[str, Any]) -> float | None:

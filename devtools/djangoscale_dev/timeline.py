@@ -100,6 +100,42 @@ def first_time(t: Sequence[float], values: Sequence[float | None], after: float,
     return None
 
 
+def starting_count(desired: Sequence[float | None] | None) -> float | None:
+    """The HPA's desired replicas before anything scaled: its first positive value (a new HPA
+    reports 0 until its first sync; the minimum is at least 1)."""
+    return next((v for v in _known(desired or []) if v > 0), None)
+
+
+def scale_events(columns: Columns, *, up_after: float | None,
+                 load_end: float) -> dict[str, float | None]:
+    """The HPA's scale events in a timeline, from its desired replicas (seconds since the load
+    started): `first_scale_up` (the first time above the starting count at or after
+    `up_after`) and its delay `scale_up_delay`; `peak_desired`; `first_scale_down` (the first
+    time below the peak after it); `back_to_start` (desired at the starting count again, at or
+    after `load_end`) and its delay `scale_down_delay`. None where it did not happen."""
+    events: dict[str, float | None] = dict.fromkeys(
+        ("first_scale_up", "scale_up_delay", "peak_desired", "first_scale_down",
+         "back_to_start", "scale_down_delay"))
+    t = [float(v) for v in _known(columns.get("seconds", []))]
+    desired = columns.get("desired_replicas")
+    start = starting_count(desired)
+    if desired is None or start is None or len(t) != len(desired):
+        return events
+    peak = max(_known(desired))
+    if up_after is not None:
+        up = first_time(t, desired, up_after, lambda d: d > start)
+        events.update(first_scale_up=up, scale_up_delay=None if up is None else up - up_after)
+    events["peak_desired"] = peak
+    if peak > start:
+        peak_at = first_time(t, desired, 0.0, lambda d: d >= peak)
+        assert peak_at is not None
+        events["first_scale_down"] = first_time(t, desired, peak_at, lambda d: d < peak)
+        back = first_time(t, desired, max(load_end, peak_at), lambda d: d <= start)
+        events.update(back_to_start=back,
+                      scale_down_delay=None if back is None else back - load_end)
+    return events
+
+
 def plot_timeline(columns: Columns, out: Path, title: str, *,
                   marks: Sequence[tuple[float, str]] = (),
                   load_window: tuple[float, float] | None = None,
@@ -146,8 +182,10 @@ def plot_timeline(columns: Columns, out: Path, title: str, *,
                 target = twin
                 target.set_ylabel(label)
             if name == "errors":
-                target.bar(t, [v or 0 for v in columns[name]], width=0.9, color=colour,
-                           alpha=0.6, label=label)
+                counts = [v or 0 for v in columns[name]]
+                target.bar(t, counts, width=0.9, color=colour, alpha=0.6, label=label)
+                # A run without errors shows an axis from 0, not matplotlib's -0.05..0.05.
+                target.set_ylim(0, max(1.0, *counts) * 1.1)
             else:
                 target.plot(t, _nan(columns[name]), color=colour, linewidth=1.6, label=label)
         if group is PER_POD_RPS and target_per_pod is not None:
@@ -197,7 +235,7 @@ def _plot_replicas(axis: Axes, t: Sequence[float], columns: Columns, present: se
 
     replicas.yaxis.set_major_locator(MaxNLocator(integer=True))
     desired = columns.get("desired_replicas")
-    start = _known(desired)[0] if desired and _known(desired) else None
+    start = starting_count(desired)
     if desired is None or start is None:
         return replicas
     arrow = {"arrowstyle": "->", "color": "tab:green"}

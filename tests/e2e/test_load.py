@@ -205,8 +205,8 @@ def test_the_live_view_samples_a_djangoservice_on_the_control_plane(
             before = served.metrics()
             settings = LoadSettings(f"http://{served.host}:{served.port}/items/",
                                     plan([20, 40], 2))
-            png = watch_load(settings, sampler, tmp_path / "view", settle_seconds=5,
-                             target_per_pod=20)
+            summary = watch_load(settings, sampler, tmp_path / "view", settle_seconds=5,
+                                 target_per_pod=20)
             after = served.metrics_until(
                 lambda m: metric_sum(m, REQUESTS) - metric_sum(before, REQUESTS) >= 120)
         assert metric_sum(after, REQUESTS) - metric_sum(before, REQUESTS) == 120
@@ -224,7 +224,9 @@ def test_the_live_view_samples_a_djangoservice_on_the_control_plane(
 
     printed = capsys.readouterr().out
     assert "120 offered, 120 sent, 120 ok, 0 failed" in printed, printed
-    assert png is not None and f"timeline: {png}" in printed
+    assert summary["png"] is not None and f"timeline: {summary['png']}" in printed
+    assert (summary["requests"]["ok"], summary["requests"]["failed"]) == (120, 0)
+    png = Path(summary["png"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     columns = read_csv(png.with_suffix(".csv"))
     assert len(columns["seconds"]) >= 4  # a row a second over 4 s of load, then settling

@@ -120,6 +120,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     cert_file, key_file = write_serving_cert(serving, tmp_path / "serving")
     assert (key_file.stat().st_mode & 0o077) == 0
     context = server_ssl_context(cert_file, key_file, client_ca)
+    store.beat()  # the active replica: its collectors run
     runner, port = await start_server(build_app(store, allowed), context, "127.0.0.1", 0)
     try:
         yield Server(port, tmp_path / "serving" / "ca.crt", tmp_path, front_proxy_ca, other_ca,
@@ -189,6 +190,7 @@ async def test_no_client_cert_gets_no_metrics(server: Server) -> None:
 
 
 async def test_readyz_needs_no_cert_and_follows_the_collectors(server: Server) -> None:
+    server.store.last_beat = None
     status, _ = await server.get_text("/readyz")
     assert status == 503  # no collector has run: a standby replica, out of the Service
     server.store.beat()
@@ -218,3 +220,20 @@ def test_requestheader_settings_demand_a_ca() -> None:
         requestheader_settings({"data": {}})
     ca, names = requestheader_settings({"data": {"requestheader-client-ca-file": "PEM"}})
     assert (ca, names) == ("PEM", [])
+
+
+async def test_a_standby_refuses_metric_reads_and_closes_the_connection(server: Server) -> None:
+    """A connection the aggregator made while this replica was briefly Ready must not keep
+    reading its empty store: 503 and Connection: close, so the next read goes elsewhere."""
+    server.store.last_beat = time.monotonic() - 60  # collectors stopped (paused by peering)
+    cert = _client_cert(server.front_proxy_ca, "front-proxy-client", server.tmp)
+    connector = aiohttp.TCPConnector(ssl=server.client_context(cert))
+    async with (aiohttp.ClientSession(connector=connector) as session,
+                session.get(server.base + _pods_path("web")) as response):
+        assert response.status == 503
+        assert response.headers.get("Connection", "").lower() == "close"
+        assert (await response.json())["reason"] == "ServiceUnavailable"
+    server.store.beat()
+    status, body = await server.get(_pods_path("web"), cert)
+    assert status == 200 and len(body["items"]) == 2
+

@@ -222,6 +222,16 @@ def build_app(store: MetricsStore, allowed_names: Iterable[str] = (),
         return web.json_response(api_group())
 
     async def pod_metric(request: web.Request) -> web.Response:
+        if not store.fresh(ready_max_age):
+            # Both replicas collect for a moment at start, until peering pauses one, so both
+            # may be Ready then; the aggregator keeps its connection to whichever it reached,
+            # and kube-proxy keeps that connection on the standby after it leaves the
+            # Service: it would read empty lists for good. Refuse and close it, so the next
+            # read reconnects through the Service to the active replica.
+            refused = status_error(503, "ServiceUnavailable",
+                                   "no collector running here (standby): ask again")
+            refused.force_close()
+            return refused
         namespace = request.match_info["namespace"]
         pod, metric = request.match_info["pod"], request.match_info["metric"]
         source = store if metric == RPS_METRIC else extra.get(metric)
