@@ -96,6 +96,9 @@ MANAGED_BY: Final = "djangoscale"
 APP_NAME: Final = "django"
 WEB_COMPONENT: Final = "web"
 WORKER_COMPONENT_PREFIX: Final = "worker-"
+# On the operator pod that is the active kopf peer (written by that operator, removed when it
+# stands by); the chart's metrics API Service selects it.
+ACTIVE_PEER_LABEL: Final = "djangoscale.io/active-peer"
 
 # -- server-side apply ---------------------------------------------------------------------------
 FIELD_MANAGER: Final = "djangoscale"
