@@ -16,6 +16,7 @@ import yaml
 from cryptography import x509
 
 from djangoscale import __version__
+from djangoscale.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
@@ -122,6 +123,13 @@ def test_the_metrics_api_service_selects_the_active_peer_and_every_pod_can_be_re
            if "valueFrom" in e}
     assert env["DJANGOSCALE_POD_NAME"] == "metadata.name"
     assert env["DJANGOSCALE_POD_NAMESPACE"] == "metadata.namespace"
+    # ...the names the operator's settings read.
+    from djangoscale.settings import ENV
+
+    assert (ENV["pod_name"], ENV["pod_namespace"]) == (
+        "DJANGOSCALE_POD_NAME", "DJANGOSCALE_POD_NAMESPACE")
+    assert OperatorSettings.from_env({"DJANGOSCALE_POD_NAME": "djangoscale-1"}).pod_name == (
+        "djangoscale-1")
     services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
     (apiservice,) = by_kind(docs, "APIService")
     selector = services[apiservice["spec"]["service"]["name"]]["spec"]["selector"]

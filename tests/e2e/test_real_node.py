@@ -66,7 +66,11 @@ end
 
 @pytest.fixture(scope="module")
 def api(real_cluster: LocalCluster) -> ApiClient:
-    client = real_cluster.client()
+    return with_crd(real_cluster.client())
+
+
+def with_crd(client: ApiClient) -> ApiClient:
+    """The client, once the DjangoService CRD is installed and established."""
     definition = crd()
     client.apply(
         f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{definition['metadata']['name']}",
@@ -371,51 +375,34 @@ def test_requests_reach_postgresql_through_the_sidecar(
     assert {row[0].split("/")[0] for row in clients} & pod_ips
 
 
+@pytest.mark.parametrize("client", ["host", "pod"])
 def test_200_connections_through_the_cluster_ip_for_20s(
     api: ApiClient, shop: dict[str, Any], restricted_namespace: str,
-    gateway_postgres: services.Postgres, tmp_path: Path,
+    gateway_postgres: services.Postgres, tmp_path: Path, client: str,
 ) -> None:
+    """From the host, and from a client pod on the node (through the pod network and
+    kube-proxy, as another app's requests go)."""
     namespace = restricted_namespace
     live = api.get(f"/apis/{API}/namespaces/{namespace}/djangoservices/{NAME}")
     pool_per_pod = live["status"]["database"]["poolSizePerPod"]
     serving = {p["metadata"]["name"]: ready_since(p) for p in ready_pods(api, namespace)}
-    script = tmp_path / "count.lua"
-    script.write_text(WRK_SCRIPT)
+    url = service_url(api, namespace, "/slow/")
     sampler = services.PeakSampler(gateway_postgres, interval=0.05)
     sampler.start()
     started = time.monotonic()
-    report = run_wrk(service_url(api, namespace, "/slow/"), LOAD_CONNECTIONS, LOAD_SECONDS,
-                     script)
+    if client == "pod":
+        report = run_wrk_in_pod(api, namespace, url, LOAD_CONNECTIONS, LOAD_SECONDS)
+    else:
+        script = tmp_path / "count.lua"
+        script.write_text(WRK_SCRIPT)
+        report = run_wrk(url, LOAD_CONNECTIONS, LOAD_SECONDS, script)
     peak = sampler.stop()
-    print(f"ClusterIP load: {report} in {time.monotonic() - started:.1f}s, peak server "
-          f"connections {peak}")
+    print(f"ClusterIP load from the {client}: {report} in {time.monotonic() - started:.1f}s, "
+          f"peak server connections {peak}")
     assert report["requests"] > 0
     errors = {k: report[k] for k in ("connect", "read", "write", "timeout", "status")}
     assert errors == dict.fromkeys(errors, 0), report
     # No pod left the Service under load (its probes queue behind the requests it holds).
-    after = {p["metadata"]["name"]: ready_since(p) for p in ready_pods(api, namespace)}
-    assert after == serving
-    assert 0 < peak <= pool_per_pod * len(serving)
-
-
-
-def test_200_connections_from_a_client_pod_for_20s(
-    api: ApiClient, shop: dict[str, Any], restricted_namespace: str,
-    gateway_postgres: services.Postgres,
-) -> None:
-    namespace = restricted_namespace
-    live = api.get(f"/apis/{API}/namespaces/{namespace}/djangoservices/{NAME}")
-    pool_per_pod = live["status"]["database"]["poolSizePerPod"]
-    serving = {p["metadata"]["name"]: ready_since(p) for p in ready_pods(api, namespace)}
-    sampler = services.PeakSampler(gateway_postgres, interval=0.05)
-    sampler.start()
-    report = run_wrk_in_pod(api, namespace, service_url(api, namespace, "/slow/"),
-                            LOAD_CONNECTIONS, LOAD_SECONDS)
-    peak = sampler.stop()
-    print(f"ClusterIP load from a client pod: {report}, peak server connections {peak}")
-    assert report["requests"] > 0
-    errors = {k: report[k] for k in ("connect", "read", "write", "timeout", "status")}
-    assert errors == dict.fromkeys(errors, 0), report
     after = {p["metadata"]["name"]: ready_since(p) for p in ready_pods(api, namespace)}
     assert after == serving
     assert 0 < peak <= pool_per_pod * len(serving)
