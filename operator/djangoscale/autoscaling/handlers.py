@@ -127,10 +127,19 @@ class RpsCollection:
             await asyncio.to_thread(k8s.warn, context.api, body, *warning)
         patch = collector.status_patch(body, reading)
         if patch is not None:
+            # The patch replaces the whole conditions list, merged into the index's body: only
+            # onto that very version, or a condition the reconciler wrote since (a kubelet
+            # failure, a failed migration) would be put back as it was, and its event posted
+            # again when it comes back.
             try:
                 await asyncio.to_thread(context.api.patch_status, API_VERSION, KIND,
-                                        namespace, name, patch)
+                                        namespace, name, patch,
+                                        body.get("metadata", {}).get("resourceVersion"))
             except ApiError as error:
+                if error.status == 409:
+                    logger.debug("RPS status of %s/%s: the object moved on; next round",
+                                 namespace, name)
+                    return
                 logger.warning("could not write RPS status of %s/%s: %s %s", namespace, name,
                                error.status, error.reason)
 
