@@ -20,6 +20,9 @@ CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 METRICS_AVAILABLE: Final = "MetricsAvailable"
 # Degraded's reason while the pods' pgbouncers hold more server connections than the budget.
 BUDGET_EXCEEDED: Final = "BudgetExceeded"
+# Written by the RPS collector with pgbouncer: True while the database ceiling holds.
+DATABASE_SATURATED: Final = "DatabaseSaturated"
+CLIENTS_WAITING: Final = "ClientsWaiting"
 # True (a warning) while a worker group opted into gevent.
 GEVENT_WORKERS: Final = "GeventWorkers"
 

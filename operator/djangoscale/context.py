@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 from djangoscale.autoscaling.apiserver import MetricsStore
 from djangoscale.autoscaling.collector import Scraper
 from djangoscale.autoscaling.windows import STABLE_WINDOW_SECONDS
-from djangoscale.contract import QUEUE_LENGTH_METRIC
+from djangoscale.contract import (
+    CONCURRENCY_METRIC,
+    QUEUE_LENGTH_METRIC,
+    QUEUE_TIME_METRIC,
+    RPS_METRIC,
+)
 from djangoscale.k8s import Api, ApiError
 from djangoscale.peering import is_active, is_active_peer
 from djangoscale.rollouts import RolloutGate
@@ -52,6 +57,9 @@ class OperatorContext:
     rps: MetricsStore
     # Per-pod queue lengths of the worker groups, served beside RPS.
     queue_lengths: MetricsStore
+    # Per-pod requests at once and p95 queue time, for the DjangoServices that scale on them.
+    concurrency: MetricsStore
+    queue_time: MetricsStore
     scraper: Scraper
     # Slots for the rollouts nobody asked for (an operator upgrade): a few at a time.
     rollouts: RolloutGate
@@ -80,6 +88,8 @@ class OperatorContext:
             api=api,
             rps=MetricsStore(window_seconds=int(STABLE_WINDOW_SECONDS)),
             queue_lengths=MetricsStore(window_seconds=int(settings.queue_poll_seconds)),
+            concurrency=MetricsStore(window_seconds=int(STABLE_WINDOW_SECONDS)),
+            queue_time=MetricsStore(window_seconds=int(STABLE_WINDOW_SECONDS)),
             scraper=Scraper(settings.scrape_concurrency, settings.scrape_timeout),
             rollouts=RolloutGate(settings.max_concurrent_rollouts),
         )
@@ -90,7 +100,14 @@ class OperatorContext:
     @property
     def extra_pod_metrics(self) -> dict[str, MetricsStore]:
         """Pod metrics the metrics API server serves beside RPS, by name."""
-        return {QUEUE_LENGTH_METRIC: self.queue_lengths}
+        return {QUEUE_LENGTH_METRIC: self.queue_lengths, CONCURRENCY_METRIC: self.concurrency,
+                QUEUE_TIME_METRIC: self.queue_time}
+
+    @property
+    def web_stores(self) -> dict[str, MetricsStore]:
+        """The web pods' stores, by served metric name."""
+        return {RPS_METRIC: self.rps, CONCURRENCY_METRIC: self.concurrency,
+                QUEUE_TIME_METRIC: self.queue_time}
 
     async def active(self) -> bool:
         """Whether the operator-wide loops should work now: always when standalone; with

@@ -42,6 +42,18 @@ GROWING_SERVER: Final = "cherrypy"
 GROWING_SERVER_GROWTH: Final = 1.5
 GREENLET_SERVER: Final = "gunicorn-gevent"
 
+# -- what the HPA scales on (the CRD's spec.autoscaling.metric enum) ---------------------------
+RPS: Final = "rps"
+CONCURRENCY: Final = "concurrency"
+QUEUE_TIME: Final = "queueTime"
+SCALING_METRICS: Final[tuple[str, ...]] = (RPS, CONCURRENCY, QUEUE_TIME)
+# Servers whose launcher sees when a request became ready and when a thread took it (cheroot's
+# queue, gthread's pool queue, waitress's task queue). The others hand a request to its
+# handler as they accept it, and the kernel's backlog is invisible to the process.
+QUEUE_TIME_SERVERS: Final[tuple[str, ...]] = ("cherrypy", "gunicorn-gthread", "waitress")
+# targetConcurrency's default share of what one pod runs at once (workers x maxThreads).
+DEFAULT_CONCURRENCY_SHARE: Final = 0.7
+
 # -- environment of the app container: written by the Deployment, read by `djangoscale serve` --
 # launcher setting -> variable name
 SERVE_ENV: Final[dict[str, str]] = {
@@ -75,6 +87,23 @@ REQUESTS_COUNTER: Final = f"{REQUESTS_COUNTER_NAME}_total"
 # Pod metrics the operator serves on custom.metrics.k8s.io and the HPAs name.
 RPS_METRIC: Final = "djangoscale_requests_per_second"
 QUEUE_LENGTH_METRIC: Final = "djangoscale_celery_queue_length"
+# Requests in the pod at once (in a thread or waiting for one), averaged over the window.
+CONCURRENCY_METRIC: Final = "djangoscale_concurrency"
+# The p95 of the time requests waited for a thread over the window, in seconds.
+QUEUE_TIME_METRIC: Final = "djangoscale_queue_time_p95_seconds"
+# The launcher's histograms the collector reads them from: time in the app, and time waiting
+# before it (their sums over time give the requests in the pod, by Little's law).
+REQUEST_DURATION_NAME: Final = "djangoscale_request_duration_seconds"
+REQUEST_QUEUE_NAME: Final = "djangoscale_request_queue_seconds"
+# CPU time of the processes that serve requests (a counter): with the time requests spent in
+# the app, the operator's advice on workers and threads (status.recommendations).
+CPU_SECONDS_NAME: Final = "djangoscale_cpu_seconds"
+# The launcher honours this ingress header (nginx `t=${msec}`, Heroku `t=<microseconds>`): the
+# wait then starts when the ingress saw the request (WSGI environ key).
+REQUEST_START_HEADER: Final = "HTTP_X_REQUEST_START"
+# spec.autoscaling.metric -> the metric the operator serves for it (and the HPA names).
+SERVED_METRICS: Final[dict[str, str]] = {
+    RPS: RPS_METRIC, CONCURRENCY: CONCURRENCY_METRIC, QUEUE_TIME: QUEUE_TIME_METRIC}
 # Server connections a terminating pod's pgbouncer keeps: the pod's preStop hook
 # (`djangoscale prestop`) shrinks its pool to this, and the budget sets it aside for every pod
 # that may be draining while its replacement runs (Deployments do not wait for terminating
@@ -84,6 +113,10 @@ DRAINING_POOL_SIZE: Final = 1
 # and clients waiting for one: exported by the launcher, summed by the operator's budget guard.
 PGBOUNCER_SERVER_CONNECTIONS: Final = "djangoscale_pgbouncer_server_connections"
 PGBOUNCER_CLIENTS_WAITING: Final = "djangoscale_pgbouncer_clients_waiting"
+# SHOW POOLS' sv_active, sv_idle and maxwait (+ maxwait_us), summed (maxwait: the largest).
+PGBOUNCER_SERVERS_ACTIVE: Final = "djangoscale_pgbouncer_servers_active"
+PGBOUNCER_SERVERS_IDLE: Final = "djangoscale_pgbouncer_servers_idle"
+PGBOUNCER_MAX_WAIT: Final = "djangoscale_pgbouncer_max_wait_seconds"
 # The path of the launcher's metrics endpoint.
 METRICS_PATH: Final = "/metrics"
 

@@ -70,6 +70,8 @@ def problems(value: Any, schema: dict[str, Any], path: Path = ()) -> list[tuple[
             found.append((path, f"must have at least {schema['minItems']} items"))
         for index, item in enumerate(value):
             found += problems(item, schema.get("items", {}), (*path, index))
+            if schema.get("x-kubernetes-list-type") == "set" and item in value[:index]:
+                found.append(((*path, index), f"duplicate value {item!r} (the list is a set)"))
     elif isinstance(value, dict):
         found += _object_problems(value, schema, path)
     return found

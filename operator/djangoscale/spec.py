@@ -21,11 +21,16 @@ import yaml
 from djangoscale import schema
 from djangoscale.budget import budget_problems, pods_at_most, threads_at_most
 from djangoscale.contract import (
+    CONCURRENCY,
+    DEFAULT_CONCURRENCY_SHARE,
     DEFAULT_THREADS,
     GROUP,
     GROWING_SERVER,
     KIND,
     PLURAL,
+    QUEUE_TIME,
+    QUEUE_TIME_SERVERS,
+    RPS,
     SINGLE_THREADED_SERVERS,
     VERSION,
 )
@@ -105,6 +110,18 @@ class AutoscalingSpec:
     panic_window_seconds: int
     panic_threshold: float
     prometheus: PrometheusSource | None = None
+    # What the HPA scales on (one HPA metric each); targets per pod.
+    metrics: tuple[str, ...] = (RPS,)
+    target_concurrency: int = 1
+    target_queue_time_ms: int = 100
+    # Cap the served values while the pods' pgbouncers make clients wait (DatabaseSaturated).
+    database_ceiling: bool = True
+
+    def target_of(self, metric: str) -> float:
+        """The target per pod of one of `metrics`, in what the operator serves (queue time in
+        seconds)."""
+        return {RPS: float(self.target_rps_per_pod), CONCURRENCY: float(self.target_concurrency),
+                QUEUE_TIME: self.target_queue_time_ms / 1000}[metric]
 
 
 @dataclass(frozen=True)
@@ -334,6 +351,7 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
             "spec.autoscaling.stableWindowSeconds "
             f"({autoscaling['panicWindowSeconds']} >= {autoscaling['stableWindowSeconds']})"
         )
+    problems += _metric_problems(spec)
     env_names = [item["name"] for item in spec.get("env", [])]
     for index, name in enumerate(env_names):
         if name in env_names[:index]:
@@ -347,6 +365,43 @@ def cross_field_problems(spec: dict[str, Any]) -> list[str]:
     if database is not None:
         problems += budget_problems(spec, database, mode, explicit_mode)
     problems += _lifecycle_problems(spec)
+    return problems
+
+
+def scaling_metrics(autoscaling: dict[str, Any]) -> tuple[str, ...]:
+    """`metrics` as given, else the one `metric` (rps when neither is given)."""
+    if "metrics" in autoscaling:
+        return tuple(autoscaling["metrics"])
+    return (autoscaling.get("metric", RPS),)
+
+
+def default_target_concurrency(pod_concurrency: int) -> int:
+    """70 % of what one pod runs at once, as Knative targets 70 % of a container's."""
+    return max(1, int(pod_concurrency * DEFAULT_CONCURRENCY_SHARE))
+
+
+def _metric_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    autoscaling, server = spec["autoscaling"], spec["server"]
+    if "metric" in autoscaling and "metrics" in autoscaling:
+        problems.append("spec.autoscaling.metrics: give spec.autoscaling.metric (one) or "
+                        "spec.autoscaling.metrics (several), not both")
+    metrics = scaling_metrics(autoscaling)
+    if QUEUE_TIME in metrics and server["type"] not in QUEUE_TIME_SERVERS:
+        problems.append(
+            "spec.autoscaling.metric: queueTime needs a server whose launcher sees the wait "
+            "before a thread takes a request (cherrypy, gunicorn-gthread, waitress); use "
+            f"concurrency with this spec.server.type ({server['type']})")
+    pod_concurrency = server["workers"] * threads_at_most(server)
+    target = autoscaling.get("targetConcurrency")
+    if target is not None and target > pod_concurrency:
+        problems.append(
+            "spec.autoscaling.targetConcurrency: must be <= what one pod runs at once "
+            f"(spec.server.workers x maxThreads) ({target} > {pod_concurrency})")
+    if "prometheus" in autoscaling and set(metrics) - {RPS}:
+        problems.append(
+            "spec.autoscaling.prometheus: gives requests per second only; concurrency and "
+            "queueTime are read from the pods (leave prometheus out)")
     return problems
 
 
@@ -502,6 +557,11 @@ def parse(body: dict[str, Any]) -> DjangoService:
                 address=autoscaling["prometheus"]["address"],
                 query=autoscaling["prometheus"]["query"],
             ),
+            metrics=scaling_metrics(autoscaling),
+            target_concurrency=autoscaling.get("targetConcurrency") or default_target_concurrency(
+                spec["server"]["workers"] * threads_at_most(spec["server"])),
+            target_queue_time_ms=autoscaling["targetQueueTimeMilliseconds"],
+            database_ceiling=autoscaling["databaseCeiling"],
         ),
         database=None
         if database is None

@@ -5,6 +5,7 @@ helm-docs comments, and the plain install in manifests/ kept up to date."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -148,8 +149,10 @@ def test_the_metrics_api_service_selects_the_active_peer_and_every_pod_can_be_re
 @pytest.mark.parametrize(
     "values",
     [[], ["--set", "watch.namespaces={web,shop}"], ["--set", "metricsApi.tls.mode=certManager"],
-     ["--set", "metricsApi.enabled=false", "--set", "replicaCount=1"]],
-    ids=["clusterwide", "namespaced", "cert-manager", "single-no-metrics"],
+     ["--set", "metricsApi.enabled=false", "--set", "replicaCount=1"],
+     ["--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
+      "--set", "monitoring.serviceMonitor.enabled=true"]],
+    ids=["clusterwide", "namespaced", "cert-manager", "single-no-metrics", "monitoring"],
 )
 def test_helm_lint_is_clean(values):
     result = subprocess.run(
@@ -385,3 +388,48 @@ def test_chart_readme_is_generated_from_values():
     assert generated == readme, (
         "charts/djangoscale/README.md is stale: run helm-docs --chart-search-root charts")
     assert "| metricsApi.tls.mode | string | `\"helm\"` |" in readme
+
+
+MONITORING = ("--set", "monitoring.dashboard.enabled=true",
+              "--set", "monitoring.dashboard.sidecarLabel=grafana_dash",
+              "--set", "monitoring.podMonitor.enabled=true",
+              "--set", "monitoring.podMonitor.labels.release=prom",
+              "--set", "monitoring.serviceMonitor.enabled=true")
+
+
+def test_monitoring_objects_only_behind_their_switches():
+    plain = render()
+    assert not by_kind(plain, "PodMonitor") and not by_kind(plain, "ServiceMonitor")
+    assert not [c for c in by_kind(plain, "ConfigMap") if c["metadata"]["name"].endswith(
+        "-dashboard")]
+    docs = render(*MONITORING)
+    (dashboard,) = [c for c in by_kind(docs, "ConfigMap")
+                    if c["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dash"] == "1"
+    shipped = (CHART / "dashboards" / "djangoscale.json").read_text()
+    assert json.loads(dashboard["data"]["djangoscale.json"]) == json.loads(shipped)
+    (pod_monitor,) = by_kind(docs, "PodMonitor")
+    assert pod_monitor["metadata"]["labels"]["release"] == "prom"
+    (service_monitor,) = by_kind(docs, "ServiceMonitor")
+    # The ServiceMonitor finds the operator's Service and its metrics port by name.
+    services = [s for s in by_kind(docs, "Service")
+                if service_monitor["spec"]["selector"]["matchLabels"].items()
+                <= s["metadata"]["labels"].items()]
+    assert [p["name"] for s in services for p in s["spec"]["ports"]
+            if p["name"] == service_monitor["spec"]["endpoints"][0]["port"]] == ["metrics"]
+
+
+def test_the_pod_monitor_selects_the_web_pods_and_their_metrics_port():
+    from djangoscale import spec
+    from djangoscale.builders.deployment import build_deployment
+
+    (pod_monitor,) = by_kind(render(*MONITORING), "PodMonitor")
+    ds = spec.parse({"apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+                     "metadata": {"name": "shop", "namespace": "web"},
+                     "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application"}})
+    template = build_deployment(ds)["spec"]["template"]
+    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"][
+        "labels"].items()
+    (app,) = [c for c in template["spec"]["containers"] if c["name"] == "app"]
+    port = pod_monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    assert {"name": port, "containerPort": ds.metrics_port, "protocol": "TCP"} in app["ports"]

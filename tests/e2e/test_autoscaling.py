@@ -1,4 +1,5 @@
-"""RPS autoscaling end to end: real HPA controller, real aggregation layer, real launcher.
+"""Autoscaling end to end (RPS, concurrency, queue time): real HPA controller, real
+aggregation layer, real launcher.
 
 The operator serves `custom.metrics.k8s.io` on the host; the APIService reaches it through the
 local cluster's route. KWOK pods get loopback IPs, and a harness runs one real
@@ -199,8 +200,12 @@ def djangoservice(namespace: str) -> dict[str, Any]:
 class PodHarness:
     """One real `djangoscale serve` per Running pod, bound to the pod's IP."""
 
-    def __init__(self, api: ApiClient, namespace: str, log_dir: Path) -> None:
+    def __init__(self, api: ApiClient, namespace: str, log_dir: Path, threads: int = 8,
+                 env_for: Callable[[str], dict[str, str]] | None = None) -> None:
         self.api, self.namespace, self.log_dir = api, namespace, log_dir
+        self.threads = threads  # the pods' cherrypy threads (as the DjangoService says)
+        # The launcher's environment for a pod, by name (the pod's pgbouncer, if it has one).
+        self.env_for = env_for or (lambda name: launcher_env({}))
         self.processes: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
         self.healthy: set[str] = set()
         self.frozen = False  # when True, dead processes are not restarted (metrics outage)
@@ -244,9 +249,10 @@ class PodHarness:
     def _start(self, name: str, ip: str) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         argv = [sys.executable, "-m", "djangoscale.cli", "serve", SAMPLE_WSGI,
-                "--server", "cherrypy", "--workers", "1", "--threads", "8",
+                "--server", "cherrypy", "--workers", "1", "--threads", str(self.threads),
+                "--max-threads", str(self.threads),
                 "--bind", f"{ip}:{HTTP_PORT}", "--metrics-bind", f"{ip}:{METRICS_PORT}"]
-        process = subprocess.Popen(argv, cwd=SAMPLEAPP, env=launcher_env({}), stdout=log,
+        process = subprocess.Popen(argv, cwd=SAMPLEAPP, env=self.env_for(name), stdout=log,
                                    stderr=subprocess.STDOUT)
         log.close()
         self.processes[name] = (ip, process)
@@ -310,6 +316,11 @@ class LoadResult:
     failed: int = 0
     skipped: int = 0  # not sent: no endpoint, or too many in flight
     errors: dict[str, int] = field(default_factory=dict)  # failures by cause
+    seconds: list[float] = field(default_factory=list, repr=False)  # each answered request's
+
+    def p95(self) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[int(0.95 * (len(ordered) - 1))] if ordered else 0.0
 
     def fail(self, cause: str) -> None:
         self.failed += 1
@@ -317,17 +328,20 @@ class LoadResult:
 
 
 def run_load(rate: float, seconds: float, endpoints: Callable[[], list[str]],
-             max_in_flight: int = 200, stop: threading.Event | None = None) -> LoadResult:
-    """Open-loop GETs of /hello/ at `rate` per second for `seconds` (or until `stop`), spread
-    over endpoints."""
+             max_in_flight: int = 200, stop: threading.Event | None = None,
+             path: Callable[[], str] = lambda: "/hello/") -> LoadResult:
+    """Open-loop GETs of `path()` (/hello/) at `rate` per second for `seconds` (or until
+    `stop`), spread over endpoints."""
     result = LoadResult()
 
     async def hit(session: aiohttp.ClientSession, ip: str) -> None:
+        started = time.monotonic()
         try:
-            async with session.get(f"http://{ip}:{HTTP_PORT}/hello/") as response:
+            async with session.get(f"http://{ip}:{HTTP_PORT}{path()}") as response:
                 await response.read()
                 if response.status == 200:
                     result.ok += 1
+                    result.seconds.append(time.monotonic() - started)
                 else:
                     result.fail(f"HTTP {response.status}")
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
@@ -360,14 +374,12 @@ def run_load(rate: float, seconds: float, endpoints: Callable[[], list[str]],
 
 
 @dataclass
-class Timeline:
-    """HPA desired replicas and reported RPS, sampled every half second."""
+class Sampler:
+    """Reads the cluster every half second on a thread of its own until stopped."""
 
     api: ApiClient
     namespace: str
     started: float = field(default_factory=time.monotonic)
-    # (time, HPA desired replicas, status.rps.stable, status.rps.panic, status.desiredReplicas)
-    rows: list[tuple[float, int, float, float, int]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -376,18 +388,32 @@ class Timeline:
 
     def _run(self) -> None:
         while not self.stopping.is_set():
-            with contextlib.suppress(ApiError, OSError):
-                desired = hpa_desired(self.api, self.namespace)
-                observed = status(self.api, self.namespace)
-                rps = observed.get("rps", {})
-                self.rows.append((time.monotonic(), desired, float(rps.get("stable", 0)),
-                                  float(rps.get("panic", 0)),
-                                  int(observed.get("desiredReplicas") or 0)))
-            self.stopping.wait(0.5)
+            with contextlib.suppress(ApiError, OSError, ValueError):
+                self.sample()
+            self.stopping.wait(TIMELINE_INTERVAL)
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(5)
+
+
+@dataclass
+class Timeline(Sampler):
+    """HPA desired replicas and reported RPS, sampled every half second."""
+
+    # (time, HPA desired replicas, status.rps.stable, status.rps.panic, status.desiredReplicas)
+    rows: list[tuple[float, int, float, float, int]] = field(default_factory=list)
+
+    def sample(self) -> None:
+        desired = hpa_desired(self.api, self.namespace)
+        observed = status(self.api, self.namespace)
+        rps = observed.get("rps", {})
+        self.rows.append((time.monotonic(), desired, float(rps.get("stable", 0)),
+                          float(rps.get("panic", 0)),
+                          int(observed.get("desiredReplicas") or 0)))
 
     def first(self, after: float, test: Callable[[tuple[float, int, float, float, int]], bool]
               ) -> float | None:
@@ -423,8 +449,10 @@ def scaling_active(api: ApiClient, namespace: str) -> bool:
     return False
 
 
-def start_service(api: ApiClient, namespace: str, harness: PodHarness) -> None:
-    api.create(f"/apis/{API}/namespaces/{namespace}/djangoservices", djangoservice(namespace))
+def start_service(api: ApiClient, namespace: str, harness: PodHarness,
+                  body: dict[str, Any] | None = None) -> None:
+    api.create(f"/apis/{API}/namespaces/{namespace}/djangoservices",
+               body or djangoservice(namespace))
     wait_for("2 pods served", lambda: len(harness.endpoints()) >= 2, timeout=120)
     wait_for("the HPA to read the metric", lambda: scaling_active(api, namespace), timeout=60)
 
@@ -628,3 +656,377 @@ def test_burst_preset_and_tolerance_reach_the_hpa(
         ("Percent", 900), ("Pods", 100)}
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
     assert behavior["scaleUp"]["selectPolicy"] == "Max"
+
+
+# -- concurrency and queue time beside RPS ----------------------------------------------------
+# Each pod runs cherrypy with 2 threads, so a pod takes 40 RPS of a 50 ms view but only 10 of
+# a 200 ms one. Under 30 RPS a view that slows from 50 to 200 ms leaves requests per second
+# where they were (RPS does not scale; the pods are overloaded), while the requests in each pod
+# and their wait for a thread rise (concurrency and queue time scale, until the value is back
+# under its target). A load step at a constant 100 ms scales all three.
+
+THREADS = 2
+RATE = 30.0  # 15 RPS a pod on 2 pods: under the RPS target whatever the view costs
+FAST, SLOW = 0.05, 0.2
+TARGET_CONCURRENCY, TARGET_QUEUE_MS = 1, 50  # RPS: TARGET_RPS, as above
+STEP_TARGET_RPS = 10
+TARGETS: dict[str, dict[str, int]] = {
+    "rps": {},
+    "concurrency": {"targetConcurrency": TARGET_CONCURRENCY},
+    "queueTime": {"targetQueueTimeMilliseconds": TARGET_QUEUE_MS},
+}
+TARGET_OF = {"rps": TARGET_RPS, "concurrency": TARGET_CONCURRENCY, "queueTime": TARGET_QUEUE_MS}
+FAST_PHASE = 20.0  # one stable window at 50 ms
+SLOW_PHASE = 60.0  # how long RPS is watched not scaling
+SCALE_UP_WITHIN = 45.0  # after the slowdown or the step
+SETTLE_WITHIN = 120.0  # for the wait (or the concurrency) to be back under target
+# The HPA leaves replicas alone within 10 % of the target.
+HPA_TOLERANCE = 0.1
+
+
+def service(namespace: str, metric: str, target_rps: int = TARGET_RPS) -> dict[str, Any]:
+    body = djangoservice(namespace)
+    body["spec"]["server"] = {"type": "cherrypy", "threads": THREADS, "maxThreads": THREADS}
+    body["spec"]["autoscaling"].update({"metric": metric, "targetRPSPerPod": target_rps,
+                                        **TARGETS[metric]})
+    return body
+
+
+def scaling_value(api: ApiClient, namespace: str) -> float | None:
+    """status.scaling.value as a number (queue time in ms)."""
+    value = (status(api, namespace).get("scaling") or {}).get("value")
+    return None if value is None else float(str(value).removesuffix("ms"))
+
+
+@dataclass
+class Samples(Sampler):
+    """HPA desired replicas and status.scaling.value every half second, written as CSV."""
+
+    rows: list[tuple[float, int, float | None]] = field(default_factory=list)
+
+    def sample(self) -> None:
+        self.rows.append((time.monotonic(), hpa_desired(self.api, self.namespace),
+                          scaling_value(self.api, self.namespace)))
+
+    def write(self, path: Path) -> None:
+        lines = ["seconds,desired_replicas,value"] + [
+            f"{t - self.started:.1f},{d},{'' if v is None else v}" for t, d, v in self.rows]
+        path.write_text("\n".join(lines) + "\n")
+
+    def most(self, since: float) -> int:
+        return max((d for t, d, _ in self.rows if t >= since), default=0)
+
+
+class PhaseEnd(threading.Event):
+    """Set when the load stops or its rate changes (run_load asks `is_set` as it goes)."""
+
+    def __init__(self, stop: threading.Event, rate: list[float]) -> None:
+        super().__init__()
+        self.stop, self.rate, self.current = stop, rate, rate[0]
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.rate[0] != self.current
+
+
+@contextlib.contextmanager
+def loaded(harness: PodHarness, rate: list[float], delay: list[float]):
+    """Open-loop load of /sleep/?s=delay[0] at rate[0] per second (both read as they change)
+    until the block ends; yields the LoadResults, one per rate."""
+    stop = threading.Event()
+    results: list[Any] = []
+
+    def run() -> None:
+        while not stop.is_set():
+            results.append(run_load(rate[0], 3600, harness.endpoints,
+                                    stop=PhaseEnd(stop, rate),
+                                    path=lambda: f"/sleep/?s={delay[0]}"))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        thread.join(15)
+
+
+@pytest.mark.parametrize("metric", ["rps", "concurrency", "queueTime"])
+def test_a_view_that_slows_down_scales_on_concurrency_and_queue_time_not_rps(
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path, metric: str,
+) -> None:
+    with PodHarness(api, namespace, tmp_path, threads=THREADS) as harness:
+        start_service(api, namespace, harness, service(namespace, metric))
+        samples = Samples(api, namespace)
+        delay = [FAST]
+        with loaded(harness, [RATE], delay):
+            time.sleep(FAST_PHASE)
+            fast_most = samples.most(samples.started)
+            fast_value = scaling_value(api, namespace)
+            delay[0] = SLOW
+            slowed = time.monotonic()
+            if metric == "rps":
+                time.sleep(SLOW_PHASE)
+                up = None
+            else:
+                up = wait_for("a scale-up after the slowdown",
+                              lambda: hpa_desired(api, namespace) > 2
+                              and time.monotonic() - slowed, timeout=SCALE_UP_WITHIN)
+                settled = wait_for(
+                    f"{metric} back under its target",
+                    lambda: (v := scaling_value(api, namespace)) is not None
+                    and v <= TARGET_OF[metric] * (1 + HPA_TOLERANCE) and v,
+                    timeout=SETTLE_WITHIN)
+            slow_most = samples.most(slowed)
+        samples.stop()
+        samples.write(tmp_path / f"slowdown-{metric}.csv")
+    print(f"\n{metric}: 50 ms value {fast_value}, replicas <= {fast_most}; after the slowdown "
+          f"up after {up and round(up, 1)} s, peak {slow_most}"
+          + ("" if metric == "rps" else f", back under target at {settled}")
+          + f"; samples in {tmp_path}")
+    assert fast_most == 2, "nothing should scale while the view takes 50 ms"
+    if metric == "rps":
+        assert slow_most == 2, "requests per second did not change: RPS must not scale"
+    else:
+        assert slow_most > 2
+
+
+@pytest.mark.parametrize("metric", ["rps", "concurrency", "queueTime"])
+def test_a_load_step_at_constant_latency_scales_every_metric(
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path, metric: str,
+) -> None:
+    with PodHarness(api, namespace, tmp_path, threads=THREADS) as harness:
+        # 2 threads take 20 RPS of a 100 ms view: a pod overloaded serves no more than that,
+        # so RPS's target sits under it, as a user's would.
+        start_service(api, namespace, harness, service(namespace, metric, STEP_TARGET_RPS))
+        samples = Samples(api, namespace)
+        rate = [10.0]
+        with loaded(harness, rate, [0.1]):
+            time.sleep(FAST_PHASE)
+            before = samples.most(samples.started)
+            rate[0] = 50.0  # 25 RPS a pod of a 100 ms view: past what 2 threads take
+            stepped = time.monotonic()
+            up = wait_for("a scale-up after the step",
+                          lambda: hpa_desired(api, namespace) > 2
+                          and time.monotonic() - stepped, timeout=SCALE_UP_WITHIN)
+        samples.stop()
+        samples.write(tmp_path / f"step-{metric}.csv")
+    print(f"\n{metric}: step 10 -> 50 RPS at 100 ms, up after {up:.1f} s")
+    assert before == 2
+
+
+# -- the database ceiling ------------------------------------------------------------------------
+# Real PostgreSQL behind a real pgbouncer per pod (the operator's ini), a tiny budget and a view
+# that holds a server connection 50 ms: each pod's pool of CEILING_POOL connections takes
+# about 20 x CEILING_POOL requests per second, and its 8 threads queue for them beyond that.
+
+CEILING_MAX_CONNECTIONS = 17  # budget 14 over 6 pods + 1 surge pod, one kept while draining
+CEILING_RATE, CEILING_SECONDS = 30.0, 30.0
+
+
+def ceiling_service(namespace: str, ceiling: bool) -> dict[str, Any]:
+    body = djangoservice(namespace)
+    body["spec"]["replicas"] = {"min": 2, "max": 6}
+    body["spec"]["autoscaling"].update({"metric": "concurrency", "targetConcurrency": 4,
+                                        "databaseCeiling": ceiling})
+    body["spec"]["database"] = {"secretName": "shop-db",
+                                "maxConnections": CEILING_MAX_CONNECTIONS}
+    body["spec"]["migrations"] = {"enabled": False}
+    return body
+
+
+def condition(api: ApiClient, namespace: str, kind: str) -> dict[str, Any]:
+    return next((c for c in status(api, namespace).get("conditions", [])
+                 if c["type"] == kind), {})
+
+
+def events(api: ApiClient, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = api.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    return [e for e in items if e.get("reason") == reason]
+
+
+@dataclass
+class CeilingSamples(Sampler):
+    """HPA desired replicas, DatabaseSaturated and the pods' pgbouncer figures over time."""
+
+    rows: list[tuple[float, int, str, Any]] = field(default_factory=list)
+
+    def sample(self) -> None:
+        live = status(self.api, self.namespace)
+        saturated = next((c for c in live.get("conditions", [])
+                          if c["type"] == "DatabaseSaturated"), {})
+        self.rows.append((time.monotonic() - self.started, hpa_desired(self.api, self.namespace),
+                          saturated.get("status", "-"), live.get("database", {}).get(
+                              "serverConnections")))
+
+    def most(self) -> int:
+        return max((row[1] for row in self.rows), default=0)
+
+
+@pytest.mark.parametrize("ceiling", [True, False], ids=["ceiling", "no-ceiling"])
+def test_the_database_ceiling_holds_replicas_while_clients_wait_for_the_database(
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path,
+    postgres_factory: Any, ceiling: bool,
+) -> None:
+    from djangoscale import spec as spec_module
+    from djangoscale.budget import size_pool
+    from djangoscale.builders.pgbouncer import DatabaseCredentials, render_ini, render_userlist
+    from djangoscale.contract import PGBOUNCER_ADDRESS_ENV
+    from tests.e2e.test_budget_guard import database_secret, migrated_postgres
+    from tests.fixtures import services
+
+    body = ceiling_service(namespace, ceiling)
+    pool = size_pool(spec_module.parse(body)).pool_size_per_pod
+    with migrated_postgres(postgres_factory, max_connections=40) as pg, \
+            contextlib.ExitStack() as bouncers:
+        credentials = DatabaseCredentials(pg.host, pg.port, services.APP_DB,
+                                          services.APP_USER, services.APP_PASSWORD)
+        ini = render_ini(spec_module.parse(body), credentials)
+
+        def env_for(pod: str) -> dict[str, str]:
+            (tmp_path / pod).mkdir(exist_ok=True)
+            bouncer = bouncers.enter_context(services.pgbouncer(
+                ini, render_userlist(credentials), tmp_path / pod))
+            return launcher_env(bouncer.database_env(),
+                                {PGBOUNCER_ADDRESS_ENV: f"{bouncer.host}:{bouncer.port}"})
+
+        secret = database_secret(namespace, pg)
+        api.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+        with PodHarness(api, namespace, tmp_path, env_for=env_for) as harness:
+            start_service(api, namespace, harness, body)
+            samples = CeilingSamples(api, namespace)
+            load = run_load(CEILING_RATE, CEILING_SECONDS, harness.endpoints,
+                            path=lambda: "/slow/")
+            loaded_most = samples.most()
+            saturated = condition(api, namespace, "DatabaseSaturated")
+            warnings = events(api, namespace, "DatabaseSaturated")
+            cleared = not ceiling or wait_for(
+                "DatabaseSaturated to clear", lambda: condition(
+                    api, namespace, "DatabaseSaturated").get("status") == "False", timeout=60)
+            samples.stop()
+            (tmp_path / "ceiling.csv").write_text("".join(
+                f"{t:.1f},{d},{c},{n}\n" for t, d, c, n in samples.rows))
+    print(f"\nceiling {'on' if ceiling else 'off'}: pool {pool} per pod, {CEILING_RATE:.0f} RPS "
+          f"of /slow/ for {CEILING_SECONDS:.0f} s: replicas <= {loaded_most}, p95 "
+          f"{load.p95() * 1000:.0f} ms, {load}; DatabaseSaturated True in "
+          f"{sum(row[2] == 'True' for row in samples.rows)} of {len(samples.rows)} samples, "
+          f"at the end: {saturated.get('status')} {saturated.get('message', '')!r}")
+    if ceiling:
+        assert loaded_most == 2, "the ceiling must keep the HPA from adding pods"
+        assert any(row[2] == "True" for row in samples.rows)
+        assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+        assert cleared
+    else:
+        assert loaded_most > 2, "without the ceiling, concurrency asks for more pods"
+        assert saturated == {}
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+
+
+def exported_names(text: str) -> set[str]:
+    """Every sample name and metric family a /metrics page declares."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            names.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            names.add(line.split("{")[0].split(" ")[0])
+    return names
+
+
+def test_every_dashboard_query_names_a_metric_the_parts_export(
+    operator: OperatorProcess, postgres_factory: Any, tmp_path: Path,
+) -> None:
+    """The launcher (with its pod's pgbouncer, the operator's ini) and the operator, scraped
+    live: each name a panel's query uses is on one of their /metrics pages."""
+    import json
+    import re
+    import urllib.request
+
+    from djangoscale import spec as spec_module
+    from djangoscale.builders.pgbouncer import DatabaseCredentials, render_ini, render_userlist
+    from djangoscale.contract import PGBOUNCER_ADDRESS_ENV
+    from tests.e2e.test_budget_guard import migrated_postgres
+    from tests.fixtures import services
+    from tests.fixtures.launcher import serve
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "charts" / "djangoscale"
+                            / "dashboards" / "djangoscale.json").read_text())
+    body = djangoservice("web")
+    body["spec"]["database"] = {"secretName": "shop-db", "maxConnections": 40}
+    with migrated_postgres(postgres_factory, max_connections=40) as pg:
+        credentials = DatabaseCredentials(pg.host, pg.port, services.APP_DB,
+                                          services.APP_USER, services.APP_PASSWORD)
+        (tmp_path / "bouncer").mkdir()
+        with services.pgbouncer(render_ini(spec_module.parse(body), credentials),
+                                render_userlist(credentials), tmp_path / "bouncer") as bouncer, \
+                serve("cherrypy", bouncer.database_env(), tmp_path,
+                      env={PGBOUNCER_ADDRESS_ENV: f"{bouncer.host}:{bouncer.port}"}) as served:
+            assert served.get("/slow/").status == 200
+            launcher = served.metrics_until(
+                lambda s: "djangoscale_pgbouncer_max_wait_seconds" in s
+                and s.get("djangoscale_request_queue_seconds_count", 0) >= 1)
+            launcher_text = get_text(served.host, served.metrics_port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics",
+                                timeout=5) as response:
+        operator_text = response.read().decode()
+    exported = exported_names(launcher_text) | exported_names(operator_text)
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for query in queries for name in re.findall(r"\bdjangoscale_\w+", query)}
+    print(f"\n{len(dashboard['panels'])} panels, {len(queries)} queries, {len(used)} metric "
+          f"names, all among {len(exported)} exported")
+    assert len(launcher) > 0 and len(dashboard["panels"]) >= 6
+    assert used - exported == set()
+    # Each part contributes: the launcher, its pgbouncer figures, the operator.
+    assert any(n.startswith("djangoscale_pgbouncer_") for n in used)
+    assert any(n.startswith("djangoscale_operator_") for n in used)
+
+
+def get_text(host: str, port: int) -> str:
+    from tests.fixtures.launcher import get
+
+    return get(host, port, "/metrics").body.decode()
+
+
+PROMETHEUS_OPERATOR_CRDS = (Path(__file__).resolve().parents[1] / "tools"
+                            / "prometheus-operator" / "fetch.sh")
+
+
+def test_the_charts_monitors_pass_the_prometheus_operators_crds(api: ApiClient) -> None:
+    """The PodMonitor and ServiceMonitor the chart renders, dry-run on the real API server
+    with the monitoring.coreos.com CRDs (from the Prometheus Operator's Go module) installed."""
+    import yaml
+
+    from tests.tools import install_manifests
+
+    directory = Path(subprocess.run([str(PROMETHEUS_OPERATOR_CRDS)], check=True,
+                                    capture_output=True, text=True).stdout.strip())
+    for path in sorted(directory.glob("*.yaml")):
+        definition = yaml.safe_load(path.read_text())
+        api.apply(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                  f"{definition['metadata']['name']}", definition)
+
+        def established(name: str = definition["metadata"]["name"]) -> bool:
+            live = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (live.get("status") or {}).get("conditions") or [])
+
+        wait_for(f"{path.name} established", established)
+    docs = install_manifests.documents(install_manifests.template(
+        "--set", "monitoring.podMonitor.enabled=true",
+        "--set", "monitoring.serviceMonitor.enabled=true",
+        "--set", "monitoring.podMonitor.labels.release=prometheus"))
+    monitors = [d for d in docs if d["kind"] in ("PodMonitor", "ServiceMonitor")]
+    assert sorted(d["kind"] for d in monitors) == ["PodMonitor", "ServiceMonitor"]
+    for monitor in monitors:
+        plural = monitor["kind"].lower() + "s"
+        namespace = monitor["metadata"]["namespace"]
+        with contextlib.suppress(ApiError):  # the chart's namespace, for the dry run
+            api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                              "metadata": {"name": namespace}})
+        answer = api.request(
+            "POST", f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}"
+            "?dryRun=All&fieldValidation=Strict", monitor)
+        # Strict validation refused no field, and the API server kept what the chart wrote.
+        assert answer["kind"] == monitor["kind"], answer
+        assert {key: answer["spec"].get(key) for key in monitor["spec"]} == monitor["spec"]

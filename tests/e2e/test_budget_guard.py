@@ -73,9 +73,10 @@ def database_secret(namespace: str, pg: services.Postgres) -> dict[str, Any]:
 class BouncedPods:
     """Per Running web pod: a pgbouncer of the operator's ini and a launcher behind it."""
 
-    def __init__(self, kube: Any, namespace: str, pg: services.Postgres, tmp: Path) -> None:
+    def __init__(self, kube: Any, namespace: str, pg: services.Postgres, tmp: Path,
+                 body: dict[str, Any] | None = None) -> None:
         self.kube, self.namespace, self.tmp = kube, namespace, tmp
-        self.ds = spec.parse(shop(namespace))
+        self.ds = spec.parse(body or shop(namespace))
         credentials = DatabaseCredentials(pg.host, pg.port, services.APP_DB,
                                           services.APP_USER, services.APP_PASSWORD)
         self.ini = render_ini(self.ds, credentials)

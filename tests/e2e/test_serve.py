@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from djangoscale.contract import QUEUE_TIME_SERVERS
 from djangoscale.serve.config import SERVER_TYPES, ServeConfig
 from djangoscale.serve.metrics import FLUSH_INTERVAL
 from tests.fixtures import services
@@ -593,3 +594,44 @@ def test_prestop_closes_keep_alive_connections_after_their_next_answer(
                  timeout=30)
         served.terminate()
         assert served.process.wait(15) == 0, served.log()[-2000:]
+
+
+QUEUED = 4  # one-thread servers given 4 requests of SLEEP_SECONDS at once
+SLEEP_SECONDS = 0.3
+
+
+@pytest.mark.parametrize("server", QUEUE_TIME_SERVERS)
+def test_queue_time_is_the_wait_for_a_thread(server, pgbouncer_server, tmp_path):
+    """One thread, four requests at once: they wait about 0, 1, 2 and 3 sleeps for it."""
+    with serve(server, pgbouncer_server.database_env(), tmp_path,
+               workers=1, threads=1, max_threads=1, queue_size=50) as served:
+        responses = fire(served.host, served.port, [f"/sleep/?s={SLEEP_SECONDS}"] * QUEUED,
+                         clients=QUEUED)
+        assert all(r.status == 200 for r in responses)
+        samples = served.metrics_until(
+            lambda s: s.get("djangoscale_request_queue_seconds_count", 0) >= QUEUED)
+        assert samples["djangoscale_request_queue_seconds_count"] == QUEUED
+        waited = samples["djangoscale_request_queue_seconds_sum"]
+        # 0 + 1 + 2 + 3 sleeps; the test's clients do not all connect at the same instant.
+        assert 4 * SLEEP_SECONDS <= waited <= 8 * SLEEP_SECONDS, waited
+        # The first request waited for nothing: it is in the fastest bucket.
+        assert samples['djangoscale_request_queue_seconds_bucket{le="0.01"}'] >= 1
+
+
+@pytest.mark.parametrize("server", [s for s in SERVER_TYPES if s not in QUEUE_TIME_SERVERS])
+def test_servers_that_cannot_see_the_wait_record_only_the_ingress_stamp(
+        server, pgbouncer_server, tmp_path):
+    with serve(server, pgbouncer_server.database_env(), tmp_path,
+               workers=1, threads=1, max_threads=1, queue_size=50) as served:
+        assert served.get("/hello/").status == 200
+        conn = http.client.HTTPConnection(served.host, served.port, timeout=10)
+        stamp = int((time.time() - 0.5) * 1e6)  # Heroku's format: microseconds
+        conn.request("GET", "/hello/", headers={"X-Request-Start": f"t={stamp}"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        samples = served.metrics_until(
+            lambda s: metric_sum(s, "djangoscale_requests_total") >= 2)
+        assert metric_sum(samples, "djangoscale_requests_total") == 2
+        # Only the stamped request: the plain one is not counted as a zero wait.
+        assert samples["djangoscale_request_queue_seconds_count"] == 1
+        assert 0.5 <= samples["djangoscale_request_queue_seconds_sum"] < 5

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from djangoscale.autoscaling.advice import recommendations
 from djangoscale.autoscaling.windows import (
     Decision,
     Rates,
@@ -36,6 +37,8 @@ from djangoscale.autoscaling.windows import (
 )
 from djangoscale.conditions import (
     BUDGET_EXCEEDED,
+    CLIENTS_WAITING,
+    DATABASE_SATURATED,
     METRICS_AVAILABLE,
     Condition,
     budget_exceeded,
@@ -45,7 +48,21 @@ from djangoscale.conditions import (
     not_degraded,
     now_rfc3339,
 )
-from djangoscale.contract import METRICS_PATH, PGBOUNCER_SERVER_CONNECTIONS, REQUESTS_COUNTER
+from djangoscale.contract import (
+    CONCURRENCY,
+    CPU_SECONDS_NAME,
+    METRICS_PATH,
+    PGBOUNCER_CLIENTS_WAITING,
+    PGBOUNCER_MAX_WAIT,
+    PGBOUNCER_SERVER_CONNECTIONS,
+    PGBOUNCER_SERVERS_ACTIVE,
+    QUEUE_TIME,
+    REQUEST_DURATION_NAME,
+    REQUEST_QUEUE_NAME,
+    REQUESTS_COUNTER,
+    RPS,
+    SERVED_METRICS,
+)
 from djangoscale.spec import DjangoService
 
 logger = logging.getLogger(__name__)
@@ -90,23 +107,63 @@ class PodScrape:
     # Server connections its pgbouncer holds; None when the pod exports no figure (no
     # sidecar, or pgbouncer did not answer the launcher).
     server_connections: int | None = None
+    # Seconds requests spent in the pod so far: in the app plus waiting for a thread.
+    busy_seconds: float = 0.0
+    # Seconds requests spent in the app (threads busy), and the serving processes' CPU time.
+    app_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    # The queue-time histogram: upper bounds (the last +Inf) and cumulative counts; empty
+    # when the server records no waits.
+    queue_bounds: tuple[float, ...] = ()
+    queue_counts: tuple[float, ...] = ()
+    # pgbouncer: the longest a client has waited for a server connection, and how many wait.
+    max_wait_seconds: float | None = None
+    clients_waiting: int | None = None
+    servers_active: int | None = None
 
 
 def parse_pod_metrics(text: str) -> PodScrape:
-    """`djangoscale_requests_total` summed over its label sets, and the pgbouncer figure.
+    """`djangoscale_requests_total` summed over its label sets, the time spent in the pod,
+    the queue-time buckets and the pgbouncer figures.
 
     A labelled counter has no sample until its first request, so a pod that answered without
     one has served nothing yet: 0, not a failed read.
     """
-    total = 0.0
-    connections = None
+    total = busy = app = cpu = 0.0
+    buckets: dict[float, float] = {}
+    pgbouncer: dict[str, float] = {}
+    sums = (f"{REQUEST_DURATION_NAME}_sum", f"{REQUEST_QUEUE_NAME}_sum")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == REQUESTS_COUNTER:
                 total += sample.value
-            elif sample.name == PGBOUNCER_SERVER_CONNECTIONS:
-                connections = int(sample.value)
-    return PodScrape(total, connections)
+            elif sample.name in sums:
+                busy += sample.value
+                if sample.name == sums[0]:
+                    app += sample.value
+            elif sample.name == f"{CPU_SECONDS_NAME}_total":
+                cpu += sample.value
+            elif sample.name == f"{REQUEST_QUEUE_NAME}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            elif sample.name in PGBOUNCER_FIGURES:
+                pgbouncer[sample.name] = sample.value
+    bounds = tuple(sorted(buckets))
+
+    def figure(name: str) -> int | None:
+        return int(pgbouncer[name]) if name in pgbouncer else None
+
+    return PodScrape(
+        total, figure(PGBOUNCER_SERVER_CONNECTIONS), busy_seconds=busy, app_seconds=app,
+        cpu_seconds=cpu, queue_bounds=bounds, queue_counts=tuple(buckets[b] for b in bounds),
+        max_wait_seconds=pgbouncer.get(PGBOUNCER_MAX_WAIT),
+        clients_waiting=figure(PGBOUNCER_CLIENTS_WAITING),
+        servers_active=figure(PGBOUNCER_SERVERS_ACTIVE),
+    )
+
+
+PGBOUNCER_FIGURES = (PGBOUNCER_SERVER_CONNECTIONS, PGBOUNCER_MAX_WAIT, PGBOUNCER_CLIENTS_WAITING,
+                     PGBOUNCER_SERVERS_ACTIVE)
 
 
 def requests_total(text: str) -> float:
@@ -190,6 +247,23 @@ def prometheus_vector(payload: Any) -> dict[str, float] | None:
     return rates
 
 
+# A pgbouncer client that has waited this long for a server connection is waiting on the
+# database, not on a connection being opened.
+SATURATED_WAIT_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """The pods' pgbouncers as the database ceiling sees them."""
+
+    waiting_pods: int  # pods whose clients waited >= SATURATED_WAIT_SECONDS
+    reporting: int
+    max_wait_seconds: float
+    clients_waiting: int
+    servers_active: int
+    held: bool  # the ceiling is on (see `database_saturation`)
+
+
 @dataclass
 class Reading:
     """One collection round for one DjangoService."""
@@ -203,6 +277,11 @@ class Reading:
     budget: int | None = None
     server_connections: int = 0
     pods_reporting: int = 0
+    # Every metric in use (RPS always, for status.rps), by spec name.
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    saturation: Saturation | None = None
+    # Per ready pod: (threads busy on average, CPU cores used) over the stable window.
+    usage: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
@@ -216,6 +295,7 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
     windows.start(p.name for p in ready)
     windows.forget_missing(p.name for p in ready)
     failed: list[str] = []
+    t = time.monotonic() if now is None else now
     source = ds.autoscaling.prometheus
     if source is not None:
         rates = await scraper.prometheus_rates(source.address,
@@ -237,22 +317,83 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
                                      for p in targets))
     by_pod = dict(zip((p.name for p in targets), scrapes, strict=True))
     if source is None:
-        t = time.monotonic() if now is None else now
         for pod in ready:
             scrape = by_pod[pod.name]
             if scrape is None:
                 failed.append(pod.name)
             else:
                 windows.observe_counter(pod.name, t, scrape.requests_total)
-    decision = decide(windows.rates(), len(ready), ds.autoscaling.target_rps_per_pod,
-                      ds.autoscaling.panic_threshold, starting)
+                windows.observe_busy(pod.name, t, scrape.busy_seconds)
+                windows.observe_usage(pod.name, t, scrape.app_seconds, scrape.cpu_seconds)
+                if scrape.queue_bounds:
+                    windows.observe_queue(pod.name, t, scrape.queue_bounds, scrape.queue_counts)
+    autoscaling = ds.autoscaling
+
+    def decision_of(metric: str, rates: dict[str, Rates]) -> Decision:
+        return decide(rates, len(ready), autoscaling.target_of(metric),
+                      autoscaling.panic_threshold, starting)
+
+    decisions = {RPS: decision_of(RPS, windows.rates())}
+    if CONCURRENCY in autoscaling.metrics:
+        decisions[CONCURRENCY] = decision_of(CONCURRENCY, windows.concurrency())
+    if QUEUE_TIME in autoscaling.metrics:
+        decisions[QUEUE_TIME] = decision_of(QUEUE_TIME, windows.queue_time())
     reported = [s.server_connections for s in by_pod.values()
                 if s is not None and s.server_connections is not None]
+    saturation = None
+    if guarded and autoscaling.database_ceiling:
+        saturation = database_saturation(windows, [s for s in by_pod.values() if s], t,
+                                         autoscaling.panic_window_seconds)
     return Reading(
-        decision, len(ready), failed, "prometheus" if source else "pods",
+        decisions[RPS], len(ready), failed, "prometheus" if source else "pods",
         budget=ds.database.pool_budget if guarded and ds.database else None,
         server_connections=sum(reported), pods_reporting=len(reported),
+        decisions=decisions, saturation=saturation, usage=windows.usage(),
     )
+
+
+def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: float,
+                        release_seconds: float) -> Saturation:
+    """Whether the ceiling is on: from the first round in which most reporting pods have a
+    client that waited SATURATED_WAIT_SECONDS for a server connection (a wait that long is a
+    queue, not a blip, and the burst path would ask for pods in the next round), until the
+    waiting has stopped for `release_seconds` (so it does not flap). Tracked in `windows`."""
+    reporting = [s for s in scrapes if s.max_wait_seconds is not None]
+    waiting = [s for s in reporting if (s.max_wait_seconds or 0.0) >= SATURATED_WAIT_SECONDS]
+    if reporting and 2 * len(waiting) > len(reporting):
+        if windows.saturated_since is None:
+            windows.saturated_since = t
+        windows.unsaturated_since = None
+    elif windows.saturated_since is not None:
+        if windows.unsaturated_since is None:
+            windows.unsaturated_since = t
+        if t - windows.unsaturated_since >= release_seconds:
+            windows.saturated_since = windows.unsaturated_since = None
+    return Saturation(
+        waiting_pods=len(waiting), reporting=len(reporting),
+        max_wait_seconds=max((s.max_wait_seconds or 0.0 for s in reporting), default=0.0),
+        clients_waiting=sum(s.clients_waiting or 0 for s in reporting),
+        servers_active=sum(s.servers_active or 0 for s in reporting),
+        held=windows.saturated_since is not None,
+    )
+
+
+def served_values(ds: DjangoService, reading: Reading) -> dict[str, dict[str, float]]:
+    """Per-pod values by served metric name, for the metrics in use. While the database
+    ceiling holds, each is capped at its target: the HPA then sees the pods at (or under)
+    capacity and asks for no more."""
+    capped = reading.saturation is not None and reading.saturation.held
+    served = {}
+    for metric in ds.autoscaling.metrics:
+        decision = reading.decisions.get(metric)
+        if decision is None:
+            continue
+        target = ds.autoscaling.target_of(metric)
+        served[SERVED_METRICS[metric]] = {
+            pod: min(value, target) if capped else value
+            for pod, value in decision.per_pod.items()
+        }
+    return served
 
 
 def metrics_condition(reading: Reading) -> Condition:
@@ -315,24 +456,84 @@ def budget_warning(body: dict[str, Any], reading: Reading) -> tuple[str, str] | 
     return exceeded
 
 
+def saturation_condition(live: list[dict[str, Any]], saturation: Saturation) -> Condition:
+    """DatabaseSaturated: True (with the figures when it turned True) while the ceiling holds."""
+    if saturation.held:
+        found = find(live, DATABASE_SATURATED) or {}
+        if found.get("status") == "True":
+            return Condition(DATABASE_SATURATED, "True", CLIENTS_WAITING, found.get("message", ""))
+        return Condition(
+            DATABASE_SATURATED, "True", CLIENTS_WAITING,
+            f"in {saturation.waiting_pods} of {saturation.reporting} pods clients waited up to "
+            f"{saturation.max_wait_seconds * 1000:.0f} ms for a server connection "
+            f"({saturation.clients_waiting} waiting, {saturation.servers_active} server "
+            "connections active): no scale-up while they wait, more pods would only add "
+            "waiters")
+    return Condition(DATABASE_SATURATED, "False", "ClientsNotWaiting",
+                     "no pod's clients wait for a server connection")
+
+
+def saturation_warning(body: dict[str, Any], reading: Reading) -> tuple[str, str] | None:
+    """(reason, message) of the one Warning event as the database ceiling comes on."""
+    if reading.saturation is None or not reading.saturation.held:
+        return None
+    live = (body.get("status") or {}).get("conditions") or []
+    if (find(live, DATABASE_SATURATED) or {}).get("status") == "True":
+        return None
+    condition = saturation_condition(live, reading.saturation)
+    return DATABASE_SATURATED, condition.message
+
+
+def format_value(metric: str, value: float) -> str:
+    """A per-pod value as status shows it: RPS and concurrency with two significant digits,
+    queue time in milliseconds."""
+    if metric == QUEUE_TIME:
+        return f"{format_rps(value * 1000)}ms"
+    return format_rps(value)
+
+
+def scaling_status(ds: DjangoService, reading: Reading) -> dict[str, str]:
+    """`status.scaling`: each metric in use as the HPA reads it (the per-pod average), and the
+    one asking for the most pods against its target (printer columns Metric and Value)."""
+    averages = {}
+    for metric in ds.autoscaling.metrics:
+        decision = reading.decisions.get(metric)
+        if decision is not None:
+            values = list(decision.per_pod.values())
+            averages[metric] = sum(values) / len(values) if values else 0.0
+    if not averages:
+        return {}
+    leading = max(averages, key=lambda m: averages[m] / ds.autoscaling.target_of(m))
+    status = {"metric": leading, "value": format_value(leading, averages[leading])}
+    status.update({m: format_value(m, v) for m, v in averages.items()})
+    return status
+
+
 def _says(live: list[dict[str, Any]], condition: Condition) -> bool:
     found = find(live, condition.type) or {}
     return (found.get("status"), found.get("reason"), found.get("message")) == (
         condition.status, condition.reason, condition.message)
 
 
-def status_patch(body: dict[str, Any], reading: Reading) -> dict[str, Any] | None:
+def status_patch(body: dict[str, Any], reading: Reading,
+                 ds: DjangoService | None = None) -> dict[str, Any] | None:
     """The status merge patch this module owns, or None when the object already says it."""
     status = body.get("status") or {}
     rps = rps_status(reading)
     previous = status.get("conditions") or []
     conditions = [metrics_condition(reading), *budget_conditions(previous, reading)]
+    if reading.saturation is not None:
+        conditions.append(saturation_condition(previous, reading.saturation))
+    scaling = scaling_status(ds, reading) if ds is not None else {}
+    advice = None if ds is None else recommendations(ds.server, reading.usage)
     database = database_figures(reading)
     live_database = status.get("database") or {}
     same_database = database is None or all(
         live_database.get(key) == value for key, value in database.items())
     if status.get("rps") == rps and same_database and all(
-            _says(previous, c) for c in conditions):
+            _says(previous, c) for c in conditions) and (
+            not scaling or status.get("scaling") == scaling) and (
+            advice is None or (status.get("recommendations") or []) == advice):
         return None
     generation = body.get("metadata", {}).get("generation")
     patch: dict[str, Any] = {
@@ -341,4 +542,8 @@ def status_patch(body: dict[str, Any], reading: Reading) -> dict[str, Any] | Non
     }
     if database is not None:
         patch["database"] = database
+    if scaling:
+        patch["scaling"] = scaling
+    if advice is not None:
+        patch["recommendations"] = advice
     return patch

@@ -8,6 +8,7 @@ collection costs no API requests however often it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -35,10 +36,12 @@ from djangoscale.contract import (
     KIND,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    RPS_METRIC,
     WEB_COMPONENT,
 )
 from djangoscale.k8s import Api, ApiError, object_path
 from djangoscale.k8s.api import MERGE_PATCH
+from djangoscale.operator_metrics import DATABASE_BUDGET
 from djangoscale.peering import active_peer_patch
 
 logger = logging.getLogger(__name__)
@@ -91,7 +94,10 @@ class RpsCollection:
         services = background.latest(self.services)
         for key in set(self.windows) - set(services):
             del self.windows[key]
-            self.context.rps.drop(*key)
+            with contextlib.suppress(KeyError):
+                DATABASE_BUDGET.remove(*key)
+            for store in self.context.web_stores.values():
+                store.drop(*key)
         if services:
             # Ready while there is something to collect: a standby peer, whose watches kopf
             # holds, stays out of the APIService's endpoints as before.
@@ -101,13 +107,14 @@ class RpsCollection:
 
     async def collect(self, item: tuple[ServiceKey, dict[str, Any]]) -> None:
         (namespace, name), body = item
-        context, store = self.context, self.context.rps
+        context, stores = self.context, self.context.web_stores
         try:
             ds = spec.parse(body)
         except spec.SpecError:
             ds = None  # the reconciler reports it; nothing to scale
         if ds is None or not ds.autoscaling.enabled:
-            store.drop(namespace, name)
+            for store in stores.values():
+                store.drop(namespace, name)
             return
         windows = self.windows.get((namespace, name))
         if windows is None:
@@ -117,15 +124,24 @@ class RpsCollection:
                 carried=collector.carried_rates(body))
         pods = list(self.pods.get((namespace, name), []))
         reading = await collector.collect(ds, pods, windows, context.scraper)
+        if reading.budget is not None:
+            DATABASE_BUDGET.labels(namespace, name).set(reading.budget)
         labels = {pod.name: pod.label_dict for pod in pods}
-        store.put(namespace, name, [
-            PodValue(pod, labels.get(pod, {}), value)
-            for pod, value in reading.decision.per_pod.items()
-        ])
-        warning = collector.budget_warning(body, reading)
-        if warning is not None:
-            await asyncio.to_thread(k8s.warn, context.api, body, *warning)
-        patch = collector.status_patch(body, reading)
+        # RPS is served whatever the metric (its status is the takeover's starting point).
+        served = {RPS_METRIC: reading.decision.per_pod, **collector.served_values(ds, reading)}
+        for metric, store in stores.items():
+            if metric in served:
+                store.put(namespace, name, [
+                    PodValue(pod, labels.get(pod, {}), value)
+                    for pod, value in served[metric].items()
+                ])
+            else:
+                store.drop(namespace, name)
+        for warning in (collector.budget_warning(body, reading),
+                        collector.saturation_warning(body, reading)):
+            if warning is not None:
+                await asyncio.to_thread(k8s.warn, context.api, body, *warning)
+        patch = collector.status_patch(body, reading, ds)
         if patch is not None:
             # The patch replaces the whole conditions list, merged into the index's body: only
             # onto that very version, or a condition the reconciler wrote since (a kubelet

@@ -1,4 +1,5 @@
-"""Requests per second per pod, from counter samples, as Knative's autoscaler computes it.
+"""Requests per second per pod, from counter samples, as Knative's autoscaler computes it;
+and, from the same scrapes, requests in the pod at once (concurrency) and the p95 queue time.
 
 Why not just "rate over the last minute" (prometheus-adapter's way): a minute-long average
 hides a burst for most of that minute. Knative keeps two windows, a stable one (~60 s) and a
@@ -21,6 +22,12 @@ Rules kept here, all pure (time is an argument) so they are tested without a clu
   DjangoService's status last gave, blended out as its own samples cover the windows, so
   the HPA's value neither vanishes nor drops during the takeover.
 
+Concurrency is the rate of a counter too: the seconds requests spent in the pod (in the app
+plus waiting for a thread), per second, is the average number in the pod (Little's law), so
+it needs no sampling of a gauge that changes between scrapes. Queue time is the p95 of the
+launcher's histogram over the window's bucket increases (as `histogram_quantile` over
+`increase` does); a window without requests waited for nothing.
+
 The window lengths and the threshold are per DjangoService (`spec.autoscaling`); the values
 here are what a fresh `ServiceWindows` holds until the first collection sets them.
 """
@@ -29,16 +36,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 STABLE_WINDOW_SECONDS = 60.0
 PANIC_WINDOW_SECONDS = 6.0
+# The queue time the HPA reads is this quantile of the requests' waits.
+QUEUE_TIME_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
 class Rates:
-    """Requests per second of one pod over the two windows."""
+    """One pod's value (requests per second, requests at once, or p95 queue time) over the
+    two windows."""
 
     stable: float
     panic: float
@@ -85,6 +96,65 @@ class PodCounter:
     @property
     def last_seen(self) -> float | None:
         return self.samples[-1][0] if self.samples else None
+
+
+@dataclass
+class PodHistogram:
+    """The samples of one pod's cumulative histogram buckets, made monotonic across resets."""
+
+    bounds: tuple[float, ...] = ()
+    samples: deque[tuple[float, tuple[float, ...]]] = field(default_factory=deque)
+    last_raw: tuple[float, ...] | None = None
+    offset: tuple[float, ...] = ()
+
+    def observe(self, t: float, bounds: tuple[float, ...], raw: tuple[float, ...],
+                keep_seconds: float) -> None:
+        if bounds != self.bounds:  # a new launcher with other buckets: start over
+            self.bounds, self.samples, self.last_raw, self.offset = bounds, deque(), None, ()
+        if self.samples and t <= self.samples[-1][0]:
+            return
+        if not self.offset:
+            self.offset = (0.0,) * len(raw)
+        if self.last_raw is not None and raw[-1] < self.last_raw[-1]:
+            self.offset = tuple(o + v for o, v in zip(self.offset, self.last_raw, strict=True))
+        self.last_raw = raw
+        self.samples.append((t, tuple(v + o for v, o in zip(raw, self.offset, strict=True))))
+        while len(self.samples) > 2 and self.samples[1][0] <= t - keep_seconds:
+            self.samples.popleft()
+
+    def quantile(self, q: float, window: float) -> float | None:
+        """The q-quantile of what was observed over the window; None with one sample."""
+        if len(self.samples) < 2:
+            return None
+        end_t, end = self.samples[-1]
+        base = self.samples[0][1]
+        for t, counts in self.samples:
+            if t > end_t - window:
+                break
+            base = counts
+        if base is end:
+            base = self.samples[-2][1]
+        increase = [max(0.0, e - b) for e, b in zip(end, base, strict=True)]
+        return bucket_quantile(q, self.bounds, increase)
+
+
+def bucket_quantile(q: float, bounds: tuple[float, ...], cumulative: list[float]) -> float:
+    """Prometheus' `histogram_quantile`: linear within the bucket the rank falls in (the
+    last bound is +Inf: a rank there reads as the largest finite bound); 0 with no count."""
+    total = cumulative[-1] if cumulative else 0.0
+    if total <= 0:
+        return 0.0
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            width = count - lower_count
+            share = (rank - lower_count) / width if width > 0 else 1.0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
 
 
 @dataclass(frozen=True)
@@ -156,6 +226,16 @@ class ServiceWindows:
     given: dict[str, Rates] = field(default_factory=dict)  # rates read from Prometheus
     seeded: dict[str, Rates] = field(default_factory=dict)  # pods still blending `carried`
     started: bool = False
+    # Seconds requests spent in the pod (a counter), and the queue-time histogram, per pod.
+    busy: dict[str, PodCounter] = field(default_factory=dict)
+    queues: dict[str, PodHistogram] = field(default_factory=dict)
+    # Seconds in the app and CPU seconds, per pod: what the advice on threads reads.
+    in_app: dict[str, PodCounter] = field(default_factory=dict)
+    cpu: dict[str, PodCounter] = field(default_factory=dict)
+    # The database ceiling: since when it is on (None: off), and since when the pods' clients
+    # have stopped waiting while it is on.
+    saturated_since: float | None = None
+    unsaturated_since: float | None = None
 
     def start(self, pods: Iterable[str]) -> None:
         """At the first collection: the pods ready now start from the carried rates."""
@@ -168,13 +248,51 @@ class ServiceWindows:
     def forget_missing(self, pods: Iterable[str]) -> None:
         """Pod churn: drop the pods that are gone."""
         alive = set(pods)
-        for store in (self.counters, self.given, self.seeded):
+        stores: tuple[dict[str, Any], ...] = (
+            self.counters, self.given, self.seeded, self.busy, self.queues, self.in_app,
+            self.cpu)
+        for store in stores:
             for name in [name for name in store if name not in alive]:
                 del store[name]
 
     def observe_counter(self, pod: str, t: float, value: float) -> None:
         counter = self.counters.setdefault(pod, PodCounter())
         counter.observe(t, value, keep_seconds=max(self.stable_window, self.panic_window))
+
+    def observe_busy(self, pod: str, t: float, seconds: float) -> None:
+        counter = self.busy.setdefault(pod, PodCounter())
+        counter.observe(t, seconds, keep_seconds=max(self.stable_window, self.panic_window))
+
+    def observe_usage(self, pod: str, t: float, app_seconds: float, cpu_seconds: float) -> None:
+        keep = max(self.stable_window, self.panic_window)
+        self.in_app.setdefault(pod, PodCounter()).observe(t, app_seconds, keep_seconds=keep)
+        self.cpu.setdefault(pod, PodCounter()).observe(t, cpu_seconds, keep_seconds=keep)
+
+    def usage(self) -> dict[str, tuple[float, float]]:
+        """Per pod over the stable window: (threads busy on average, CPU cores used)."""
+        found = {}
+        for pod, counter in self.in_app.items():
+            busy = counter.rate(self.stable_window)
+            cores = self.cpu[pod].rate(self.stable_window) if pod in self.cpu else None
+            if busy is not None and cores is not None:
+                found[pod] = (busy, cores)
+        return found
+
+    def observe_queue(self, pod: str, t: float, bounds: tuple[float, ...],
+                      cumulative: tuple[float, ...]) -> None:
+        histogram = self.queues.setdefault(pod, PodHistogram())
+        histogram.observe(t, bounds, cumulative,
+                          keep_seconds=max(self.stable_window, self.panic_window))
+
+    def concurrency(self) -> dict[str, Rates]:
+        """Requests in each pod at once, averaged over the two windows (pods whose scrape
+        failed keep their last values)."""
+        return _both(self.busy, lambda c, w: c.rate(w), self.stable_window, self.panic_window)
+
+    def queue_time(self) -> dict[str, Rates]:
+        """The p95 wait (seconds) of each pod's requests over the two windows."""
+        return _both(self.queues, lambda h, w: h.quantile(QUEUE_TIME_QUANTILE, w),
+                     self.stable_window, self.panic_window)
 
     def observe_rate(self, pod: str, rate: float) -> None:
         """A rate computed elsewhere (Prometheus): both windows take it as it is."""
@@ -198,6 +316,16 @@ class ServiceWindows:
             if stable is not None and panic is not None:
                 result[pod] = Rates(stable, panic)
         return result
+
+
+def _both(series: dict[str, Any], value: Callable[[Any, float], float | None],
+          stable_window: float, panic_window: float) -> dict[str, Rates]:
+    result = {}
+    for pod, one in series.items():
+        stable, panic = value(one, stable_window), value(one, panic_window)
+        if stable is not None and panic is not None:
+            result[pod] = Rates(stable, panic)
+    return result
 
 
 def round_rps(value: float) -> float:

@@ -1,6 +1,8 @@
-"""HorizontalPodAutoscalers on a Pods metric that the operator itself serves.
+"""HorizontalPodAutoscalers on Pods metrics that the operator itself serves.
 
-The web Deployment scales on requests per second per pod, a Celery worker group on its queue
+The web Deployment scales on requests per second, requests at once (concurrency) or the p95
+queue time per pod, one HPA metric each (the HPA follows the one asking for the most pods),
+a Celery worker group on its queue
 length per worker pod; both read the operator's own custom.metrics.k8s.io server, so no
 Prometheus or prometheus-adapter is needed. The HPA owns the Deployment's replicas; the
 operator never sets them once the HPA exists (no fight, no GitOps drift).
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from djangoscale.builders.labels import child_metadata
-from djangoscale.contract import RPS_METRIC, WEB_COMPONENT
+from djangoscale.contract import CONCURRENCY, QUEUE_TIME, RPS, SERVED_METRICS, WEB_COMPONENT
 from djangoscale.spec import DjangoService, ScalePolicy
 
 
@@ -43,10 +45,10 @@ def pods_metric_hpa(
     name: str,
     component: str,
     replicas: tuple[int, int],
-    metric: str,
-    target_per_pod: int,
+    targets: dict[str, str],
 ) -> dict[str, Any]:
-    """An HPA of the Deployment `name` on the average of `metric` over its pods."""
+    """An HPA of the Deployment `name` on the average over its pods of each metric in
+    `targets` (metric name -> target quantity per pod)."""
     min_replicas, max_replicas = replicas
     return {
         "apiVersion": "autoscaling/v2",
@@ -61,9 +63,10 @@ def pods_metric_hpa(
                     "type": "Pods",
                     "pods": {
                         "metric": {"name": metric},
-                        "target": {"type": "AverageValue", "averageValue": str(target_per_pod)},
+                        "target": {"type": "AverageValue", "averageValue": target},
                     },
                 }
+                for metric, target in targets.items()
             ],
             "behavior": {
                 # Up: the larger of the two policies, so bursts are met at once.
@@ -75,9 +78,19 @@ def pods_metric_hpa(
     }
 
 
+def metric_targets(ds: DjangoService) -> dict[str, str]:
+    """The web HPA's targets per pod, by served metric name (queue time in seconds, written in
+    milli-units as the HPA prints it back: 100 ms -> "100m")."""
+    autoscaling = ds.autoscaling
+    targets = {
+        RPS: str(autoscaling.target_rps_per_pod),
+        CONCURRENCY: str(autoscaling.target_concurrency),
+        QUEUE_TIME: f"{autoscaling.target_queue_time_ms}m",
+    }
+    return {SERVED_METRICS[metric]: targets[metric] for metric in autoscaling.metrics}
+
+
 def build_hpa(ds: DjangoService) -> dict[str, Any]:
-    """The web Deployment's HPA: requests per second per pod."""
+    """The web Deployment's HPA: one Pods metric per spec.autoscaling metric."""
     return pods_metric_hpa(
-        ds, ds.name, WEB_COMPONENT, (ds.min_replicas, ds.max_replicas), RPS_METRIC,
-        ds.autoscaling.target_rps_per_pod,
-    )
+        ds, ds.name, WEB_COMPONENT, (ds.min_replicas, ds.max_replicas), metric_targets(ds))

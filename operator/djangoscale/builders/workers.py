@@ -157,8 +157,8 @@ def build_worker_hpa(ds: DjangoService, group: WorkerGroup) -> dict[str, Any]:
     # metric and the HPAScaleToZero feature gate, so replicas.min 0 runs one pod.
     replicas = (max(1, group.min_replicas), group.max_replicas)
     return pods_metric_hpa(
-        ds, worker_name(ds, group), worker_component(group), replicas, QUEUE_LENGTH_METRIC,
-        group.target_queue_length_per_worker,
+        ds, worker_name(ds, group), worker_component(group), replicas,
+        {QUEUE_LENGTH_METRIC: str(group.target_queue_length_per_worker)},
     )
 
 

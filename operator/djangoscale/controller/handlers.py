@@ -13,6 +13,7 @@ from typing import Any, Final
 import kopf
 
 from djangoscale import background, k8s
+from djangoscale import operator_metrics as metrics
 from djangoscale.background import ServiceKey
 from djangoscale.context import OperatorContext, context_of
 from djangoscale.contract import (
@@ -24,7 +25,6 @@ from djangoscale.contract import (
     PLURAL,
     VERSION,
 )
-from djangoscale.controller import metrics
 from djangoscale.controller.gate import JobPhase, job_phase
 from djangoscale.controller.reconcile import (
     Outcome,

@@ -21,15 +21,25 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from typing import Any
 
-from djangoscale.contract import MULTIPROC_DIR_ENV, REQUESTS_COUNTER_NAME
+from djangoscale.contract import (
+    CPU_SECONDS_NAME,
+    MULTIPROC_DIR_ENV,
+    REQUEST_DURATION_NAME,
+    REQUEST_QUEUE_NAME,
+    REQUESTS_COUNTER_NAME,
+)
 from djangoscale.serve.config import ProcessSettings, hand_down
 
 _LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
 
 # Buckets around the latencies the product cares about (50 ms view, p95 < 600 ms target).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+# Around queue-time targets (tens to hundreds of ms): the collector's p95 interpolates in them.
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+                 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
 def prepare_multiprocess_dir(path: str | None = None) -> str:
@@ -134,7 +144,7 @@ class Metrics:
             registry=registry,
         )
         self.duration = Histogram(
-            "djangoscale_request_duration_seconds",
+            REQUEST_DURATION_NAME,
             "Time from the request reaching the app to its response being closed.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -163,11 +173,25 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.queue = Histogram(
+            REQUEST_QUEUE_NAME,
+            "Time a request waited before a thread took it (from X-Request-Start when an "
+            "ingress sets it); servers that cannot see the wait record nothing.",
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
+        )
+        self.cpu = Counter(
+            CPU_SECONDS_NAME,
+            "CPU time (user + system) of the processes that serve requests.",
+            registry=registry,
+        )
+        self._cpu_counted = time.process_time()
         # Servers without a pool supervisor count busy threads as requests in flight.
         self.pool_supervised = False
         # The histogram's bounds as prometheus-client stores them (the last one +Inf):
         # a value goes to the first bucket whose bound is >= it, as in Histogram.observe.
         self._bounds: list[float] = list(self.duration._upper_bounds)
+        self._queue_bounds: list[float] = list(self.queue._upper_bounds)
         self._lock = threading.Lock()  # guards the buffers below (held for a few bytecodes)
         self._flush_lock = threading.Lock()  # one flush at a time
         self._in_flight = 0
@@ -175,21 +199,29 @@ class Metrics:
         self._counts: dict[tuple[str, str], int] = {}
         self._buckets = [0] * len(self._bounds)
         self._sum = 0.0
+        self._queue_buckets = [0] * len(self._queue_bounds)
+        self._queue_sum = 0.0
         self._flusher: threading.Thread | None = None
 
     def request_started(self) -> None:
         with self._lock:
             self._in_flight += 1
 
-    def request_finished(self, method: str, status: str, seconds: float) -> None:
+    def request_finished(self, method: str, status: str, seconds: float,
+                         waited: float | None = None) -> None:
+        """`seconds` in the app; `waited` before it, when the server or an ingress saw it."""
         key = (method, _status_class_of(status))
         bucket = bisect.bisect_left(self._bounds, seconds)
+        queue_bucket = -1 if waited is None else bisect.bisect_left(self._queue_bounds, waited)
         with self._lock:
             self._in_flight -= 1
             counts = self._counts
             counts[key] = counts.get(key, 0) + 1
             self._buckets[bucket] += 1
             self._sum += seconds
+            if queue_bucket >= 0:
+                self._queue_buckets[queue_bucket] += 1
+                self._queue_sum += waited or 0.0
 
     def flush(self) -> None:
         """Add what was buffered since the last flush to the prometheus values, and set the
@@ -199,6 +231,9 @@ class Metrics:
                 counts, self._counts = self._counts, {}
                 buckets, self._buckets = self._buckets, [0] * len(self._bounds)
                 total, self._sum = self._sum, 0.0
+                queue_buckets = self._queue_buckets
+                self._queue_buckets = [0] * len(self._queue_bounds)
+                queue_total, self._queue_sum = self._queue_sum, 0.0
                 in_flight = max(self._in_flight, 0)
             for (method, cls), count in counts.items():
                 self.requests.labels(method=method, status_class=cls).inc(count)
@@ -209,6 +244,15 @@ class Metrics:
                     if count:
                         self.duration._buckets[index].inc(count)
                 self.duration._sum.inc(total)
+            if any(queue_buckets):
+                for index, count in enumerate(queue_buckets):
+                    if count:
+                        self.queue._buckets[index].inc(count)
+                self.queue._sum.inc(queue_total)
+            cpu = time.process_time()
+            if cpu > self._cpu_counted:
+                self.cpu.inc(cpu - self._cpu_counted)
+                self._cpu_counted = cpu
             if in_flight != self._published_in_flight:
                 self.in_flight.set(in_flight)
                 if not self.pool_supervised:

@@ -17,6 +17,7 @@ from djangoscale.serve.hygiene import (
     close_broken_connections,
     close_old_connections,
 )
+from djangoscale.serve.queue_time import waited_seconds
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -131,6 +132,7 @@ class DjangoscaleMiddleware:
 
     def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
+        waited = waited_seconds(environ, started)
         method = environ.get("REQUEST_METHOD", "GET")
         status: list[str] = []
         self.state.request_started()
@@ -153,7 +155,8 @@ class DjangoscaleMiddleware:
                 close_old_connections()
             if self.metrics is not None:
                 self.metrics.request_finished(
-                    method, status[0] if status else "500", time.perf_counter() - started
+                    method, status[0] if status else "500", time.perf_counter() - started,
+                    waited,
                 )
             self.state.request_finished()
 

@@ -18,7 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from djangoscale.contract import PGBOUNCER_CLIENTS_WAITING, PGBOUNCER_SERVER_CONNECTIONS
+from djangoscale.contract import (
+    PGBOUNCER_CLIENTS_WAITING,
+    PGBOUNCER_MAX_WAIT,
+    PGBOUNCER_SERVER_CONNECTIONS,
+    PGBOUNCER_SERVERS_ACTIVE,
+    PGBOUNCER_SERVERS_IDLE,
+)
 from djangoscale.serve.config import PgBouncerAdmin
 
 log = logging.getLogger("djangoscale.serve")
@@ -33,21 +39,32 @@ CONNECT_TIMEOUT_SECONDS = 1
 class PoolFigures:
     server_connections: int
     clients_waiting: int
+    servers_active: int = 0
+    servers_idle: int = 0
+    # The longest any client of any pool has waited for a server connection (maxwait, plus
+    # maxwait_us where pgbouncer has it).
+    max_wait_seconds: float = 0.0
 
 
 def pool_figures(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> PoolFigures:
     """SHOW POOLS summed over its pools: every `sv_*` column is a server connection in some
     state (active, idle, used, tested, login, and the cancel states of newer versions)."""
     servers = [i for i, name in enumerate(columns) if name.startswith("sv_")]
-    waiting = columns.index("cl_waiting")
-    database = columns.index("database")
-    total = clients = 0
+    at = {name: i for i, name in enumerate(columns)}
+    total = clients = active = idle = 0
+    max_wait = 0.0
     for row in rows:
-        if row[database] == ADMIN_DATABASE:
+        if row[at["database"]] == ADMIN_DATABASE:
             continue
         total += sum(int(row[i]) for i in servers)
-        clients += int(row[waiting])
-    return PoolFigures(total, clients)
+        clients += int(row[at["cl_waiting"]])
+        active += int(row[at["sv_active"]])
+        idle += int(row[at["sv_idle"]])
+        wait = float(row[at["maxwait"]])
+        if "maxwait_us" in at:
+            wait += int(row[at["maxwait_us"]]) / 1e6
+        max_wait = max(max_wait, wait)
+    return PoolFigures(total, clients, active, idle, max_wait)
 
 
 def _admin(admin: PgBouncerAdmin, *statements: str) -> tuple[list[str], list[Any]]:
@@ -124,6 +141,23 @@ class PgBouncerCollector:
         )
         yield GaugeMetricFamily(
             PGBOUNCER_CLIENTS_WAITING,
-            "Client connections waiting for a server connection in the pod's pgbouncer",
+            "Client connections waiting for a server connection in the pod's pgbouncer "
+            "(SHOW POOLS cl_waiting)",
             value=figures.clients_waiting,
+        )
+        yield GaugeMetricFamily(
+            PGBOUNCER_SERVERS_ACTIVE,
+            "Server connections linked to a client now (SHOW POOLS sv_active)",
+            value=figures.servers_active,
+        )
+        yield GaugeMetricFamily(
+            PGBOUNCER_SERVERS_IDLE,
+            "Server connections unused and ready for a client (SHOW POOLS sv_idle)",
+            value=figures.servers_idle,
+        )
+        yield GaugeMetricFamily(
+            PGBOUNCER_MAX_WAIT,
+            "How long the oldest waiting client has waited for a server connection "
+            "(SHOW POOLS maxwait + maxwait_us)",
+            value=figures.max_wait_seconds,
         )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.workers import threadpool
 
@@ -22,6 +24,7 @@ from djangoscale.serve.hygiene import closing_connections
 from djangoscale.serve.metrics import flush_process_metrics, process_metrics
 from djangoscale.serve.pool import PoolLimits, PoolSupervisor
 from djangoscale.serve.prefork import serve_in_processes
+from djangoscale.serve.queue_time import took_request
 
 
 class ClosingWorkerThread(threadpool.WorkerThread):
@@ -31,7 +34,23 @@ class ClosingWorkerThread(threadpool.WorkerThread):
     run = closing_connections(threadpool.WorkerThread.run)
 
 
+class QueueTimedConnection(cheroot_server.HTTPConnection):
+    """Hands the time it was queued to the pool thread that now serves it."""
+
+    ready_at: float | None = None
+
+    def communicate(self) -> bool:
+        took_request(self.ready_at)
+        return bool(super().communicate())  # type: ignore[no-untyped-call]
+
+
 class ClosingThreadPool(threadpool.ThreadPool):
+    def put(self, obj: Any) -> None:
+        # A connection with a request ready (new, or kept and readable again) joins the queue.
+        if isinstance(obj, QueueTimedConnection):
+            obj.ready_at = time.perf_counter()
+        super().put(obj)
+
     def _spawn_worker(self) -> threadpool.WorkerThread:
         # cheroot's own body, with our thread class (it names WorkerThread directly).
         worker = ClosingWorkerThread(self.server)  # type: ignore[no-untyped-call]
@@ -62,6 +81,7 @@ def build_server(config: ServeConfig, app: Any) -> wsgi.Server:
         shutdown_timeout=int(config.timeout),
         reuse_port=config.workers > 1,  # one listener per process (serve.prefork)
     )
+    server.ConnectionClass = QueueTimedConnection
     # Bound the accepted queue and never wait on it: a full queue is a 503 now.
     server.requests = ClosingThreadPool(
         server,

@@ -66,6 +66,7 @@ def _post_worker_init(worker: Any) -> None:
     if kind == "GeventWorker":
         stop_accepting = _track_gevent_servers()
     elif kind == "ThreadWorker":
+        _time_the_pool_queue(worker)
         # gthread closes its listeners only once its loop ends; until then (up to the
         # graceful timeout) new connections land in the backlog and are reset at exit.
         stop_accepting = lambda: [sock.close() for sock in worker.sockets]  # noqa: E731
@@ -79,6 +80,27 @@ def _post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     _close_connections_once_draining(worker)
+
+
+def _time_the_pool_queue(worker: Any) -> None:
+    """gthread queues each connection with a request ready for its thread pool
+    (`enqueue_req`, in the main thread); the pool thread runs `handle`: the gap is the
+    request's queue time (`djangoscale.serve.queue_time`)."""
+    import time
+
+    from djangoscale.serve.queue_time import took_request
+
+    enqueue, handle = worker.enqueue_req, worker.handle
+
+    def enqueue_req(conn: Any) -> None:
+        conn.djangoscale_ready_at = time.perf_counter()
+        enqueue(conn)
+
+    def timed_handle(conn: Any) -> Any:
+        took_request(getattr(conn, "djangoscale_ready_at", None))
+        return handle(conn)
+
+    worker.enqueue_req, worker.handle = enqueue_req, timed_handle
 
 
 def _close_connections_once_draining(worker: Any) -> None:

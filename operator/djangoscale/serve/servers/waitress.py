@@ -22,6 +22,7 @@ from djangoscale.serve.app import load_wsgi, wrap
 from djangoscale.serve.config import ProcessSettings, ServeConfig
 from djangoscale.serve.drain import STATE
 from djangoscale.serve.prefork import reuse_port_socket, serve_in_processes
+from djangoscale.serve.queue_time import took_request
 
 
 def _pending_output(server: Any) -> int:
@@ -40,9 +41,29 @@ class DrainingTask(waitress.task.WSGITask):  # type: ignore[misc]
 
 
 class DrainingChannel(waitress.channel.HTTPChannel):  # type: ignore[misc]
-    """Once draining, every response closes its connection."""
+    """Once draining, every response closes its connection. A channel with a request ready
+    waits in the task queue for a thread (`time_the_task_queue` stamps it): the
+    thread that takes it hands the stamp on (`djangoscale.serve.queue_time`)."""
 
     task_class = DrainingTask
+    ready_at: float | None = None
+
+    def service(self) -> None:
+        took_request(self.ready_at)
+        super().service()
+
+
+def time_the_task_queue(server: Any) -> None:
+    """Stamp each channel as the loop queues it for a thread (one dispatcher serves every
+    listener)."""
+    dispatcher = server.task_dispatcher
+    add_task = dispatcher.add_task
+
+    def queue(channel: Any) -> None:
+        channel.ready_at = time.perf_counter()
+        add_task(channel)
+
+    dispatcher.add_task = queue
 
 
 def run(config: ServeConfig) -> int:
@@ -65,6 +86,7 @@ def run_one_process(config: ServeConfig) -> int:
         ident="djangoscale",
     )
     server.channel_class = DrainingChannel
+    time_the_task_queue(server)
     from djangoscale.serve.metrics import process_metrics
 
     if ProcessSettings.from_env().multiproc_dir:

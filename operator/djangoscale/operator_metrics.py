@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics."""
+"""The operator's own Prometheus metrics (shared by the controller and the autoscaling loops)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ RECONCILE_ERRORS = Counter(
 )
 RECONCILE_SECONDS = Histogram(
     "djangoscale_operator_reconcile_duration_seconds", "Time to reconcile one DjangoService"
+)
+# Per DjangoService with pgbouncer: what the pods may hold, beside what they do hold (the
+# launchers' djangoscale_pgbouncer_server_connections), for the dashboard.
+DATABASE_BUDGET = Gauge(
+    "djangoscale_operator_database_budget",
+    "Server connections a DjangoService's pods may hold (maxConnections minus reserved)",
+    ["namespace", "name"],
 )
 MANAGED_OBJECTS = Gauge(
     "djangoscale_operator_managed_objects", "DjangoServices this operator manages"
