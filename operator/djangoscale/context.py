@@ -27,7 +27,7 @@ from djangoscale.contract import (
     RPS_METRIC,
 )
 from djangoscale.k8s import Api, ApiError
-from djangoscale.peering import is_active
+from djangoscale.peering import is_active, is_active_peer
 from djangoscale.rollouts import RolloutGate
 from djangoscale.settings import OperatorSettings
 
@@ -78,7 +78,8 @@ class OperatorContext:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # With peering, the loops run only while this operator is the active peer.
     peering: PeeringSeat | None = None
-    _active: tuple[float, bool] = (0.0, True)
+    # (monotonic time read, the peering object's status) of the last reading.
+    _peering: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
     # One reconcile of an object at a time: the resync daemon, the change handlers and a
     # migration Job's event may all fire at once, and each decides on a Warning event from
     # the status the one before it wrote.
@@ -119,20 +120,34 @@ class OperatorContext:
         view of the objects."""
         if self.peering is None:
             return True
-        checked_at, active = self._active
+        status, now = await self._peering_status()
+        return is_active(status, self.peering.priority, now)
+
+    async def active_pod(self, pod_name: str) -> bool:
+        """Whether this operator, whose kopf identity is its pod's name, is the active peer
+        (standalone: always)."""
+        if self.peering is None:
+            return True
+        status, now = await self._peering_status()
+        return is_active_peer(status, pod_name, now)
+
+    async def _peering_status(self) -> tuple[dict[str, Any] | None, datetime.datetime]:
+        """The peering object's status, read at most every PEERING_CHECK_SECONDS."""
+        assert self.peering is not None
+        checked_at, status = self._peering
+        now = datetime.datetime.now(datetime.UTC)
         if time.monotonic() - checked_at < PEERING_CHECK_SECONDS:
-            return active
+            return status, now
         seat = self.peering
         kind = "ClusterKopfPeering" if seat.namespace is None else "KopfPeering"
         try:
             peering = await asyncio.to_thread(self.api.get, "kopf.dev/v1", kind,
                                               seat.namespace, seat.name)
         except ApiError:
-            return active  # keep the last answer through an API hiccup
-        active = is_active((peering or {}).get("status"), seat.priority,
-                           datetime.datetime.now(datetime.UTC))
-        self._active = (time.monotonic(), active)
-        return active
+            return status, now  # keep the last reading through an API hiccup
+        status = (peering or {}).get("status")
+        self._peering = (time.monotonic(), status)
+        return status, now
 
     def start(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
         """Run one of the operator-wide loops until cleanup."""

@@ -131,6 +131,9 @@ WEB_COMPONENT: Final = "web"
 WORKER_COMPONENT_PREFIX: Final = "worker-"
 # The pgbouncer Deployment of pooling.mode pooler (its Deployment, Service, PDB and HPA).
 POOLER_COMPONENT: Final = "pooler"
+# On the operator pod that is the active kopf peer (written by that operator, removed when it
+# stands by); the chart's metrics API Service selects it.
+ACTIVE_PEER_LABEL: Final = "djangoscale.io/active-peer"
 
 # -- server-side apply ---------------------------------------------------------------------------
 FIELD_MANAGER: Final = "djangoscale"

@@ -55,6 +55,9 @@ OPERATOR_ACCESS: Final[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
     ("networking.k8s.io", "ingresses", ("get", "list", "create", "patch", "delete")),
     ("gateway.networking.k8s.io", "httproutes", ("get", "list", "create", "patch", "delete")),
 )
+# The active peer labels its own pod (djangoscale/peering.py): patch on the operator's pods, by
+# name, in the release namespace; reviewed for each live peer (kopf's identity is the pod name).
+OWN_POD_ACCESS: Final = ("", "pods", "patch")
 # With the metrics API: the front proxy's client CA, one ConfigMap in kube-system.
 REQUESTHEADER_ACCESS: Final = ("kube-system", "", "configmaps",
                                "extension-apiserver-authentication", "get")
@@ -168,14 +171,18 @@ def run_checks(api: Any, namespace: str, service_account: str,
     service_exists = None if not service else (
         api.get("v1", "Service", service.get("namespace"), service.get("name")) is not None)
     yield check_apiservice(apiservice, service_exists)
-    yield check_peering(api.get("kopf.dev/v1", "ClusterKopfPeering", None, peering), peering,
-                        datetime.datetime.now(datetime.UTC))
+    now = datetime.datetime.now(datetime.UTC)
+    peering_object = api.get("kopf.dev/v1", "ClusterKopfPeering", None, peering)
+    yield check_peering(peering_object, peering, now)
     user = f"system:serviceaccount:{namespace}:{service_account}"
     wanted = [(group, resource, verb, "", "") for group, resource, verbs in OPERATOR_ACCESS
               for verb in verbs]
     if apiservice is not None:
         where, group, resource, name, verb = REQUESTHEADER_ACCESS
         wanted.append((group, resource, verb, where, name))
+    group, resource, verb = OWN_POD_ACCESS
+    wanted += [(group, resource, verb, namespace, pod)
+               for _, pod in live_peers((peering_object or {}).get("status"), now)]
     denied = []
     for group, resource, verb, where, name in wanted:
         review = api.call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",

@@ -5,12 +5,19 @@ lifetime, lastseen) and pauses every operator that sees a live peer of higher or
 priority. The operator-wide loops (`djangoscale.background`) apply the same rule to
 themselves: kopf pauses its watches and handlers, but not a loop started at startup.
 `djangoscale doctor` reports the active peer from the same records.
+
+In a pod, the active peer also labels its own pod (`ACTIVE_PEER_LABEL`), and the chart's
+metrics API Service selects that label: the aggregator reaches the one operator that collects,
+while every operator pod is Ready as long as its process is healthy (a standby that is never
+Ready would hang `helm upgrade --wait` and leave its PodDisruptionBudget no disruption).
 """
 
 from __future__ import annotations
 
 import datetime
 from typing import Any
+
+from djangoscale.contract import ACTIVE_PEER_LABEL
 
 
 def _parse_time(text: str) -> datetime.datetime:
@@ -37,3 +44,20 @@ def is_active(status: dict[str, Any] | None, priority: int, now: datetime.dateti
     """kopf's rule, without knowing our own record's id: at most one live peer (ourselves)
     at our priority or above."""
     return sum(1 for peer_priority, _ in live_peers(status, now) if peer_priority >= priority) <= 1
+
+
+def is_active_peer(status: dict[str, Any] | None, identity: str,
+                   now: datetime.datetime) -> bool:
+    """Whether the peer `identity` (kopf's id: the pod's name, from POD_ID) is the active one:
+    its own record is live and every other live peer has a lower priority. Unlike `is_active`
+    it is False before kopf has written our record, so a pod that starts beside an active peer
+    never takes the label for a moment."""
+    live = live_peers(status, now)
+    mine = [priority for priority, peer in live if peer == identity]
+    return bool(mine) and all(priority < mine[0] for priority, peer in live if peer != identity)
+
+
+def active_peer_patch(active: bool) -> dict[str, Any]:
+    """The merge patch of the operator's own pod: the label on the active peer, none on a
+    standby (null removes it)."""
+    return {"metadata": {"labels": {ACTIVE_PEER_LABEL: "true" if active else None}}}

@@ -44,6 +44,10 @@ class OperatorSettings:
     # DjangoServices that roll a pod template change they did not ask for (an operator
     # upgrade, a rotated database Secret) at a time; 0: all at once. `djangoscale.rollouts`.
     max_concurrent_rollouts: int = 1
+    # The operator's own pod (the chart sets both from the downward API): the active peer
+    # labels it so that the metrics API Service selects it. None outside a pod.
+    pod_name: str | None = None
+    pod_namespace: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -90,4 +94,6 @@ ENV: Final[dict[str, str]] = {
     "scrape_timeout": "DJANGOSCALE_SCRAPE_TIMEOUT",
     "scrape_concurrency": "DJANGOSCALE_SCRAPE_CONCURRENCY",
     "max_concurrent_rollouts": "DJANGOSCALE_MAX_CONCURRENT_ROLLOUTS",
+    "pod_name": "DJANGOSCALE_POD_NAME",
+    "pod_namespace": "DJANGOSCALE_POD_NAMESPACE",
 }

@@ -17,6 +17,7 @@ import yaml
 from cryptography import x509
 
 from djangoscale import __version__
+from djangoscale.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
@@ -72,7 +73,8 @@ def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 
 
 def operator_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Roles and ClusterRoles bound to the operator's ServiceAccount."""
+    """Roles and ClusterRoles bound to the operator's ServiceAccount, but the one that lets it
+    label its own pods (`own_pod_role`)."""
     sa = by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
     bound = {
         (b["roleRef"]["kind"], b["roleRef"]["name"], b["metadata"].get("namespace"))
@@ -82,7 +84,66 @@ def operator_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         d for d in by_kind(docs, "Role") + by_kind(docs, "ClusterRole")
         if (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) in bound
+        and not d["metadata"]["name"].endswith("-active-peer")
     ]
+
+
+def own_pod_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"].endswith("-active-peer")]
+    (binding,) = [d for d in by_kind(docs, "RoleBinding")
+                  if d["roleRef"]["name"] == role["metadata"]["name"]]
+    sa = by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa,
+                                    "namespace": install_manifests.NAMESPACE}]
+    return role
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_the_operator_may_patch_only_its_own_pods(replicas):
+    """The active peer labels its own pod: patch, by name, on the StatefulSet's pods only."""
+    from djangoscale.doctor import OWN_POD_ACCESS
+
+    role = own_pod_role(render("--set", f"replicaCount={replicas}"))
+    assert role["metadata"]["namespace"] == install_manifests.NAMESPACE
+    group, resource, verb = OWN_POD_ACCESS
+    names = [f"{install_manifests.RELEASE}-{index}" for index in range(replicas)]
+    assert role["rules"] == [{"apiGroups": [group], "resources": [resource],
+                              "resourceNames": names, "verbs": [verb]}]
+
+
+def test_the_metrics_api_service_selects_the_active_peer_and_every_pod_can_be_ready():
+    """Readiness is the process's health (kopf's /healthz), so a standby is Ready and
+    `helm upgrade --wait` returns; the aggregator reaches only the labelled active peer."""
+    from djangoscale.contract import ACTIVE_PEER_LABEL
+
+    docs = render()
+    (statefulset,) = by_kind(docs, "StatefulSet")
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]
+           if "valueFrom" in e}
+    assert env["DJANGOSCALE_POD_NAME"] == "metadata.name"
+    assert env["DJANGOSCALE_POD_NAMESPACE"] == "metadata.namespace"
+    # ...the names the operator's settings read.
+    from djangoscale.settings import ENV
+
+    assert (ENV["pod_name"], ENV["pod_namespace"]) == (
+        "DJANGOSCALE_POD_NAME", "DJANGOSCALE_POD_NAMESPACE")
+    assert OperatorSettings.from_env({"DJANGOSCALE_POD_NAME": "djangoscale-1"}).pod_name == (
+        "djangoscale-1")
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    (apiservice,) = by_kind(docs, "APIService")
+    selector = services[apiservice["spec"]["service"]["name"]]["spec"]["selector"]
+    assert selector[ACTIVE_PEER_LABEL] == "true"
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert {k: v for k, v in selector.items() if k != ACTIVE_PEER_LABEL}.items() <= (
+        pod_labels.items())
+    # The metrics Service (Prometheus) still reaches every pod.
+    metrics = services[statefulset["spec"]["serviceName"]]
+    assert ACTIVE_PEER_LABEL not in metrics["spec"]["selector"]
+    # A drain may take one pod: with both Ready, the PodDisruptionBudget allows it.
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 @pytest.mark.parametrize(
@@ -191,9 +252,6 @@ def test_operator_pods_are_hardened_peers():
     assert security["capabilities"]["drop"] == ["ALL"]
     tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
     assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
-    assert container["readinessProbe"]["httpGet"] == {
-        "scheme": "HTTPS", "path": "/readyz", "port": "metrics-api"
-    }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # Each peer's priority is its own pod index: kopf pauses peers of equal priority.
     assert "--priority=$(POD_INDEX)" in container["args"]

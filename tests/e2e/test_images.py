@@ -207,6 +207,7 @@ EXPECTED_USERS = {
     project.APP_BASE: "10001:10001",
     project.SAMPLE_APP: "10001:10001",
     project.PGBOUNCER: "10002:10002",
+    project.LOAD_CLIENT: "65534:65534",
 }
 
 

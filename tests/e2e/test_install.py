@@ -265,6 +265,10 @@ FORBIDDEN = [
     ("create", "", "serviceaccounts", "token", NAMESPACE, SERVICE_ACCOUNT),
     ("create", "", "pods", "exec", "default", ""),
     ("create", "", "pods", "", "default", ""),
+    # It labels its own pods (the active peer), and no other pod.
+    ("patch", "", "pods", "", "default", "shop-7c9d5b6f4-abcde"),
+    ("patch", "", "pods", "", NAMESPACE, f"{SERVICE_ACCOUNT}-2"),
+    ("patch", "", "pods", "", NAMESPACE, ""),
     ("list", "", "nodes", "", "", ""),
     ("delete", "", "namespaces", "", "", "default"),
     ("create", "rbac.authorization.k8s.io", "rolebindings", "", "default", ""),
@@ -287,6 +291,8 @@ ALLOWED = [
     ("create", "batch", "jobs", "", "default", ""),
     ("get", "", "pods", "log", "default", ""),
     ("delete", "gateway.networking.k8s.io", "httproutes", "", "default", ""),
+    ("patch", "", "pods", "", NAMESPACE, f"{SERVICE_ACCOUNT}-0"),
+    ("patch", "", "pods", "", NAMESPACE, f"{SERVICE_ACCOUNT}-1"),
 ]
 
 

@@ -37,6 +37,8 @@ from tests.fixtures.polling import wait_for
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_APP = "djangoscale/sampleapp:dev"
 PGBOUNCER = "djangoscale/pgbouncer:dev"
+LOAD_CLIENT = "djangoscale/wrk:dev"
+MISSING_IMAGE = "djangoscale/does-not-exist:dev"
 NAME = "shop"
 REPLICAS = 2
 LOAD_CONNECTIONS = 200
@@ -64,7 +66,11 @@ end
 
 @pytest.fixture(scope="module")
 def api(real_cluster: LocalCluster) -> ApiClient:
-    client = real_cluster.client()
+    return with_crd(real_cluster.client())
+
+
+def with_crd(client: ApiClient) -> ApiClient:
+    """The client, once the DjangoService CRD is installed and established."""
     definition = crd()
     client.apply(
         f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{definition['metadata']['name']}",
@@ -85,12 +91,13 @@ def api(real_cluster: LocalCluster) -> ApiClient:
 
 @pytest.fixture(scope="module")
 def node_images(real_cluster: LocalCluster) -> list[str]:
-    """The sample app (FROM app-base) and pgbouncer images, built or found cached, loaded."""
+    """The sample app (FROM app-base), pgbouncer and wrk images, built or found cached,
+    loaded."""
     from djangoscale_dev.images import project
 
-    archives = project.project_images(only={SAMPLE_APP, PGBOUNCER})
+    archives = project.project_images(only={SAMPLE_APP, PGBOUNCER, LOAD_CLIENT})
     names = []
-    for tag in (SAMPLE_APP, PGBOUNCER):
+    for tag in (SAMPLE_APP, PGBOUNCER, LOAD_CLIENT):
         names += real_cluster.load_image(archives[tag])
     return names
 
@@ -245,6 +252,17 @@ def ready_pods(api: ApiClient, namespace: str) -> list[dict[str, Any]]:
         "deletionTimestamp")]
 
 
+def status_agrees_with_kubelet(api: ApiClient, namespace: str) -> tuple[int, int] | None:
+    """(replicas, readyReplicas) when the DjangoService's status gives the pods the kubelet
+    runs (not terminating) and those whose Ready condition the kubelet set True."""
+    status = api.get(f"/apis/{API}/namespaces/{namespace}/djangoservices/{NAME}").get(
+        "status", {})
+    live = [p for p in pods(api, namespace) if not p["metadata"].get("deletionTimestamp")]
+    kubelet = (len(live), len(ready_pods(api, namespace)))
+    reported = (status.get("replicas"), status.get("readyReplicas"))
+    return kubelet if reported == kubelet else None
+
+
 def service_url(api: ApiClient, namespace: str, path: str) -> str:
     service = api.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")
     port = service["spec"]["ports"][0]["port"]
@@ -265,6 +283,48 @@ def run_wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str,
     ).stdout
     line = next(x for x in output.splitlines() if x.startswith("JSON"))
     return dict(json.loads(line[4:]))
+
+
+def run_wrk_in_pod(api: ApiClient, namespace: str, url: str, connections: int, seconds: int
+                   ) -> dict[str, Any]:
+    """wrk from a client pod on the node (the same counting script, from a ConfigMap): its
+    connections go through the pod network and kube-proxy as another app's would."""
+    name = f"wrk-{uuid.uuid4().hex[:8]}"
+    api.create(f"/api/v1/namespaces/{namespace}/configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+        "data": {"count.lua": WRK_SCRIPT}})
+    api.create(f"/api/v1/namespaces/{namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "wrk", "image": LOAD_CLIENT, "imagePullPolicy": "Never",
+                "args": ["-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                         "-s", "/scripts/count.lua", url],
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "scripts", "mountPath": "/scripts"}],
+            }],
+            "volumes": [{"name": "scripts", "configMap": {"name": name}}],
+        },
+    })
+
+    def finished() -> str | None:
+        phase = api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    try:
+        phase = wait_for("the wrk pod to finish", finished, timeout=seconds + 90)
+        output = str(api.get(f"/api/v1/namespaces/{namespace}/pods/{name}/log"))
+        assert phase == "Succeeded", output
+        line = next(x for x in output.splitlines() if x.startswith("JSON"))
+        return dict(json.loads(line[4:]))
+    finally:
+        api.delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        api.delete(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -290,12 +350,9 @@ def test_pods_run_ready_under_the_restricted_profile(
         assert sidecar_started <= app_started
         assert app["restartCount"] == 0 and sidecar["restartCount"] == 0
     # status tells the kubelet's truth.
-    def status_matches() -> bool:
-        live = api.get(f"/apis/{API}/namespaces/{namespace}/djangoservices/{NAME}")
-        status = live.get("status", {})
-        return (status.get("replicas"), status.get("readyReplicas")) == (REPLICAS, REPLICAS)
-
-    wait_for("status.replicas and readyReplicas to match the pods", status_matches, timeout=60)
+    assert wait_for("status to agree with the kubelet",
+                    lambda: status_agrees_with_kubelet(api, namespace), timeout=60) == (
+        REPLICAS, REPLICAS)
 
 
 def test_requests_reach_postgresql_through_the_sidecar(
@@ -318,24 +375,30 @@ def test_requests_reach_postgresql_through_the_sidecar(
     assert {row[0].split("/")[0] for row in clients} & pod_ips
 
 
+@pytest.mark.parametrize("client", ["host", "pod"])
 def test_200_connections_through_the_cluster_ip_for_20s(
     api: ApiClient, shop: dict[str, Any], restricted_namespace: str,
-    gateway_postgres: services.Postgres, tmp_path: Path,
+    gateway_postgres: services.Postgres, tmp_path: Path, client: str,
 ) -> None:
+    """From the host, and from a client pod on the node (through the pod network and
+    kube-proxy, as another app's requests go)."""
     namespace = restricted_namespace
     live = api.get(f"/apis/{API}/namespaces/{namespace}/djangoservices/{NAME}")
     pool_per_pod = live["status"]["database"]["poolSizePerPod"]
     serving = {p["metadata"]["name"]: ready_since(p) for p in ready_pods(api, namespace)}
-    script = tmp_path / "count.lua"
-    script.write_text(WRK_SCRIPT)
+    url = service_url(api, namespace, "/slow/")
     sampler = services.PeakSampler(gateway_postgres, interval=0.05)
     sampler.start()
     started = time.monotonic()
-    report = run_wrk(service_url(api, namespace, "/slow/"), LOAD_CONNECTIONS, LOAD_SECONDS,
-                     script)
+    if client == "pod":
+        report = run_wrk_in_pod(api, namespace, url, LOAD_CONNECTIONS, LOAD_SECONDS)
+    else:
+        script = tmp_path / "count.lua"
+        script.write_text(WRK_SCRIPT)
+        report = run_wrk(url, LOAD_CONNECTIONS, LOAD_SECONDS, script)
     peak = sampler.stop()
-    print(f"ClusterIP load: {report} in {time.monotonic() - started:.1f}s, peak server "
-          f"connections {peak}")
+    print(f"ClusterIP load from the {client}: {report} in {time.monotonic() - started:.1f}s, "
+          f"peak server connections {peak}")
     assert report["requests"] > 0
     errors = {k: report[k] for k in ("connect", "read", "write", "timeout", "status")}
     assert errors == dict.fromkeys(errors, 0), report
@@ -344,6 +407,48 @@ def test_200_connections_through_the_cluster_ip_for_20s(
     assert after == serving
     assert 0 < peak <= pool_per_pod * len(serving)
 
+
+def test_an_image_that_does_not_exist_is_the_reason_in_the_status(
+    api: ApiClient, operator: Path, restricted_namespace: str,
+) -> None:
+    """The kubelet cannot pull it (no registry is reachable from here): the DjangoService
+    says so with the kubelet's reason and message, and posts one Warning event."""
+    namespace, name = restricted_namespace, "ghost"
+    body = djangoservice(namespace, name=name, image=MISSING_IMAGE,
+                         imagePullPolicy="IfNotPresent", wsgiApp="sampleproject.wsgi:application",
+                         replicas={"min": 1, "max": 2})
+    del body["spec"]["database"]
+    path = f"/apis/{API}/namespaces/{namespace}/djangoservices/{name}"
+    api.create(f"/apis/{API}/namespaces/{namespace}/djangoservices", body)
+    pull_failures = {"ImagePullBackOff", "ErrImagePull"}
+
+    def conditions() -> dict[str, dict[str, Any]]:
+        return {c["type"]: c for c in api.get(path).get("status", {}).get("conditions", [])}
+
+    def warnings() -> list[dict[str, Any]]:
+        events = api.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        return [e for e in events if e["involvedObject"].get("name") == name
+                and e["involvedObject"].get("kind") == "DjangoService"
+                and e.get("reason") in pull_failures]
+
+    try:
+        wait_for("Ready=False with the kubelet's pull failure",
+                 lambda: conditions().get("Ready", {}).get("reason") in pull_failures,
+                 timeout=120)
+        found = conditions()
+        assert found["Ready"]["status"] == "False"
+        assert found["Degraded"]["status"] == "True"
+        assert found["Degraded"]["reason"] in pull_failures
+        assert MISSING_IMAGE in found["Degraded"]["message"], found["Degraded"]
+        assert f"container app: {found['Degraded']['reason']}" in found["Degraded"]["message"]
+        wait_for("a Warning event", warnings, timeout=30)
+        # The kubelet goes on retrying (ErrImagePull, ImagePullBackOff, ...); the operator
+        # reconciles every few seconds (resync 3 s here): still one event.
+        time.sleep(15)
+        assert len(warnings()) == 1, warnings()
+        print(f"missing image: {found['Degraded']['reason']}: {found['Degraded']['message']}")
+    finally:
+        api.delete(path)
 
 
 def merge_patch(api: ApiClient, path: str, body: dict[str, Any]) -> Any:
@@ -415,6 +520,9 @@ def test_a_load_step_scales_the_real_pods_up_and_its_end_back_down(
           f"{back:.1f}s after it ended; load {load.report}")
     merge_patch(api, path, {"spec": {"autoscaling": {"targetRPSPerPod": 1000}}})
     wait_for(f"{REPLICAS} pods", lambda: len(pods(api, namespace)) == REPLICAS, timeout=120)
+    wait_for("status to agree with the kubelet after the scale down",
+             lambda: status_agrees_with_kubelet(api, namespace) == (REPLICAS, REPLICAS),
+             timeout=60)
 
 
 def test_a_rolling_update_under_load_fails_no_request(
@@ -447,6 +555,9 @@ def test_a_rolling_update_under_load_fails_no_request(
     print(f"rolling update under load: {load.report}")
     assert load.report["requests"] > 0
     assert load.errors() == dict.fromkeys(load.errors(), 0), load.report
+    wait_for("status to agree with the kubelet after the rollout",
+             lambda: status_agrees_with_kubelet(api, namespace) == (REPLICAS, REPLICAS),
+             timeout=60)
 
 
 def container_init_pid(cluster: LocalCluster, status: dict[str, Any]) -> int:

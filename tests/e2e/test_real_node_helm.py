@@ -5,6 +5,11 @@ the node; helm installs the chart as a user would, the operator pods run under t
 security context, and the APIService becomes Available through the chart's own Service
 (kube-proxy routes the aggregator to the pods). An upgrade with a changed value keeps the
 metrics API's certificate.
+
+Two replicas, as the chart's default: both are Ready (readiness is the process's health), so
+`helm upgrade --wait` returns and the PodDisruptionBudget allows a drain; the active peer
+labels its own pod and the metrics API Service selects that label. Deleting the active pod
+moves the label to the other, and the APIService stays or comes back Available.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from djangoscale.contract import ACTIVE_PEER_LABEL
 from djangoscale_dev.cluster import LocalCluster
 from djangoscale_dev.cluster.api import ApiClient
 from tests.e2e.helpers import API, djangoservice
@@ -66,7 +73,7 @@ def is_ready(pod: dict[str, Any]) -> bool:
 
 
 def running(api: ApiClient, count: int, revision: str | None = None) -> bool:
-    """`count` operator pods Running (of `revision`), and exactly one of them Ready."""
+    """`count` operator pods Running (of `revision`) and Ready, standby or not."""
     pods = operator_pods(api)
     return (
         len(pods) == count
@@ -75,10 +82,26 @@ def running(api: ApiClient, count: int, revision: str | None = None) -> bool:
             and not p["metadata"].get("deletionTimestamp")
             and (revision is None
                  or p["metadata"]["labels"].get("controller-revision-hash") == revision)
+            and is_ready(p)
             for p in pods
         )
-        and sum(is_ready(p) for p in pods) == 1
     )
+
+
+def labelled_active(api: ApiClient) -> list[str]:
+    """The operator pods that carry the active-peer label."""
+    return sorted(p["metadata"]["name"] for p in operator_pods(api)
+                  if p["metadata"].get("labels", {}).get(ACTIVE_PEER_LABEL) == "true"
+                  and not p["metadata"].get("deletionTimestamp"))
+
+
+def metrics_api_endpoints(api: ApiClient) -> list[str]:
+    """The pods behind the metrics API Service (its EndpointSlices' ready endpoints)."""
+    service = api.get(APISERVICE)["spec"]["service"]["name"]
+    slices = api.get(f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+                     f"?labelSelector=kubernetes.io/service-name%3D{service}")["items"]
+    return sorted(e["targetRef"]["name"] for s in slices for e in s.get("endpoints") or []
+                  if (e.get("conditions") or {}).get("ready"))
 
 
 def collected_service(api: ApiClient, namespace: str) -> None:
@@ -109,14 +132,23 @@ def test_helm_install_then_upgrade_runs_the_operator_on_the_real_node(
 ) -> None:
     api = release
     collected_service(api, "helm-e2e")
-    wait_for("2 operator pods Running, the active one Ready", lambda: running(api, 2),
-             timeout=180)
+    wait_for("2 operator pods Running and Ready", lambda: running(api, 2), timeout=180)
     for pod in operator_pods(api):
         spec = pod["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         (container,) = spec["containers"]
         assert container["image"] == "djangoscale/operator:dev"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The highest index is the active peer (its priority); it alone is behind the metrics API.
+    wait_for("the active peer labelled", lambda: labelled_active(api) == [f"{RELEASE}-1"],
+             timeout=60)
+    wait_for("the metrics API Service on the active peer only",
+             lambda: metrics_api_endpoints(api) == [f"{RELEASE}-1"], timeout=60)
+    pdb = api.get(f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/{RELEASE}")
+    wait_for("the PodDisruptionBudget to allow a drain", lambda: api.get(
+        f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/{RELEASE}"
+    )["status"].get("disruptionsAllowed") == 1, timeout=60)
+    assert pdb["spec"]["maxUnavailable"] == 1
     # The aggregator reaches the operator pods through the chart's Service (kube-proxy).
     wait_for("the APIService Available", lambda: apiservice_available(api), timeout=120)
     service = api.get(APISERVICE)["spec"]["service"]
@@ -125,19 +157,49 @@ def test_helm_install_then_upgrade_runs_the_operator_on_the_real_node(
         "type"] == "ClusterIP"
     cert = serving_cert(api)
 
+    # --wait: helm returns only once every pod of the new revision is Ready (a standby that
+    # never is would hang it until its timeout).
+    started = time.monotonic()
     run_helm(real_cluster, "upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE,
-             *IMAGE_VALUES, "--set", "podAnnotations.upgraded=yes")
+             *IMAGE_VALUES, "--set", "podAnnotations.upgraded=yes", "--wait",
+             "--timeout", "240s")
+    print(f"helm upgrade --wait returned after {time.monotonic() - started:.1f}s")
     statefulset = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/{RELEASE}")
-    wait_for(
-        "every operator pod replaced by the upgrade",
-        lambda: running(api, 2, api.get(
-            f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/{RELEASE}"
-        )["status"].get("updateRevision")),
-        timeout=240,
-    )
+    assert running(api, 2, statefulset["status"].get("updateRevision"))
     for pod in operator_pods(api):
         assert pod["metadata"]["annotations"]["upgraded"] == "yes"
-    assert statefulset["metadata"]["generation"] >= 1
     wait_for("the APIService Available after the upgrade", lambda: apiservice_available(api),
              timeout=120)
+    wait_for("one active peer after the upgrade", lambda: len(labelled_active(api)) == 1,
+             timeout=60)
     assert serving_cert(api) == cert
+
+
+def test_deleting_the_active_operator_moves_the_label_and_the_metrics_api(
+    real_cluster: LocalCluster, release: ApiClient
+) -> None:
+    api = release
+    wait_for("2 operator pods Ready", lambda: running(api, 2), timeout=180)
+    wait_for("one active peer", lambda: len(labelled_active(api)) == 1, timeout=60)
+    (active,) = labelled_active(api)
+    (standby,) = [p["metadata"]["name"] for p in operator_pods(api)
+                  if p["metadata"]["name"] != active]
+    wait_for("the APIService Available", lambda: apiservice_available(api), timeout=120)
+    started = time.monotonic()
+    api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{active}")
+    # kopf leaves the peering on SIGTERM: the standby takes over and labels its pod. (The
+    # recreated pod, of higher priority, takes it back afterwards.)
+    wait_for(f"{standby} labelled as the active peer",
+             lambda: standby in labelled_active(api), timeout=60, interval=0.2)
+    took_over = time.monotonic() - started
+    wait_for("the metrics API Service on the new active peer",
+             lambda: standby in metrics_api_endpoints(api), timeout=60, interval=0.2)
+    wait_for("the APIService Available after the takeover",
+             lambda: apiservice_available(api), timeout=120)
+    print(f"takeover: {standby} labelled {took_over:.1f}s after {active} was deleted")
+    wait_for("2 operator pods Ready again", lambda: running(api, 2), timeout=180)
+    wait_for("exactly one active peer, behind the metrics API Service",
+             lambda: (len(labelled_active(api)) == 1
+                      and metrics_api_endpoints(api) == labelled_active(api)), timeout=60)
+    wait_for("the APIService Available at the end", lambda: apiservice_available(api),
+             timeout=120)

@@ -253,3 +253,39 @@ async def test_collect_starts_the_ready_pods_from_the_carried_rates(pod_server) 
         await scraper.close()
     # The first round: one sample of its own, no rate yet, but the HPA reads the carried one.
     assert reading.decision.per_pod == {"shop-a": 30}
+
+
+def test_the_collector_writes_status_only_onto_the_version_it_read():
+    """Its patch replaces the conditions list: from a stale copy of the object it would put
+    back a condition the reconciler has changed since (and that one's event would be posted
+    again), so it writes onto the version it read or not at all."""
+    import asyncio
+    import copy
+
+    from djangoscale.autoscaling.handlers import RpsCollection
+    from djangoscale.context import OperatorContext
+    from djangoscale.settings import OperatorSettings
+    from tests.fixtures.fake_api import FakeApi
+
+    api = FakeApi()
+    body = {"apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+            "metadata": {"name": "shop", "namespace": "web", "generation": 1},
+            "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                     "replicas": {"min": 1, "max": 3}}}
+    stale = api.put(body)
+    reconciled = copy.deepcopy(stale)
+    reconciled["status"] = {"conditions": [{"type": "Degraded", "status": "True",
+                                            "reason": "ImagePullBackOff", "message": "m"}]}
+    api.put(reconciled)  # the reconciler wrote since the index's copy
+    context = OperatorContext.create(OperatorSettings(), api)
+    collection = RpsCollection(context, {}, {})  # type: ignore[arg-type]
+    asyncio.run(collection.collect((("web", "shop"), stale)))
+    live = api.get("djangoscale.io/v1alpha1", "DjangoService", "web", "shop")
+    assert live["status"] == reconciled["status"]
+    assert api.written("patch_status") == []
+    # From the current version it writes (its MetricsAvailable beside the reconciler's).
+    asyncio.run(collection.collect((("web", "shop"), live)))
+    after = api.get("djangoscale.io/v1alpha1", "DjangoService", "web", "shop")
+    types = {c["type"]: c for c in after["status"]["conditions"]}
+    assert types["Degraded"]["reason"] == "ImagePullBackOff"
+    assert "MetricsAvailable" in types

@@ -9,8 +9,10 @@ import logging
 from typing import Any
 
 from djangoscale import background
+from djangoscale.autoscaling.handlers import ActivePeerLabel
 from djangoscale.context import OperatorContext, PeeringSeat
-from djangoscale.peering import is_active, live_peers
+from djangoscale.contract import ACTIVE_PEER_LABEL
+from djangoscale.peering import active_peer_patch, is_active, is_active_peer, live_peers
 from djangoscale.settings import OperatorSettings
 from tests.fixtures.fake_api import FakeApi
 
@@ -35,6 +37,67 @@ def test_only_the_highest_live_priority_is_active():
     assert is_active(None, 0, NOW)  # no record yet
 
 
+def test_the_active_peer_is_known_by_its_own_live_record():
+    status = {"pod-0": record(0, 2), "pod-1": record(1, 3)}
+    assert is_active_peer(status, "pod-1", NOW)
+    assert not is_active_peer(status, "pod-0", NOW)
+    # Before kopf wrote our record, a starting pod is not active (is_active would say so).
+    assert not is_active_peer({"pod-1": record(1, 3)}, "pod-0", NOW)
+    assert not is_active_peer(None, "pod-0", NOW)
+    # The other's record expired: a takeover. A tie: kopf pauses both.
+    assert is_active_peer({"pod-0": record(0, 2), "pod-1": record(1, 30)}, "pod-0", NOW)
+    assert not is_active_peer({"a": record(1, 1), "b": record(1, 1)}, "a", NOW)
+    assert active_peer_patch(True) == {"metadata": {"labels": {ACTIVE_PEER_LABEL: "true"}}}
+    assert active_peer_patch(False) == {"metadata": {"labels": {ACTIVE_PEER_LABEL: None}}}
+
+
+class PodPatches(FakeApi):
+    """Records the raw merge patches of pods (the label writes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches: list[tuple[str, Any]] = []
+
+    def call(self, method: str, path: str, body: Any = None,
+             query: list[tuple[str, str]] | None = None,
+             content_type: str = "application/json") -> Any:
+        if method == "PATCH" and "/pods/" in path:
+            assert content_type == "application/merge-patch+json"
+            self.patches.append((path, body))
+            return {}
+        return super().call(method, path, body, query, content_type)
+
+
+def test_the_active_peer_labels_its_pod_and_unlabels_it_on_standby():
+    api = PodPatches()
+    context = OperatorContext.create(OperatorSettings(), api)
+    context.peering = PeeringSeat("djangoscale", 0)
+    label = ActivePeerLabel(context, "ops", "djangoscale-0")
+    path = "/api/v1/namespaces/ops/pods/djangoscale-0"
+
+    def peers(**records: dict[str, Any]) -> None:
+        api.put({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                 "metadata": {"name": "djangoscale"}, "status": records})
+        context._peering = (float("-inf"), None)  # read it again now
+
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None).isoformat()
+    peers(**{"djangoscale-0": {"priority": 0, "lifetime": 20, "lastseen": now},
+             "djangoscale-1": {"priority": 1, "lifetime": 20, "lastseen": now}})
+    asyncio.run(label.round())
+    # The first round writes either way: a restarted container may find its old label.
+    assert api.patches == [(path, active_peer_patch(False))]
+    asyncio.run(label.round())
+    assert len(api.patches) == 1  # nothing changed, nothing written
+    peers(**{"djangoscale-0": {"priority": 0, "lifetime": 20, "lastseen": now}})
+    asyncio.run(label.round())
+    assert api.patches[-1] == (path, active_peer_patch(True))
+    peers(**{"djangoscale-0": {"priority": 0, "lifetime": 20, "lastseen": now},
+             "djangoscale-1": {"priority": 1, "lifetime": 20, "lastseen": now}})
+    asyncio.run(label.round())
+    assert api.patches[-1] == (path, active_peer_patch(False))
+    assert len(api.patches) == 3
+
+
 def test_the_context_asks_the_peering_object():
     api = FakeApi()
     context = OperatorContext.create(OperatorSettings(), api)
@@ -47,7 +110,7 @@ def test_the_context_asks_the_peering_object():
                         "pod-1": {"priority": 1, "lifetime": 20, "lastseen": seen}}})
     context.peering = PeeringSeat("djangoscale", 0)
     assert not asyncio.run(context.active())
-    context.peering, context._active = PeeringSeat("djangoscale", 1), (0.0, True)
+    context.peering, context._peering = PeeringSeat("djangoscale", 1), (float("-inf"), None)
     assert asyncio.run(context.active())
 
 

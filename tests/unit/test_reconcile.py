@@ -264,3 +264,90 @@ def test_no_handler_brings_kopf_finalizer():
     # The loops read every DjangoService from this index instead.
     assert "djangoscale.background" in {
         handler.fn.__module__ for handler in registry._indexing.get_all_handlers()}
+
+
+def web_pod(name: str, waiting: dict[str, str] | None, container: str = "app",
+            last_exit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pod of shop's Deployment; its `container` waits for `waiting` (None: running)."""
+    state = {"waiting": waiting} if waiting else {"running": {"startedAt": "2026-11-30T09:00:00Z"}}
+    status = {"name": container, "state": state, "ready": False, "restartCount": 0,
+              **({"lastState": {"terminated": last_exit}} if last_exit else {})}
+    other = {"name": "pgbouncer" if container == "app" else "app",
+             "state": {"running": {}}, "ready": True, "restartCount": 0}
+    init, main = ([status], [other]) if container == "pgbouncer" else ([other], [status])
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "web", "labels": {
+                "app.kubernetes.io/name": "django", "app.kubernetes.io/instance": "shop",
+                "app.kubernetes.io/component": "web"}},
+            "status": {"phase": "Pending", "initContainerStatuses": init,
+                       "containerStatuses": main}}
+
+
+PULL_MESSAGE = 'Back-off pulling image "djangoscale/does-not-exist:dev"'
+
+
+@pytest.mark.parametrize("container", ["app", "pgbouncer"])
+def test_an_image_the_kubelet_cannot_pull_is_the_reason_with_one_warning(
+        context, api, warnings, container):
+    change(context, api, SHOP)
+    api.put(web_pod("shop-a", {"reason": "ImagePullBackOff", "message": PULL_MESSAGE},
+                    container))
+    live = change(context, api, api.get(API_VERSION, KIND, "web", "shop"))
+    conditions = {c["type"]: c for c in live["status"]["conditions"]}
+    for type_ in ("Ready", "Degraded", "Stalled"):
+        assert conditions[type_]["reason"] == "ImagePullBackOff", type_
+    assert conditions["Ready"]["status"] == "False"
+    assert conditions["Degraded"]["status"] == "True"
+    assert conditions["Degraded"]["message"] == (
+        f"pod shop-a, container {container}: ImagePullBackOff: {PULL_MESSAGE}")
+    assert warnings == [("ImagePullBackOff", conditions["Degraded"]["message"])]
+    # The kubelet alternates ErrImagePull and ImagePullBackOff: the same failure, no new event.
+    api.put(web_pod("shop-a", {"reason": "ErrImagePull", "message": "not found"}, container))
+    live = change(context, api, live)
+    assert ready(live)["reason"] == "ErrImagePull"
+    assert len(warnings) == 1
+
+
+def test_a_crashing_app_says_how_it_exited_and_a_fixed_one_clears_it(context, api, warnings):
+    change(context, api, SHOP)
+    api.put(web_pod("shop-b", {"reason": "CrashLoopBackOff", "message": "back-off 20s"},
+                    last_exit={"exitCode": 3, "reason": "Error"}))
+    api.put(web_pod("shop-a", None))  # a healthy pod beside it: the failing one is named
+    live = change(context, api, api.get(API_VERSION, KIND, "web", "shop"))
+    assert ready(live)["reason"] == "CrashLoopBackOff"
+    assert ready(live)["message"] == ("pod shop-b, container app: CrashLoopBackOff: "
+                                      "back-off 20s (last exit: code 3, Error)")
+    assert [reason for reason, _ in warnings] == ["CrashLoopBackOff"]
+    api.delete("v1", "Pod", "web", "shop-b")
+    live = change(context, api, live)
+    degraded = next(c for c in live["status"]["conditions"] if c["type"] == "Degraded")
+    assert (ready(live)["reason"], degraded["status"]) == ("RollingOut", "False")
+
+
+def test_pods_still_starting_are_progress_not_a_failure(context, api, warnings):
+    change(context, api, SHOP)
+    api.put(web_pod("shop-a", {"reason": "ContainerCreating"}))
+    live = change(context, api, api.get(API_VERSION, KIND, "web", "shop"))
+    assert ready(live)["reason"] == "RollingOut"
+    assert warnings == []
+
+
+def test_a_rolled_out_deployment_lists_no_pods(context, api, warnings):
+    """The pods are read only while the Deployment has not rolled out."""
+    live = change(context, api, SHOP)
+    deployment = api.get("apps/v1", "Deployment", "web", "shop")
+    deployment["status"] = {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                            "availableReplicas": 2, "readyReplicas": 2}
+    api.put(deployment)
+    listed: list[str] = []
+    original = api.list
+
+    def counting_list(api_version, kind, namespace, label_selector=None):
+        listed.append(kind)
+        return original(api_version, kind, namespace, label_selector)
+
+    api.list = counting_list
+    api.put(web_pod("shop-a", {"reason": "CrashLoopBackOff", "message": "old pod"}))
+    live = change(context, api, live)
+    assert "Pod" not in listed
+    assert ready(live)["reason"] == "Available"

@@ -27,6 +27,8 @@ OPERATOR = "djangoscale/operator:dev"
 APP_BASE = "djangoscale/app-base:dev"
 SAMPLE_APP = "djangoscale/sampleapp:dev"
 PGBOUNCER = "djangoscale/pgbouncer:dev"
+# wrk in a pod: load from inside the cluster, to a Service's ClusterIP.
+LOAD_CLIENT = "djangoscale/wrk:dev"
 # The project's extras that the images install: the operator, and every server the launcher runs.
 PROJECT_EXTRAS = "operator,serve,gunicorn,gevent,waitress,granian,bjoern"
 # pip and the build backend of pyproject.toml, for installs from the source tree.
@@ -129,6 +131,7 @@ PROJECT_IMAGES = (
     ),
     ImageSpec(SAMPLE_APP, "tests/sampleapp", "docker/sampleapp/Dockerfile", lambda base: {}),
     ImageSpec(PGBOUNCER, "docker/pgbouncer", "docker/pgbouncer/Dockerfile"),
+    ImageSpec(LOAD_CLIENT, "docker/wrk", "docker/wrk/Dockerfile"),
 )
 
 

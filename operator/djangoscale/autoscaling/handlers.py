@@ -39,14 +39,19 @@ from djangoscale.contract import (
     RPS_METRIC,
     WEB_COMPONENT,
 )
-from djangoscale.k8s import Api, ApiError
+from djangoscale.k8s import Api, ApiError, object_path
+from djangoscale.k8s.api import MERGE_PATCH
 from djangoscale.operator_metrics import DATABASE_BUDGET
+from djangoscale.peering import active_peer_patch
 
 logger = logging.getLogger(__name__)
 # /readyz stays up through this many missed collection rounds (a slow API), at least
 # READY_MIN_AGE_SECONDS, so one slow round does not flap the APIService's endpoints.
 READY_MISSED_ROUNDS = 5
 READY_MIN_AGE_SECONDS = 10.0
+# How often the operator looks whether its pod's active-peer label is still right (the
+# peering object itself is read at most every PEERING_CHECK_SECONDS).
+ACTIVE_PEER_LABEL_SECONDS = 1.0
 
 
 def pod_ready(status: dict[str, Any], meta: dict[str, Any]) -> bool:
@@ -138,10 +143,19 @@ class RpsCollection:
                 await asyncio.to_thread(k8s.warn, context.api, body, *warning)
         patch = collector.status_patch(body, reading, ds)
         if patch is not None:
+            # The patch replaces the whole conditions list, merged into the index's body: only
+            # onto that very version, or a condition the reconciler wrote since (a kubelet
+            # failure, a failed migration) would be put back as it was, and its event posted
+            # again when it comes back.
             try:
                 await asyncio.to_thread(context.api.patch_status, API_VERSION, KIND,
-                                        namespace, name, patch)
+                                        namespace, name, patch,
+                                        body.get("metadata", {}).get("resourceVersion"))
             except ApiError as error:
+                if error.status == 409:
+                    logger.debug("RPS status of %s/%s: the object moved on; next round",
+                                 namespace, name)
+                    return
                 logger.warning("could not write RPS status of %s/%s: %s %s", namespace, name,
                                error.status, error.reason)
 
@@ -205,3 +219,37 @@ async def start_metrics_api(logger: kopf.Logger, memo: object, **_: Any) -> None
     context.metrics_server = runner
     logger.info("serving custom.metrics.k8s.io/v1beta2 on https://%s:%d (clients: %s)",
                 bind, port, ", ".join(allowed_names) or "any front-proxy cert")
+
+
+class ActivePeerLabel:
+    """Keeps the operator's own pod labelled while it is the active peer, and unlabelled while
+    it stands by (`djangoscale.peering` says why). The first round writes either way: a
+    restarted container finds the label its previous process left."""
+
+    def __init__(self, context: OperatorContext, namespace: str, pod: str) -> None:
+        self.context, self.namespace, self.pod = context, namespace, pod
+        self.labelled: bool | None = None
+
+    async def round(self) -> None:
+        active = await self.context.active_pod(self.pod)
+        if active == self.labelled:
+            return
+        await asyncio.to_thread(
+            self.context.api.call, "PATCH", object_path("v1", "Pod", self.namespace, self.pod),
+            body=active_peer_patch(active), content_type=MERGE_PATCH)
+        self.labelled = active
+        logger.info("pod %s/%s %s", self.namespace, self.pod,
+                    "labelled as the active peer" if active else "is on standby: unlabelled")
+
+
+@kopf.on.startup()
+async def start_active_peer_label(memo: object, **_: Any) -> None:
+    """In a pod (the chart gives its name and namespace): label it while it is the active
+    peer, for the metrics API Service."""
+    context = context_of(memo)
+    pod, namespace = context.settings.pod_name, context.settings.pod_namespace
+    if pod is None or namespace is None:
+        return
+    label = ActivePeerLabel(context, namespace, pod)
+    context.start("active-peer-label", background.run_every(
+        ACTIVE_PEER_LABEL_SECONDS, label.round, logger, "active peer label"))

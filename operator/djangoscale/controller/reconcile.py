@@ -14,6 +14,7 @@ from typing import Any
 
 from djangoscale import spec
 from djangoscale.builders import build_children
+from djangoscale.builders.labels import selector_labels
 from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials, pooler_name
 from djangoscale.builders.pooler import is_pooler
 from djangoscale.builders.routes import HTTP_ROUTE_API_VERSION
@@ -27,6 +28,7 @@ from djangoscale.conditions import (
     merge_conditions,
     now_rfc3339,
     overriding,
+    rolled_out,
     rollout_conditions,
     with_kstatus,
     worker_conditions,
@@ -41,7 +43,7 @@ from djangoscale.contract import (
 )
 from djangoscale.controller import migrations
 from djangoscale.controller.gate import MIGRATION_FAILED, Action, gated_conditions
-from djangoscale.controller.status import observed_status
+from djangoscale.controller.status import KUBELET_FAILURES, kubelet_failure, observed_status
 from djangoscale.k8s import Api, ApiError
 from djangoscale.rollouts import (
     Key,
@@ -169,10 +171,10 @@ def reconcile(api: Api, body: dict[str, Any], gate: RolloutGate | None = None,
             pruned[key] = seen
     if gate is None:
         status = current_status(api, body, ds)
-        return Outcome(status=status, warning=_migration_warning(body, status), applied=applied)
+        return Outcome(status=status, warning=_new_warning(body, status), applied=applied)
     next_up = finish_if_done(api, ds, gate)
     status = current_status(api, body, ds, queued_conditions(ds, gate))
-    return Outcome(status=status, warning=_migration_warning(body, status), applied=applied,
+    return Outcome(status=status, warning=_new_warning(body, status), applied=applied,
                    next_rollouts=next_up)
 
 
@@ -240,13 +242,36 @@ def queued_conditions(ds: spec.DjangoService, gate: RolloutGate) -> list[Conditi
     return with_kstatus([Condition("Progressing", "True", "RolloutQueued", message)])
 
 
-def _migration_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[str, str] | None:
-    """One Warning event when a migration fails, none while it stays failed."""
+def _warning_group(reason: object) -> str | None:
+    """The failures that each deserve one Warning event when they begin (the kubelet's
+    reasons are one failure: it alternates ErrImagePull and ImagePullBackOff by itself)."""
+    if reason == MIGRATION_FAILED:
+        return "migration"
+    if reason in KUBELET_FAILURES:
+        return "kubelet"
+    return None
+
+
+def _new_warning(body: dict[str, Any], status: dict[str, Any]) -> tuple[str, str] | None:
+    """One Warning event when a migration fails or the kubelet cannot run the pods, none
+    while the failure stays."""
     now = find(status.get("conditions", []), "Degraded") or {}
     before = find((body.get("status") or {}).get("conditions", []), "Degraded") or {}
-    if now.get("reason") != MIGRATION_FAILED or before.get("reason") == MIGRATION_FAILED:
+    group = _warning_group(now.get("reason")) if now.get("status") == "True" else None
+    if group is None or (before.get("status") == "True"
+                         and _warning_group(before.get("reason")) == group):
         return None
-    return MIGRATION_FAILED, str(now.get("message", ""))
+    return str(now.get("reason")), str(now.get("message", ""))
+
+
+def pods_failure(api: Api, ds: spec.DjangoService,
+                 deployment: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The kubelet's reason why the web pods do not run, read (one list call) only while the
+    Deployment has not rolled out: a settled object costs nothing."""
+    if deployment is None or rolled_out(deployment):
+        return None
+    selector = ",".join(f"{key}={value}" for key, value in selector_labels(ds).items())
+    return kubelet_failure(api.list("v1", "Pod", ds.namespace, label_selector=selector))
 
 
 # Kinds a change of spec can make obsolete: an HPA when autoscaling is turned off, the
@@ -346,6 +371,13 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
         conditions = gated_conditions(conditions, gate.action, gate.message,
                                       deployment is not None)
     conditions = overriding(conditions, list(overrides or []))
+    kubelet = pods_failure(api, ds, deployment)
+    if kubelet is not None and degraded_reason(conditions) in (None, "ProgressDeadlineExceeded"):
+        # The cause, where the rollout's own conditions only say that it does not progress.
+        reason, message = kubelet
+        conditions = overriding(conditions, with_kstatus([
+            Condition("Ready", "False", reason, message),
+            Condition("Degraded", "True", reason, message)]))
     # The collector found the pods over the budget: that stays the news until it reads less.
     exceeded = live_budget_exceeded(ds, body.get("status") or {})
     if exceeded is not None and degraded_status(conditions) != "True":
@@ -353,6 +385,12 @@ def current_status(api: Api, body: dict[str, Any], ds: spec.DjangoService,
     return _status_with(
         body, conditions + worker_conditions(ds), observed_status(ds, deployment, hpa)
     )
+
+
+def degraded_reason(conditions: list[Condition]) -> str | None:
+    """Degraded's reason among `conditions` while it is True."""
+    return next((c.reason for c in conditions if c.type == "Degraded" and c.status == "True"),
+                None)
 
 
 def degraded_status(conditions: list[Condition]) -> str | None:
@@ -368,7 +406,7 @@ def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
     except spec.SpecError:
         return None
     status = current_status(api, body, ds)
-    if _migration_warning(body, status) is not None:
+    if _new_warning(body, status) is not None:
         return None  # a new migration failure: the reconcile reports it, with its one event
     return status
 

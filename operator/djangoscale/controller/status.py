@@ -1,8 +1,10 @@
-"""The DjangoService's status fields other than conditions, from its children (pure)."""
+"""The DjangoService's status fields other than conditions, from its children, and the
+kubelet's reason when its pods cannot run (pure)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Final
 
 from djangoscale.budget import size_pool, unpooled_connections_for
 from djangoscale.spec import DjangoService
@@ -62,3 +64,37 @@ def observed_status(
     if database is not None:
         status["database"] = database
     return status
+
+
+# Waiting reasons of a container that the kubelet does not get out of by itself: an image it
+# cannot pull (or may not, with imagePullPolicy Never), an app that keeps exiting, a container
+# it cannot create. Other waiting reasons (ContainerCreating, PodInitializing) are progress.
+KUBELET_FAILURES: Final = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
+    "RunContainerError",
+})
+
+
+def kubelet_failure(pods: Iterable[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) of the first pod, by name, with a container (the pgbouncer sidecar
+    included) waiting for one of KUBELET_FAILURES: the kubelet's reason, its message, and the
+    container's last exit when it crashed."""
+    for pod in sorted(pods, key=lambda item: str(item["metadata"].get("name"))):
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for container in (status.get("initContainerStatuses") or []) + (
+                status.get("containerStatuses") or []):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason not in KUBELET_FAILURES:
+                continue
+            message = (f"pod {pod['metadata'].get('name')}, container {container.get('name')}: "
+                       f"{reason}: {waiting.get('message') or 'no message from the kubelet'}")
+            exited = (container.get("lastState") or {}).get("terminated")
+            if exited:
+                message += (f" (last exit: code {exited.get('exitCode')}, "
+                            f"{exited.get('reason', 'no reason')})")
+            return str(reason), message
+    return None

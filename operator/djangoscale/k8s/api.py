@@ -69,8 +69,10 @@ class Api(Protocol):
         namespace: str | None,
         name: str,
         status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> None:
-        """Merge `status` into the object's status subresource."""
+        """Merge `status` into the object's status subresource; with `resource_version`,
+        only if the object is still at that version (else ApiError 409)."""
 
     def scale(
         self, api_version: str | None, kind: str, namespace: str | None, name: str,
@@ -210,9 +212,14 @@ class KubernetesApi:
         namespace: str | None,
         name: str,
         status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> None:
         path = object_path(api_version, kind, namespace, name) + "/status"
-        self.call("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            # A merge patch carrying resourceVersion is a precondition: 409 if it moved on.
+            body["metadata"] = {"resourceVersion": resource_version}
+        self.call("PATCH", path, body=body, content_type=MERGE_PATCH)
 
     def scale(
         self, api_version: str | None, kind: str, namespace: str | None, name: str,
