@@ -61,10 +61,11 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
     """A cluster of this module's own with the real node; taken apart (containers, mounts,
     network namespaces, bridge, iptables chains, processes) when the module ends, also after
     a failure."""
-    services.require(missing_for_real_node())
     REAL_NODE_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(REAL_NODE_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Only under the lock: before it, another run's node (its bridge) is still up.
+        services.require(missing_for_real_node())
         local = LocalCluster(tmp_path_factory.mktemp("real-node"), hpa_sync_period="2s")
         try:
             local.up(node="real")
