@@ -8,7 +8,8 @@ migration Job is what creates the tables. One DjangoService goes through, in ord
 2. a release whose migration raises, under load through the Service: the old pods serve on;
 3. a fixed release: its Job adds a column, then the pods roll; the same spec again runs nothing;
 4. static files collected into the image (WhiteNoise), then by `spec.staticFiles` at pod start,
-   both served under the read-only root filesystem.
+   both served under the read-only root filesystem;
+5. `spec.beat`: one beat pod that sends the sample app's periodic task to Redis on the host.
 """
 
 # The real node's fixtures come from test_real_node and are parameters by the same names.
@@ -16,6 +17,7 @@ migration Job is what creates the tables. One DjangoService goes through, in ord
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +42,7 @@ from tests.e2e.test_real_node import (  # noqa: F401 (its module-scoped fixtures
     restricted_namespace,
     service_url,
 )
-from tests.fixtures import services
+from tests.fixtures import brokers, services
 from tests.fixtures.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,14 +61,20 @@ RESYNCS_SECONDS = 10
 # The static file the sample app ships (collected under STATIC_URL = /static/).
 STATIC_FILE = REPO / "tests/sampleapp/sampleproject/shop/static/shop/lifecycle.txt"
 STATIC_PATH = "/static/shop/lifecycle.txt"
+# The sample app's beat schedule (CELERY_BEAT_SCHEDULE): this task every 5 s.
+BEAT_TASK = "sampleproject.tasks.count_items"
+BEAT_SECONDS = 5
+# Celery's default queue: a Redis list of that name.
+CELERY_QUEUE = "celery"
 
 
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node_images(real_cluster: LocalCluster) -> list[str]:
-    """The sample app, its two later releases and pgbouncer, built or found cached, loaded."""
+@pytest.fixture(scope="module", autouse=True)
+def image_archives() -> dict[str, Path]:
+    """The sample app, its two later releases and pgbouncer, built or found cached: first
+    (autouse), so the builds happen before the real node's lock is taken."""
     from djangoscale_dev.images import project
     from djangoscale_dev.images.build import build_image
 
@@ -74,8 +82,13 @@ def node_images(real_cluster: LocalCluster) -> list[str]:
     # FROM the sample app image the line above left in the build store.
     for tag, folder in ((NEXT, "next"), (BROKEN, "broken")):
         archives[tag] = build_image(RELEASES / folder, tag)
+    return archives
+
+
+@pytest.fixture(scope="module")
+def node_images(real_cluster: LocalCluster, image_archives: dict[str, Path]) -> list[str]:
     names = []
-    for archive in archives.values():
+    for archive in image_archives.values():
         names += real_cluster.load_image(archive)
     return names
 
@@ -92,6 +105,15 @@ def empty_postgres(real_cluster: LocalCluster, tmp_path_factory: pytest.TempPath
         password_networks=(nodeconfig.POD_CIDR,),
     ) as pg:
         yield pg
+
+
+@pytest.fixture(scope="module")
+def gateway_redis(real_cluster: LocalCluster) -> Iterator[brokers.Redis]:
+    """Redis on the host, reachable from pods at the gateway: the beat pod's broker."""
+    services.require(brokers.redis_available())
+    # In a directory of its own that the redis user can reach (pytest's are root-only).
+    with brokers.redis(host=nodeconfig.GATEWAY) as redis:
+        yield redis
 
 
 def shop_spec(namespace: str, image: str) -> dict[str, Any]:
@@ -364,3 +386,55 @@ def test_static_files_collected_at_pod_start_are_served_read_only(
                   / "kubernetes.io~empty-dir" / mount["name"])
         assert (volume / "shop" / "lifecycle.txt").read_bytes() == STATIC_FILE.read_bytes()
     assert static_file(api, namespace) == (200, STATIC_FILE.read_bytes())
+
+
+def queued_tasks(redis: brokers.Redis) -> list[str]:
+    """The task names of the messages waiting in Celery's default queue."""
+    import redis as redis_client
+
+    with redis_client.Redis.from_url(redis.url) as client:
+        return [json.loads(message)["headers"]["task"]
+                for message in client.lrange(CELERY_QUEUE, 0, -1)]
+
+
+def test_one_beat_pod_sends_the_periodic_task(
+    api: ApiClient, first_deploy: float, restricted_namespace: str,
+    gateway_redis: brokers.Redis,
+) -> None:
+    namespace = restricted_namespace
+    api.create(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-broker"},
+         "stringData": {"url": gateway_redis.url}},
+    )
+    merge_patch(api, shop_path(namespace), {"spec": {
+        "broker": {"type": "redis", "secretName": "shop-broker"},
+        "beat": {"app": "sampleproject.celery"},
+    }})
+    selector = f"app.kubernetes.io/instance%3D{NAME},app.kubernetes.io/component%3Dbeat"
+
+    def beat_pods() -> list[dict[str, Any]]:
+        return list(api.get(
+            f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")["items"])
+
+    try:
+        (pod,) = wait_for("the beat pod Running", lambda: (
+            lambda found: found if len(found) == 1 and found[0]["status"].get("phase")
+            == "Running" else None)(beat_pods()), timeout=180)
+        # It schedules: the task lands in Redis, again at the schedule's period.
+        first = wait_for("the first periodic task in Redis", lambda: (
+            lambda tasks: tasks if tasks else None)(queued_tasks(gateway_redis)), timeout=90)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{beat_pods()}") from None
+    assert set(first) == {BEAT_TASK}
+    started = time.monotonic()
+    more = wait_for("the next sends", lambda: (
+        lambda tasks: tasks if len(tasks) >= len(first) + 2 else None)(
+            queued_tasks(gateway_redis)), timeout=4 * BEAT_SECONDS)
+    elapsed = time.monotonic() - started
+    # Two more sends take about two periods (not less: a second scheduler would halve it).
+    assert elapsed >= BEAT_SECONDS, (elapsed, more)
+    assert pod["spec"]["nodeName"] == nodeconfig.NODE_NAME
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert len(beat_pods()) == 1
+    print(f"beat: {len(more)} sends of {BEAT_TASK}, two in {elapsed:.1f}s")

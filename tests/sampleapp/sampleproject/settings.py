@@ -78,6 +78,13 @@ def database_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> di
 
 
 DATABASES = {"default": database_from_env()}
+# What `celery beat` sends (the operator's beat pod runs it), every SAMPLEPROJECT_BEAT_SECONDS.
+CELERY_BEAT_SCHEDULE = {
+    "count-items": {
+        "task": "sampleproject.tasks.count_items",
+        "schedule": float(os.environ.get("SAMPLEPROJECT_BEAT_SECONDS", "5")),
+    },
+}
 LOGGING = {
     "version": 1,
     # Keep django.request's errors: a 500 under load must say why.
