@@ -71,24 +71,31 @@ CELERY_QUEUE = "celery"
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
 def image_archives() -> dict[str, Path]:
-    """The sample app, its two later releases and pgbouncer, built or found cached: first
-    (autouse), so the builds happen before the real node's lock is taken."""
+    """The sample app, its two later releases and pgbouncer, built or found cached."""
     from djangoscale_dev.images import project
     from djangoscale_dev.images.build import build_image
 
-    archives = project.project_images(only={SAMPLE_APP, PGBOUNCER})
+    built = project.project_images(only={SAMPLE_APP, PGBOUNCER})
+    archives = {tag: built[tag] for tag in (SAMPLE_APP, PGBOUNCER)}
     # FROM the sample app image the line above left in the build store.
     for tag, folder in ((NEXT, "next"), (BROKEN, "broken")):
         archives[tag] = build_image(RELEASES / folder, tag)
     return archives
 
 
+@pytest.fixture(scope="module", autouse=True)
+def built_images() -> None:
+    """The builds, first (autouse): before the real node's lock is taken, not while holding it."""
+    image_archives()
+
+
 @pytest.fixture(scope="module")
-def node_images(real_cluster: LocalCluster, image_archives: dict[str, Path]) -> list[str]:
+def node_images(real_cluster: LocalCluster) -> list[str]:
+    # Again under the lock: found cached in a second, or built again if other checkouts'
+    # builds pruned an archive while this run waited for the node.
     names = []
-    for archive in image_archives.values():
+    for archive in image_archives().values():
         names += real_cluster.load_image(archive)
     return names
 
