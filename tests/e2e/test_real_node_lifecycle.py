@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,16 +236,12 @@ def rolled_out_to(api: ApiClient, namespace: str, image: str) -> bool:
 
 
 def job_seconds(job: dict[str, Any]) -> float:
-    from datetime import datetime
-
     start, end = (datetime.fromisoformat(job["status"][key].replace("Z", "+00:00"))
                   for key in ("startTime", "completionTime"))
     return (end - start).total_seconds()
 
 
 def static_file(api: ApiClient, namespace: str) -> tuple[int, bytes]:
-    import urllib.request
-
     with urllib.request.urlopen(service_url(api, namespace, STATIC_PATH), timeout=10) as reply:
         return reply.status, reply.read()
 
