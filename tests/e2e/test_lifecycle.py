@@ -6,7 +6,7 @@ Succeeded, and the real Job controller then completes the Job, so a migration "s
 without running `migrate`. A failure is a real one too: the Job's pod cannot be scheduled
 (a nodeSelector no node has) and the Job controller fails the Job at its activeDeadlineSeconds.
 No container runs, so there is no log to tail (the unit tests cover the tail) and no schema to
-look at: the real-node test must add both (docs/lifecycle.md lists what it needs).
+look at: tests/e2e/test_real_node_lifecycle.py shows both with real migrations on the real node.
 """
 
 from __future__ import annotations

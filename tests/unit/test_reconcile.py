@@ -354,3 +354,26 @@ def test_a_rolled_out_deployment_lists_no_pods(context, api, warnings):
     live = change(context, api, live)
     assert "Pod" not in listed
     assert ready(live)["reason"] == "Available"
+
+
+def test_a_childs_status_refresh_waits_for_a_running_reconcile_and_reads_after_it(
+        context, api, warnings):
+    """Else a status computed before a reconcile's write lands after it and undoes it."""
+    import threading
+
+    change(context, api, SHOP)
+    child_event(context, api, generation=1)
+    deployment = api.get("apps/v1", "Deployment", "web", "shop")
+    deployment["status"] = {"observedGeneration": deployment["metadata"]["generation"],
+                            "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2,
+                            "readyReplicas": 2}
+    api.put(deployment)
+    writes = len(api.written("patch_status"))
+    lock = context.reconcile_lock("web", "shop")
+    with lock:  # a reconcile runs
+        refresh = threading.Thread(target=child_event, args=(context, api, 1))
+        refresh.start()
+        refresh.join(timeout=0.5)
+        assert refresh.is_alive() and len(api.written("patch_status")) == writes
+    refresh.join(timeout=5)
+    assert not refresh.is_alive() and len(api.written("patch_status")) == writes + 1

@@ -42,3 +42,18 @@ def test_collected_into_an_emptydir_the_app_reads_read_only():
     # Only the web pods: workers serve no static files.
     worker = built["shop-worker-default"]["spec"]["template"]["spec"]
     assert "collectstatic" not in [c["name"] for c in worker.get("initContainers", [])]
+
+
+def test_app_base_gives_app_to_its_user_so_collectstatic_runs_at_build():
+    """The default way collects at image build time as the image's user, into /app
+    (docker/sampleapp/Dockerfile does): /app must be that user's, not root's."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[2] / "docker/app-base/Dockerfile").read_text().splitlines()
+    (user,) = [line.split()[1] for line in lines if line.startswith("USER ")]
+    chown = next(i for i, line in enumerate(lines) if line.startswith("RUN ")
+                 and f"chown {user} /app" in line)
+    workdir = lines.index("WORKDIR /app")
+    assert chown < workdir  # made before WORKDIR would make it root's
+    sample = (Path(__file__).parents[2] / "docker/sampleapp/Dockerfile").read_text()
+    assert "manage.py collectstatic --noinput" in sample

@@ -192,16 +192,21 @@ def on_child_event(
         # HPA are not among them, so this never fights the autoscaler.
         _reconcile(context, kopf.Body(owner), logger)
         return
-    status = refresh_status(context.api, owner)
-    if status is None:
-        return
-    try:
-        write_status(context.api, owner, status)
-    except ApiError as error:
-        if error.status != 404:
-            raise
-        # The DjangoService went between the read and the write: its children go with it.
-        logger.debug("%s/%s was deleted before its status was written", namespace, name)
+    # Under the reconcile's lock and from a fresh read: a status computed from an older read
+    # would undo what a reconcile wrote meanwhile (a MigrationFailed, whose event the next
+    # reconcile would then post again).
+    with context.reconcile_lock(namespace, name):
+        owner = context.api.get(API_VERSION, KIND, namespace, name)
+        status = None if owner is None else refresh_status(context.api, owner)
+        if owner is None or status is None:
+            return
+        try:
+            write_status(context.api, owner, status)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            # The DjangoService went between the read and the write: its children go with it.
+            logger.debug("%s/%s was deleted before its status was written", namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)

@@ -24,6 +24,10 @@ REQUEST_TIMEOUT_SECONDS: Final = 30
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
+# pods/log answers plain text, but the apiserver first negotiates Accept against its object
+# serializers (JSON, YAML, protobuf) and refuses `text/plain` alone with 406 Not Acceptable;
+# kubectl asks the same way.
+LOG_ACCEPT: Final = "application/json, */*"
 # Query parameters, in order; and a list answer's items.
 Query = list[tuple[str, str]]
 Items = list[dict[str, Any]]
@@ -246,5 +250,5 @@ class KubernetesApi:
     def read_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
         path = object_path("v1", "Pod", namespace, pod) + "/log"
         query = [("container", container), ("tailLines", str(tail_lines))]
-        return self.request_bytes("GET", path, None, query, JSON, accept="text/plain").decode(
+        return self.request_bytes("GET", path, None, query, JSON, accept=LOG_ACCEPT).decode(
             "utf-8", "replace")
