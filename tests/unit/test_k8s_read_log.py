@@ -86,3 +86,12 @@ def test_a_refused_log_is_an_api_error_with_the_status(api: KubernetesApi):
     with pytest.raises(ApiError) as error:
         api.request_bytes("GET", "/api/v1/namespaces/web/pods/x/log", accept="text/plain")
     assert error.value.status == 406
+
+
+def test_the_client_keeps_a_connection_for_every_caller(api: KubernetesApi):
+    """Not the client's 5 per CPU: the reconcile threads and loops call at once."""
+    from djangoscale.k8s.api import CONNECTION_POOL_SIZE
+
+    pool = api._client.rest_client.pool_manager  # type: ignore[attr-defined]
+    assert pool.connection_pool_kw["maxsize"] == CONNECTION_POOL_SIZE >= 16 + 8
+    assert api.read_log("web", "shop-migrate-x", "migrate", 5) == LOG.decode()

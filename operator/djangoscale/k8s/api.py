@@ -21,6 +21,9 @@ from djangoscale.k8s.kinds import collection_path, object_path
 
 # Seconds one request may take before it fails (and kopf retries the handler).
 REQUEST_TIMEOUT_SECONDS: Final = 30
+# Connections kept to the API server: kopf's 16 reconcile threads, 8 resync workers and the
+# operator-wide loops may all call at once.
+CONNECTION_POOL_SIZE: Final = 32
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON: Final = "application/json"
@@ -111,14 +114,20 @@ class KubernetesApi:
     def __init__(self, kubeconfig: str | None = None) -> None:
         from kubernetes import client, config
 
+        configuration = client.Configuration()
+        loaded = False
         if kubeconfig is None:
             try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-                self._client = client.ApiClient()
-                return
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                loaded = True
             except config.ConfigException:
                 pass
-        self._client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        if not loaded:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # The client's default pool is 5 connections per CPU (10 on 2 cores), fewer than the
+        # reconcile threads and loops that call at once: urllib3 then drops and reopens them.
+        configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+        self._client = client.ApiClient(configuration)
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
