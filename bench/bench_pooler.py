@@ -1,6 +1,6 @@
 """The pooler tier against the sidecar at the largest replicas.max the sidecar admits.
 
-The setup of `tests/e2e/test_pooler.py`, imported rather than copied: real PostgreSQL with
+The setup of `tests/e2e/test_pooler_mode.py`, imported rather than copied: real PostgreSQL with
 max_connections=40, a DjangoService with budget 30 - 3 = 27 (cherrypy, 4-6 threads), and every
 app pod that can run at replicas.max (+ 1 surge pod), each a `djangoscale serve` of the sample
 project. Three runs, the same load for each:
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_pooling import Step, describe, one, step, too_many_clients  # noqa: E402
 
 from tests.e2e.test_budget import PG_MAX_CONNECTIONS, SAMPLEAPP  # noqa: E402
-from tests.e2e.test_pooler import sidecar_replicas_max, simulated_service  # noqa: E402
+from tests.e2e.test_pooler_mode import sidecar_replicas_max, simulated_service  # noqa: E402
 from tests.fixtures import services  # noqa: E402
 
 
