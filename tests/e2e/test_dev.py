@@ -9,6 +9,7 @@ step through the Service and watches the scale-down after it. The test reads wha
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +37,9 @@ def test_dev_once_scales_the_example_up_under_the_step_and_back_down_after_it(
          str(tmp_path / "cluster"), "--once", "--rps", RPS, "--step-seconds", str(STEP_SECONDS),
          "--settle-seconds", "150"],
         capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+        # Not the session cluster's KUBECONFIG (set by the e2e fixtures): with one, `dev`
+        # runs against that cluster instead of bringing up the real node.
+        env={key: value for key, value in os.environ.items() if key != "KUBECONFIG"},
     )
     output = done.stdout + done.stderr
     print(output[-6000:])

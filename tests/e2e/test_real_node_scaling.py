@@ -58,8 +58,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeStack]:
     with real_node_lock(), RealNodeStack(tmp_path_factory.mktemp("dev") / "cluster",
                                          hpa_sync_period="2s", emit=print) as running:
         kubeconfig = running.up()
+        # For this module only: the session's KWOK cluster is everyone else's KUBECONFIG.
+        before = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(kubeconfig)
-        yield running
+        try:
+            yield running
+        finally:
+            if before is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = before
 
 
 @pytest.fixture(scope="module")
