@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from djangoscale.contract import ACTIVE_PEER_LABEL
 from djangoscale_dev import load
 from djangoscale_dev.cluster.api import ApiClient
 from djangoscale_dev.cluster.nodeconfig import NodePaths
@@ -167,6 +168,11 @@ def operator_pods(api: ApiClient) -> list[dict[str, Any]]:
     return list(api.get(OPERATOR_PODS)["items"])
 
 
+def active_pods(api: ApiClient) -> list[dict[str, Any]]:
+    return [p for p in operator_pods(api) if is_ready(p)
+            and (p["metadata"].get("labels") or {}).get(ACTIVE_PEER_LABEL) == "true"]
+
+
 def is_ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
@@ -191,7 +197,9 @@ def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
     wait_for(f"{steady} pods ready under steady load",
              lambda: replicas(api) == (steady, steady, steady), timeout=90)
     time.sleep(5)
-    (active,) = [p for p in operator_pods(api) if is_ready(p)]
+    # Both operator pods are Ready (the standby too): the active one carries the label.
+    wait_for("one labelled active operator pod", lambda: len(active_pods(api)) == 1, timeout=60)
+    (active,) = active_pods(api)
     restarts = active["status"]["containerStatuses"][0]["restartCount"]
     os.kill(init_pid(stack, active), signal.SIGKILL)
     killed = time.monotonic()
