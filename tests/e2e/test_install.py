@@ -256,7 +256,6 @@ FORBIDDEN = [
     ("list", "", "configmaps", "", "kube-system", ""),
     ("update", "apps", "deployments", "", "default", ""),
     ("update", "policy", "poddisruptionbudgets", "", "default", ""),
-    ("delete", "", "services", "", "default", ""),
     ("patch", "apps", "statefulsets", "", NAMESPACE, SERVICE_ACCOUNT),
     ("create", "djangoscale.io", "djangoservices", "", "default", ""),
     ("delete", "djangoscale.io", "djangoservices", "", "default", ""),

@@ -197,7 +197,8 @@ def on_child_event(
     # reconcile would then post again).
     with context.reconcile_lock(namespace, name):
         owner = context.api.get(API_VERSION, KIND, namespace, name)
-        status = None if owner is None else refresh_status(context.api, owner)
+        status = None if owner is None else refresh_status(context.api, owner,
+                                                                 context.rollouts)
         if owner is None or status is None:
             return
         try:

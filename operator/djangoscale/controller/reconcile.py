@@ -398,14 +398,16 @@ def degraded_status(conditions: list[Condition]) -> str | None:
     return next((c.status for c in conditions if c.type == "Degraded"), None)
 
 
-def refresh_status(api: Api, body: dict[str, Any]) -> dict[str, Any] | None:
-    """Status from the children alone (on a child's change); None if the spec is invalid or
-    a migration has just failed."""
+def refresh_status(api: Api, body: dict[str, Any], gate: RolloutGate | None = None
+                   ) -> dict[str, Any] | None:
+    """Status from the children (on a child's change), keeping a queued rollout's
+    `RolloutQueued`; None if the spec is invalid or a migration has just failed."""
     try:
         ds = spec.parse(body)
     except spec.SpecError:
         return None
-    status = current_status(api, body, ds)
+    queued = [] if gate is None else queued_conditions(ds, gate)
+    status = current_status(api, body, ds, queued)
     if _new_warning(body, status) is not None:
         return None  # a new migration failure: the reconcile reports it, with its one event
     return status
