@@ -13,15 +13,17 @@ from djangoscale.spec import DjangoService
 
 
 def build_pdb(
-    ds: DjangoService, name: str | None = None, component: str = WEB_COMPONENT
+    ds: DjangoService, name: str | None = None, component: str = WEB_COMPONENT,
+    max_unavailable: int | str | None = None,
 ) -> dict[str, Any]:
-    """The PDB of the pods of `component` (the web pods by default, named after the object)."""
+    """The PDB of the pods of `component` (the web pods by default, named after the object);
+    `max_unavailable` defaults to the spec's `disruption.maxUnavailable`."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": child_metadata(ds, name or ds.name, component),
         "spec": {
-            "maxUnavailable": ds.max_unavailable,
+            "maxUnavailable": ds.max_unavailable if max_unavailable is None else max_unavailable,
             "selector": {"matchLabels": selector_labels(ds, component)},
         },
     }

@@ -31,6 +31,7 @@ from djangoscale.builders.deployment import (
     restricted_container_security,
 )
 from djangoscale.builders.labels import child_metadata, common_labels, selector_labels
+from djangoscale.builders.pdb import build_pdb
 from djangoscale.contract import COMPONENT_LABEL, DRAINING_POOL_SIZE, POOLER_COMPONENT
 from djangoscale.spec import DjangoService
 
@@ -152,15 +153,7 @@ def build_pooler_service(ds: DjangoService) -> dict[str, Any]:
 
 
 def build_pooler_pdb(ds: DjangoService) -> dict[str, Any]:
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": child_metadata(ds, pgbouncer.pooler_name(ds), POOLER_COMPONENT),
-        "spec": {
-            "maxUnavailable": POOLER_MAX_UNAVAILABLE,
-            "selector": {"matchLabels": selector_labels(ds, POOLER_COMPONENT)},
-        },
-    }
+    return build_pdb(ds, pgbouncer.pooler_name(ds), POOLER_COMPONENT, POOLER_MAX_UNAVAILABLE)
 
 
 def build_pooler_hpa(ds: DjangoService) -> dict[str, Any]:
