@@ -12,10 +12,15 @@ The collector is the operator's own code: `djangoscale.autoscaling.collector` (`
 as the operator's loop does. Each N runs in a fresh process (its peak RSS is its own):
 
     python bench/bench_metrics_cost.py [--pods 100 500 1000] [--rounds 12] [--interval 5]
+        [--paths text figures] [--profile]
 
-Printed per N: CPU time of the collecting process over the measured rounds as a share of one
-core, the mean and max wall time of a round, the process's peak RSS (and its RSS before the
-first scrape), failed reads, and how many pods had a rate in the last decision.
+Each N is read both ways on the same simulated pods, one after the other: `text`, the
+launcher's Prometheus text parsed by prometheus_client (one connection per scrape, as the
+launcher's HTTP/1.0 server gave before), and `figures`, the launcher's compact JSON figures over
+kept-alive connections (`djangoscale.pod_figures`). Printed per N and path: CPU time of the
+collecting process over the measured rounds as a share of one core and per pod-scrape, the
+mean and max wall time of a round, the process's peak RSS (and its RSS before the first
+scrape), failed reads, and how many pods had a rate in the last decision.
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ import subprocess
 import sys
 import time
 
+from djangoscale.contract import METRICS_PATH
+from djangoscale.pod_figures import FIGURES_CONTENT_TYPE, FIGURES_PATH
+
 PORT = 39911
+# The two ways the collector can read a pod, by the name the table prints.
+PATHS = {"text": METRICS_PATH, "figures": FIGURES_PATH}
 
 
 def addresses(n: int) -> list[str]:
@@ -45,7 +55,7 @@ async def serve(n: int) -> None:
     from aiohttp import web
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from djangoscale.serve.metrics import Metrics
+    from djangoscale.serve.metrics import Metrics, pod_figures_of
 
     pods: dict[str, tuple[CollectorRegistry, Metrics]] = {}
     for ip in addresses(n):
@@ -54,16 +64,30 @@ async def serve(n: int) -> None:
         metrics.set_pool(total=20, busy=3, queued=0)
         pods[ip] = (registry, metrics)
 
-    async def handler(request: web.Request) -> web.Response:
+    def serve_requests(request: web.Request) -> CollectorRegistry:
         registry, metrics = pods[request.transport.get_extra_info("sockname")[0]]
         for i in range(7):  # 7 requests between scrapes: 1.4 RPS at a 5 s interval
             metrics.request_started()
-            metrics.request_finished("GET" if i % 3 else "POST", "200 OK" if i else "404", 0.04)
-        return web.Response(body=generate_latest(registry),
-                            content_type="text/plain", charset="utf-8")
+            metrics.request_finished("GET" if i % 3 else "POST", "200 OK" if i else "404", 0.04,
+                                     waited=0.002 * i)
+        return registry
+
+    async def text(request: web.Request) -> web.Response:
+        """The old path: the launcher's Prometheus text, one connection per scrape (its
+        server then was prometheus_client's HTTP/1.0 wsgiref server)."""
+        response = web.Response(body=generate_latest(serve_requests(request)),
+                                content_type="text/plain", charset="utf-8")
+        response.force_close()
+        return response
+
+    async def figures(request: web.Request) -> web.Response:
+        """The new path: the compact figures, over a kept-alive connection."""
+        return web.Response(body=pod_figures_of(serve_requests(request)),
+                            content_type=FIGURES_CONTENT_TYPE)
 
     app = web.Application()
-    app.router.add_get("/metrics", handler)
+    app.router.add_get(METRICS_PATH, text)
+    app.router.add_get(FIGURES_PATH, figures)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     for ip in addresses(n):
@@ -80,7 +104,8 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
+async def measure(n: int, rounds: int, interval: float, path: str,
+                  profile: bool = False) -> dict[str, float]:
     from djangoscale import spec
     from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
     from djangoscale.autoscaling.windows import ServiceWindows
@@ -96,11 +121,17 @@ async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
     pods = [PodTarget(f"shop-{i}", ip, True, (("app.kubernetes.io/instance", "shop"),))
             for i, ip in enumerate(addresses(n))]
     opts = OperatorSettings()  # the operator's defaults: 64 scrapes at a time, 1.5 s timeout
-    windows = ServiceWindows(opts.stable_window, opts.panic_window)
-    scraper = Scraper(opts.scrape_concurrency, opts.scrape_timeout)
+    windows = ServiceWindows()  # collect() sets the window lengths from the spec
+    scraper = Scraper(opts.scrape_concurrency, opts.scrape_timeout, path=PATHS[path])
     rss_before = rss_mib()
     await collect(ds, pods, windows, scraper)  # first round: connections opened, not measured
     await asyncio.sleep(interval)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     durations, failed, reading = [], 0, None
     for _ in range(rounds):
@@ -110,12 +141,18 @@ async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
         failed += len(reading.failed)
         await asyncio.sleep(max(0.0, interval - durations[-1]))
     usage1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     await scraper.close()
     cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
     assert reading is not None
     return {
-        "pods": n, "rounds": rounds, "interval": interval,
+        "pods": n, "path": path, "rounds": rounds, "interval": interval,
         "cpu_share": cpu / (t1 - t0), "cpu_per_round_ms": 1000 * cpu / rounds,
+        "cpu_per_pod_ms": 1000 * cpu / rounds / n,
         "round_avg_ms": 1000 * sum(durations) / len(durations),
         "round_max_ms": 1000 * max(durations),
         "rss_before_mib": rss_before, "peak_rss_mib": usage1.ru_maxrss / 1024,
@@ -124,17 +161,14 @@ async def measure(n: int, rounds: int, interval: float) -> dict[str, float]:
     }
 
 
-def measure_with_pods(n: int, rounds: int, interval: float) -> dict[str, float]:
+def start_pods(n: int) -> subprocess.Popen[str]:
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(n)],
                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
-            raise RuntimeError("the metrics endpoints did not start")
-        return asyncio.run(measure(n, rounds, interval))
-    finally:
+    assert server.stdout is not None
+    if server.stdout.readline().strip() != "ready":
         server.terminate()
-        server.wait(10)
+        raise RuntimeError("the metrics endpoints did not start")
+    return server
 
 
 def main() -> None:
@@ -142,32 +176,45 @@ def main() -> None:
     parser.add_argument("--pods", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["text", "figures"])
+    parser.add_argument("--profile", action="store_true",
+                        help="print the collector's top functions (cProfile) to stderr")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=sorted(PATHS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.serve))
         return
     if args.measure:
-        print(json.dumps(measure_with_pods(args.measure, args.rounds, args.interval)))
+        print(json.dumps(asyncio.run(measure(args.measure, args.rounds, args.interval,
+                                             args.path, args.profile))))
         return
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args.rounds} measured rounds "
-          f"every {args.interval:g} s per N, after one warm-up round", flush=True)
+          f"every {args.interval:g} s per N and path, after one warm-up round", flush=True)
     results = []
     for n in args.pods:
-        output = subprocess.run(
-            [sys.executable, __file__, "--measure", str(n), "--rounds", str(args.rounds),
-             "--interval", str(args.interval)],
-            check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(output.strip().splitlines()[-1]))
-        print(f"  N={n} done (load {os.getloadavg()[0]:.2f})", flush=True)
+        server = start_pods(n)
+        try:
+            for path in args.paths:  # the same simulated pods for both paths
+                output = subprocess.run(
+                    [sys.executable, __file__, "--measure", str(n), "--path", path,
+                     "--rounds", str(args.rounds), "--interval", str(args.interval)]
+                    + (["--profile"] if args.profile else []),
+                    check=True, stdout=subprocess.PIPE, text=True).stdout
+                results.append(json.loads(output.strip().splitlines()[-1]))
+                print(f"  N={n} {path} done (load {os.getloadavg()[0]:.2f})", flush=True)
+        finally:
+            server.terminate()
+            server.wait(10)
     print()
-    print("| pods | CPU (share of one core) | CPU per round | round avg / max "
-          "| RSS before / peak | failed reads | pods with a rate |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| pods | path | CPU (share of one core) | CPU per pod-scrape | CPU per round "
+          "| round avg / max | RSS before / peak | failed reads | pods with a rate |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['pods']} | {100 * r['cpu_share']:.1f} % | {r['cpu_per_round_ms']:.0f} ms "
+        print(f"| {r['pods']} | {r['path']} | {100 * r['cpu_share']:.1f} % "
+              f"| {r['cpu_per_pod_ms']:.3f} ms | {r['cpu_per_round_ms']:.0f} ms "
               f"| {r['round_avg_ms']:.0f} / {r['round_max_ms']:.0f} ms "
               f"| {r['rss_before_mib']:.0f} / {r['peak_rss_mib']:.0f} MiB "
               f"| {r['failed']} | {r['with_rate']} |")

@@ -22,6 +22,8 @@ from djangoscale.autoscaling.collector import (
     status_patch,
 )
 from djangoscale.autoscaling.windows import Decision, ServiceWindows
+from djangoscale.pod_figures import FIGURES_CONTENT_TYPE, FIGURES_PATH
+from djangoscale.serve.metrics import pod_figures_of
 
 
 def service(metrics_port: int, prometheus: dict | None = None):
@@ -49,6 +51,10 @@ class FakePod:
         return web.Response(body=generate_latest(self.registry),
                             content_type="text/plain")
 
+    async def figures(self, _: web.Request) -> web.Response:
+        return web.Response(body=pod_figures_of(self.registry),
+                            content_type=FIGURES_CONTENT_TYPE)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -61,6 +67,7 @@ async def pod_server() -> AsyncIterator[tuple[FakePod, int]]:
     pod = FakePod()
     app = web.Application()
     app.router.add_get("/metrics", pod.metrics)
+    app.router.add_get(FIGURES_PATH, pod.figures)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()

@@ -81,7 +81,8 @@ async def test_collect_counts_terminating_pods_and_skips_pods_without_figures():
         return web.Response(body=generate_latest(registry), content_type="text/plain")
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics)
+    # Launchers older than the compact figures answer every path with their Prometheus text.
+    app.router.add_get("/{path:.*}", metrics)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()

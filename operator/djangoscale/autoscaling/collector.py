@@ -50,18 +50,16 @@ from djangoscale.conditions import (
 )
 from djangoscale.contract import (
     CONCURRENCY,
-    CPU_SECONDS_NAME,
-    METRICS_PATH,
-    PGBOUNCER_CLIENTS_WAITING,
-    PGBOUNCER_MAX_WAIT,
-    PGBOUNCER_SERVER_CONNECTIONS,
-    PGBOUNCER_SERVERS_ACTIVE,
     QUEUE_TIME,
-    REQUEST_DURATION_NAME,
-    REQUEST_QUEUE_NAME,
-    REQUESTS_COUNTER,
     RPS,
     SERVED_METRICS,
+)
+from djangoscale.pod_figures import (
+    FIGURES_CONTENT_TYPE,
+    FIGURES_PATH,
+    PodScrape,
+    decode_figures,
+    pod_scrape_from_samples,
 )
 from djangoscale.spec import DjangoService
 
@@ -99,71 +97,11 @@ def carried_rates(body: dict[str, Any]) -> Rates | None:
         return None
 
 
-@dataclass(frozen=True)
-class PodScrape:
-    """What one read of a pod's metrics port gives."""
-
-    requests_total: float
-    # Server connections its pgbouncer holds; None when the pod exports no figure (no
-    # sidecar, or pgbouncer did not answer the launcher).
-    server_connections: int | None = None
-    # Seconds requests spent in the pod so far: in the app plus waiting for a thread.
-    busy_seconds: float = 0.0
-    # Seconds requests spent in the app (threads busy), and the serving processes' CPU time.
-    app_seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    # The queue-time histogram: upper bounds (the last +Inf) and cumulative counts; empty
-    # when the server records no waits.
-    queue_bounds: tuple[float, ...] = ()
-    queue_counts: tuple[float, ...] = ()
-    # pgbouncer: the longest a client has waited for a server connection, and how many wait.
-    max_wait_seconds: float | None = None
-    clients_waiting: int | None = None
-    servers_active: int | None = None
-
-
 def parse_pod_metrics(text: str) -> PodScrape:
-    """`djangoscale_requests_total` summed over its label sets, the time spent in the pod,
-    the queue-time buckets and the pgbouncer figures.
-
-    A labelled counter has no sample until its first request, so a pod that answered without
-    one has served nothing yet: 0, not a failed read.
-    """
-    total = busy = app = cpu = 0.0
-    buckets: dict[float, float] = {}
-    pgbouncer: dict[str, float] = {}
-    sums = (f"{REQUEST_DURATION_NAME}_sum", f"{REQUEST_QUEUE_NAME}_sum")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == REQUESTS_COUNTER:
-                total += sample.value
-            elif sample.name in sums:
-                busy += sample.value
-                if sample.name == sums[0]:
-                    app += sample.value
-            elif sample.name == f"{CPU_SECONDS_NAME}_total":
-                cpu += sample.value
-            elif sample.name == f"{REQUEST_QUEUE_NAME}_bucket":
-                bound = float(sample.labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
-            elif sample.name in PGBOUNCER_FIGURES:
-                pgbouncer[sample.name] = sample.value
-    bounds = tuple(sorted(buckets))
-
-    def figure(name: str) -> int | None:
-        return int(pgbouncer[name]) if name in pgbouncer else None
-
-    return PodScrape(
-        total, figure(PGBOUNCER_SERVER_CONNECTIONS), busy_seconds=busy, app_seconds=app,
-        cpu_seconds=cpu, queue_bounds=bounds, queue_counts=tuple(buckets[b] for b in bounds),
-        max_wait_seconds=pgbouncer.get(PGBOUNCER_MAX_WAIT),
-        clients_waiting=figure(PGBOUNCER_CLIENTS_WAITING),
-        servers_active=figure(PGBOUNCER_SERVERS_ACTIVE),
-    )
-
-
-PGBOUNCER_FIGURES = (PGBOUNCER_SERVER_CONNECTIONS, PGBOUNCER_MAX_WAIT, PGBOUNCER_CLIENTS_WAITING,
-                     PGBOUNCER_SERVERS_ACTIVE)
+    """The pod's figures from its Prometheus text (a launcher older than the compact form)."""
+    return pod_scrape_from_samples(
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text) for sample in family.samples)
 
 
 def requests_total(text: str) -> float:
@@ -174,7 +112,10 @@ def requests_total(text: str) -> float:
 class Scraper:
     """Concurrent, bounded, short-timeout GETs of the pods' metrics endpoints."""
 
-    def __init__(self, concurrency: int = 64, timeout: float = 2.0) -> None:
+    def __init__(self, concurrency: int = 64, timeout: float = 2.0,
+                 path: str = FIGURES_PATH) -> None:
+        # `path`: the launcher's compact figures; METRICS_PATH reads its Prometheus text.
+        self.path = path
         self.semaphore = asyncio.Semaphore(concurrency)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -200,18 +141,22 @@ class Scraper:
 
     async def pod_scrape(self, ip: str, port: int) -> PodScrape | None:
         """The pod's figures, or None if they could not be read (the caller holds)."""
-        url = f"http://{ip}:{port}{METRICS_PATH}"
+        url = f"http://{ip}:{port}{self.path}"
         async with self.semaphore:
             try:
                 async with self.session.get(url) as response:
                     if response.status != 200:
                         return None
-                    text = await response.text()
+                    compact = response.content_type == FIGURES_CONTENT_TYPE
+                    payload = await response.read()
             except (TimeoutError, aiohttp.ClientError, OSError):
                 return None
         try:
-            return parse_pod_metrics(text)
-        except ValueError:
+            if compact:
+                return decode_figures(payload)
+            # A launcher older than the compact form answers every path with its text.
+            return parse_pod_metrics(payload.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
             return None
 
     async def prometheus_rates(self, address: str, query: str) -> dict[str, float] | None:

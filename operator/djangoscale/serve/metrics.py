@@ -19,6 +19,7 @@ import glob
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -360,13 +361,68 @@ def _size(path: str) -> int:
         return 0
 
 
+# An idle keep-alive connection is closed after this long, so a collector that went away
+# does not hold a thread of the launcher's top process.
+IDLE_CONNECTION_SECONDS = 60.0
+
+
+def pod_figures_of(registry: Any) -> bytes:
+    """The compact form (`djangoscale.pod_figures`) of what the registry reads now."""
+    from djangoscale.pod_figures import encode_figures, pod_scrape_from_samples
+
+    return encode_figures(pod_scrape_from_samples(
+        (sample.name, sample.labels, sample.value)
+        for family in registry.collect() for sample in family.samples))
+
+
 def start_metrics_server(host: str, port: int, path: str, *extra: Any) -> Any:
     """Serve the sum over all processes on host:port (a daemon thread of this process),
-    and what the `extra` collectors read at each scrape (the pod's pgbouncer)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    and what the `extra` collectors read at each scrape (the pod's pgbouncer): the Prometheus
+    text on every path, the compact figures the operator reads on FIGURES_PATH. HTTP/1.1 with
+    keep-alive: the operator reads every pod every few seconds over one connection."""
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+
+    from djangoscale.pod_figures import FIGURES_CONTENT_TYPE, FIGURES_PATH
 
     registry = CollectorRegistry()
     registry.register(_SweepingCollector(path))
     for collector in extra:
         registry.register(collector)
-    return start_http_server(port, addr=host, registry=registry)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = IDLE_CONNECTION_SECONDS
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path.split("?", 1)[0] == FIGURES_PATH:
+                body, content_type = pod_figures_of(registry), FIGURES_CONTENT_TYPE
+                gzipped = False
+            else:
+                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                body = encoder(registry)
+                gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
+                if gzipped:
+                    body = gzip.compress(body)
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return  # a scrape every few seconds is not worth a log line
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+    Server.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = Server((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="djangoscale-metrics-server",
+                     daemon=True).start()
+    return server
