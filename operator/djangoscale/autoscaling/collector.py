@@ -20,7 +20,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,11 @@ class PodTarget:
     ready: bool
     labels: tuple[tuple[str, str], ...] = ()
     starting: bool = False  # created and not yet ready: capacity on the way
+    uid: str = ""  # what sharding hashes (the name where a caller has no UID)
+
+    @property
+    def shard_key(self) -> str:
+        return self.uid or self.name
 
     @property
     def label_dict(self) -> dict[str, str]:
@@ -227,11 +232,19 @@ class Reading:
     saturation: Saturation | None = None
     # Per ready pod: (threads busy on average, CPU cores used) over the stable window.
     usage: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # What this replica read itself, by pod: (monotonic time, figures), for its peers.
+    samples: dict[str, tuple[float, PodScrape]] = field(default_factory=dict)
 
 
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
-                  scraper: Scraper, now: float | None = None) -> Reading:
-    """Scrape (or query) once, feed the windows, and decide what the HPA sees."""
+                  scraper: Scraper, now: float | None = None,
+                  mine: Callable[[PodTarget], bool] | None = None,
+                  remote: Mapping[str, tuple[float, PodScrape]] | None = None) -> Reading:
+    """Scrape (or query) once, feed the windows, and decide what the HPA sees.
+
+    Sharded (`djangoscale.autoscaling.sharding`), this replica reads only the pods `mine`
+    accepts; the others' figures come from its peers' last reads (`remote`, on this
+    replica's clock), and a pod in neither counts as a failed read (its values hold)."""
     pods = list(pods)
     ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
     starting = sum(1 for p in pods if p.starting)
@@ -258,20 +271,18 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
         targets = ready + ([p for p in pods if p.ip and not p.ready] if guarded else [])
     else:
         targets = sorted((p for p in pods if p.ip), key=lambda p: p.name) if guarded else []
-    scrapes = await asyncio.gather(*(scraper.pod_scrape(p.ip, ds.metrics_port)
-                                     for p in targets))
-    by_pod = dict(zip((p.name for p in targets), scrapes, strict=True))
+    read = targets if mine is None else [p for p in targets if mine(p)]
+    scrapes = await asyncio.gather(*(scraper.pod_scrape(p.ip, ds.metrics_port) for p in read))
+    samples = {p.name: (t, s) for p, s in zip(read, scrapes, strict=True) if s is not None}
+    given = dict(remote or {})
+    given.update(samples)  # what this replica read itself wins over a peer's older read
+    by_pod = {p.name: given[p.name][1] if p.name in given else None for p in targets}
     if source is None:
         for pod in ready:
-            scrape = by_pod[pod.name]
-            if scrape is None:
+            if pod.name not in given:
                 failed.append(pod.name)
             else:
-                windows.observe_counter(pod.name, t, scrape.requests_total)
-                windows.observe_busy(pod.name, t, scrape.busy_seconds)
-                windows.observe_usage(pod.name, t, scrape.app_seconds, scrape.cpu_seconds)
-                if scrape.queue_bounds:
-                    windows.observe_queue(pod.name, t, scrape.queue_bounds, scrape.queue_counts)
+                observe(windows, pod.name, *given[pod.name])
     autoscaling = ds.autoscaling
 
     def decision_of(metric: str, rates: dict[str, Rates]) -> Decision:
@@ -293,8 +304,17 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
         decisions[RPS], len(ready), failed, "prometheus" if source else "pods",
         budget=ds.database.pool_budget if guarded and ds.database else None,
         server_connections=sum(reported), pods_reporting=len(reported),
-        decisions=decisions, saturation=saturation, usage=windows.usage(),
+        decisions=decisions, saturation=saturation, usage=windows.usage(), samples=samples,
     )
+
+
+def observe(windows: ServiceWindows, pod: str, t: float, scrape: PodScrape) -> None:
+    """Feed one read of a pod into its windows."""
+    windows.observe_counter(pod, t, scrape.requests_total)
+    windows.observe_busy(pod, t, scrape.busy_seconds)
+    windows.observe_usage(pod, t, scrape.app_seconds, scrape.cpu_seconds)
+    if scrape.queue_bounds:
+        windows.observe_queue(pod, t, scrape.queue_bounds, scrape.queue_counts)
 
 
 def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: float,

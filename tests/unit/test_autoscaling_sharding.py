@@ -1,0 +1,192 @@
+"""Sharded collection: who reads which pod, what moves when a peer comes or goes, the samples
+the replicas exchange, and windows merged from both replicas' reads of real endpoints."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from djangoscale import spec
+from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
+from djangoscale.autoscaling.sharding import (
+    Assignment,
+    Shards,
+    decode_samples,
+    encode_samples,
+    owner_of,
+)
+from djangoscale.autoscaling.windows import ServiceWindows
+from djangoscale.pod_figures import FIGURES_CONTENT_TYPE, FIGURES_PATH, PodScrape
+from djangoscale.serve.metrics import pod_figures_of
+
+UIDS = [f"0c8f{i:08d}-uid" for i in range(6000)]
+
+
+def shares(assignment: Assignment) -> dict[str, int]:
+    counted = dict.fromkeys(assignment.peers, 0)
+    for uid in UIDS:
+        counted[assignment.owner(uid)] += 1
+    return counted
+
+
+def test_every_peer_reads_about_an_equal_share():
+    two = shares(Assignment.of(["djangoscale-0", "djangoscale-1"]))
+    assert sum(two.values()) == 6000
+    assert all(2700 <= n <= 3300 for n in two.values()), two
+    three = shares(Assignment.of(["djangoscale-0", "djangoscale-1", "djangoscale-2"]))
+    assert all(1800 <= n <= 2200 for n in three.values()), three
+
+
+def test_the_owner_is_the_same_whatever_the_order_the_peers_are_listed_in():
+    assert all(owner_of(uid, ["a", "b", "c"]) == owner_of(uid, ["c", "a", "b"])
+               for uid in UIDS[:500])
+    with pytest.raises(ValueError, match="no live peer"):
+        owner_of("uid", [])
+
+
+def test_a_peer_leaving_moves_only_its_own_pods_and_joining_takes_only_new_ones():
+    two = Assignment.of(["djangoscale-0", "djangoscale-1"])
+    three = Assignment.of(["djangoscale-0", "djangoscale-1", "djangoscale-2"])
+    moved = [uid for uid in UIDS if two.owner(uid) != three.owner(uid)]
+    assert all(three.owner(uid) == "djangoscale-2" for uid in moved)  # to the newcomer only
+    assert 1800 <= len(moved) <= 2200  # about a third, not a reshuffle
+    back = three.without(["djangoscale-2"])
+    assert all(back.owner(uid) == two.owner(uid) for uid in UIDS)
+
+
+def test_a_peer_that_did_not_answer_is_left_out_and_the_assignment_kept_otherwise():
+    shards = Shards("djangoscale-0")
+    first = shards.update(["djangoscale-0", "djangoscale-1"])
+    assert shards.update(["djangoscale-1", "djangoscale-0"]) is first  # owners kept
+    alone = shards.update(["djangoscale-0", "djangoscale-1"], unreachable=["djangoscale-1"])
+    assert alone.peers == ("djangoscale-0",)
+    assert all(alone.owns("djangoscale-0", uid) for uid in UIDS[:100])
+    # This replica never leaves its own assignment, even when named unreachable.
+    assert shards.update([], unreachable=["djangoscale-0"]).peers == ("djangoscale-0",)
+
+
+def test_samples_cross_to_a_peer_on_its_own_clock():
+    scrape = PodScrape(42.0, server_connections=3, queue_bounds=(0.1, float("inf")),
+                       queue_counts=(1.0, 4.0))
+    # Read at monotonic 100 on a replica whose wall clock says 1000 at monotonic 110.
+    payload = encode_samples({("web", "shop"): {"shop-a": (100.0, scrape)}}, now=110.0,
+                             wall=1000.0)
+    # The peer's monotonic clock says 50 at wall 1001: the read was 11 s ago there too.
+    decoded = decode_samples(payload, now=50.0, wall=1001.0)
+    assert decoded == {("web", "shop"): {"shop-a": (39.0, scrape)}}
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    (b"[]", "not an object"),
+    (b'{"shop": {}}', "'shop' is not namespace/name"),
+    (b'{"web/shop": {"shop-a": [1]}}', "web/shop/shop-a is not"),
+    (b'{"web/shop": {"shop-a": [1, {"busy_seconds": 1}]}}', "requests_total"),
+])
+def test_malformed_samples_are_refused_naming_what(payload, says):
+    with pytest.raises(ValueError, match=says):
+        decode_samples(payload)
+
+
+# -- two replicas reading real endpoints -------------------------------------------------------
+
+HOSTS = [f"127.0.3.{i}" for i in range(1, 9)]
+
+
+class Pods:
+    """Eight launcher-like endpoints serving the compact figures of their own counters."""
+
+    def __init__(self) -> None:
+        self.counters = {}
+        self.registries = {}
+        for host in HOSTS:
+            registry = CollectorRegistry()
+            self.registries[host] = registry
+            self.counters[host] = Counter("djangoscale_requests", "r", registry=registry)
+
+    async def figures(self, request: web.Request) -> web.Response:
+        host = request.transport.get_extra_info("sockname")[0]  # type: ignore[union-attr]
+        return web.Response(body=pod_figures_of(self.registries[host]),
+                            content_type=FIGURES_CONTENT_TYPE)
+
+    def serve(self, seconds: float, rps: float) -> None:
+        for counter in self.counters.values():
+            counter.inc(seconds * rps)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def pods() -> AsyncIterator[tuple[Pods, int]]:
+    served = Pods()
+    app = web.Application()
+    app.router.add_get(FIGURES_PATH, served.figures)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    for host in HOSTS:
+        await web.TCPSite(runner, host, port).start()
+    yield served, port
+    await runner.cleanup()
+
+
+def shop(port: int) -> spec.DjangoService:
+    return spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 2, "max": 10}, "metricsPort": port,
+                 "autoscaling": {"targetRPSPerPod": 20, "stableWindowSeconds": 12,
+                                 "panicWindowSeconds": 6}},
+    })
+
+
+async def test_two_replicas_merge_to_what_one_replica_reads_and_a_leaving_peer_leaves_no_gap(
+        pods: tuple[Pods, int]) -> None:
+    served, port = pods
+    ds = shop(port)
+    targets = [PodTarget(f"shop-{i}", host, True, uid=f"uid-{i}")
+               for i, host in enumerate(HOSTS)]
+    both = Assignment.of(["djangoscale-0", "djangoscale-1"])
+    assert 0 < sum(both.owns("djangoscale-0", p.shard_key) for p in targets) < len(targets)
+    alone, merged = ServiceWindows(), {"djangoscale-0": ServiceWindows(),
+                                       "djangoscale-1": ServiceWindows()}
+    scraper = Scraper(timeout=1.0)
+    values: list[dict[str, float]] = []
+    try:
+        for step in range(10):
+            t = 2.0 * step
+            # One replica reading everything: what the merge must equal.
+            single = await collect(ds, targets, alone, scraper, now=t)
+            # Two replicas, each reading its share, then taking the other's reads. From step
+            # 6 on, djangoscale-1 is gone: djangoscale-0 reads every pod itself.
+            assignment = both if step < 6 else both.without(["djangoscale-1"])
+            live = [peer for peer in merged if peer in assignment.peers]
+            reads = {}
+            for peer in live:
+                reading = await collect(
+                    ds, targets, ServiceWindows(), scraper, now=t,
+                    mine=lambda pod, peer=peer, shares=assignment: shares.owns(
+                        peer, pod.shard_key))
+                reads[peer] = reading.samples
+            for peer in live:
+                others = {pod: sample for other, samples in reads.items() if other != peer
+                          for pod, sample in samples.items()}
+                reading = await collect(ds, targets, merged[peer], scraper, now=t,
+                                        mine=lambda pod: False, remote={**others,
+                                                                         **reads[peer]})
+                assert not reading.failed
+                assert reading.decision.per_pod.keys() == single.decision.per_pod.keys()
+                for pod, value in single.decision.per_pod.items():
+                    assert reading.decision.per_pod[pod] == pytest.approx(value)
+            if step >= 1:
+                values.append(merged["djangoscale-0"].rates()["shop-0"].__dict__)
+            served.serve(2.0, rps=5.0)
+    finally:
+        await scraper.close()
+    # 5 RPS per pod throughout: no dip at the move (the counter series simply continues).
+    assert all(v["panic"] == pytest.approx(5.0) for v in values)
