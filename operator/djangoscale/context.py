@@ -27,7 +27,7 @@ from djangoscale.contract import (
     RPS_METRIC,
 )
 from djangoscale.k8s import Api, ApiError
-from djangoscale.peering import is_active, is_active_peer
+from djangoscale.peering import is_active, is_active_peer, live_peers
 from djangoscale.rollouts import RolloutGate
 from djangoscale.settings import OperatorSettings
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 # Seconds a reading of the peering object is trusted: the loops ask every round.
 PEERING_CHECK_SECONDS = 5.0
+# Seconds a peer's pod IP is trusted (a replaced pod comes back with another).
+PEER_IP_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,16 @@ class OperatorContext:
     pruned: dict[tuple[str, str], tuple[str, int | None]] = field(default_factory=dict)
     # Set by the startup handler that starts the metrics API server (before any copy is made).
     metrics_server: web.AppRunner | None = None
+    # Set by the startup handler that starts the sharded collection's reading endpoint.
+    shard_server: web.AppRunner | None = None
     # The operator-wide loops (`djangoscale.background`), cancelled at cleanup.
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # With peering, the loops run only while this operator is the active peer.
     peering: PeeringSeat | None = None
     # (monotonic time read, the peering object's status) of the last reading.
     _peering: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+    # Other operator pods' IPs by name, with when each was read (sharded collection).
+    _peer_ips: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     # One reconcile of an object at a time: the resync daemon, the change handlers and a
     # migration Job's event may all fire at once, and each decides on a Warning event from
     # the status the one before it wrote.
@@ -131,6 +137,28 @@ class OperatorContext:
         status, now = await self._peering_status()
         return is_active_peer(status, pod_name, now)
 
+    async def live_peer_names(self) -> list[str]:
+        """The kopf identities (pod names, in the chart) of the live peers; [] standalone."""
+        if self.peering is None:
+            return []
+        status, now = await self._peering_status()
+        return [identity for _, identity in live_peers(status, now)]
+
+    async def peer_ip(self, pod_name: str) -> str | None:
+        """A peer's pod IP (it runs in this operator's namespace), read at most every
+        PEER_IP_SECONDS; None when there is no such pod or it has no IP yet."""
+        read_at, ip = self._peer_ips.get(pod_name, (float("-inf"), None))
+        namespace = self.settings.pod_namespace
+        if namespace is None or time.monotonic() - read_at < PEER_IP_SECONDS:
+            return ip
+        try:
+            pod = await asyncio.to_thread(self.api.get, "v1", "Pod", namespace, pod_name)
+        except ApiError:
+            return ip  # keep the last reading through an API hiccup
+        ip = ((pod or {}).get("status") or {}).get("podIP") or None
+        self._peer_ips[pod_name] = (time.monotonic(), ip)
+        return ip
+
     async def _peering_status(self) -> tuple[dict[str, Any] | None, datetime.datetime]:
         """The peering object's status, read at most every PEERING_CHECK_SECONDS."""
         assert self.peering is not None
@@ -158,8 +186,9 @@ class OperatorContext:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         self.background.clear()
-        if self.metrics_server is not None:
-            await self.metrics_server.cleanup()
+        for server in (self.metrics_server, self.shard_server):
+            if server is not None:
+                await server.cleanup()
         await self.scraper.close()
         closer: Any = getattr(self.api, "close", None)
         if closer is not None:

@@ -58,6 +58,9 @@ OPERATOR_ACCESS: Final[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
 # The active peer labels its own pod (djangoscale/peering.py): patch on the operator's pods, by
 # name, in the release namespace; reviewed for each live peer (kopf's identity is the pod name).
 OWN_POD_ACCESS: Final = ("", "pods", "patch")
+# The active peer reads the other peers' pod IPs, to send each its share of the pods to read
+# (djangoscale/autoscaling/sharding.py): get, on the same pods.
+PEER_POD_ACCESS: Final = ("", "pods", "get")
 # With the metrics API: the front proxy's client CA, one ConfigMap in kube-system.
 REQUESTHEADER_ACCESS: Final = ("kube-system", "", "configmaps",
                                "extension-apiserver-authentication", "get")
@@ -180,9 +183,9 @@ def run_checks(api: Any, namespace: str, service_account: str,
     if apiservice is not None:
         where, group, resource, name, verb = REQUESTHEADER_ACCESS
         wanted.append((group, resource, verb, where, name))
-    group, resource, verb = OWN_POD_ACCESS
-    wanted += [(group, resource, verb, namespace, pod)
-               for _, pod in live_peers((peering_object or {}).get("status"), now)]
+    peers = [pod for _, pod in live_peers((peering_object or {}).get("status"), now)]
+    for group, resource, verb in (OWN_POD_ACCESS, PEER_POD_ACCESS):
+        wanted += [(group, resource, verb, namespace, pod) for pod in peers]
     denied = []
     for group, resource, verb, where, name in wanted:
         review = api.call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",

@@ -48,6 +48,9 @@ class OperatorSettings:
     # labels it so that the metrics API Service selects it. None outside a pod.
     pod_name: str | None = None
     pod_namespace: str | None = None
+    # Where every replica reads the share of the pods the active peer sends it (plain HTTP,
+    # `djangoscale.autoscaling.sharding`); -1: the active peer reads every pod itself.
+    shard_port: int = 8082
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -96,4 +99,5 @@ ENV: Final[dict[str, str]] = {
     "max_concurrent_rollouts": "DJANGOSCALE_MAX_CONCURRENT_ROLLOUTS",
     "pod_name": "DJANGOSCALE_POD_NAME",
     "pod_namespace": "DJANGOSCALE_POD_NAMESPACE",
+    "shard_port": "DJANGOSCALE_SHARD_PORT",
 }

@@ -100,15 +100,18 @@ def own_pod_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("replicas", [1, 2, 3])
 def test_the_operator_may_patch_only_its_own_pods(replicas):
-    """The active peer labels its own pod: patch, by name, on the StatefulSet's pods only."""
-    from djangoscale.doctor import OWN_POD_ACCESS
+    """The active peer labels its own pod (patch) and reads its peers' IPs (get), by name, on
+    the StatefulSet's pods only."""
+    from djangoscale.doctor import OWN_POD_ACCESS, PEER_POD_ACCESS
 
     role = own_pod_role(render("--set", f"replicaCount={replicas}"))
     assert role["metadata"]["namespace"] == install_manifests.NAMESPACE
     group, resource, verb = OWN_POD_ACCESS
+    assert PEER_POD_ACCESS[:2] == (group, resource)
     names = [f"{install_manifests.RELEASE}-{index}" for index in range(replicas)]
     assert role["rules"] == [{"apiGroups": [group], "resources": [resource],
-                              "resourceNames": names, "verbs": [verb]}]
+                              "resourceNames": names,
+                              "verbs": sorted([PEER_POD_ACCESS[2], verb])}]
 
 
 def test_the_metrics_api_service_selects_the_active_peer_and_every_pod_can_be_ready():

@@ -4,6 +4,7 @@ the replicas exchange, and windows merged from both replicas' reads of real endp
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,10 +15,16 @@ from prometheus_client import CollectorRegistry, Counter
 from djangoscale import spec
 from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
 from djangoscale.autoscaling.sharding import (
+    SHARD_READ_PATH,
     Assignment,
+    ShardReader,
     Shards,
+    ShareOfService,
+    build_shard_app,
     decode_samples,
+    decode_work,
     encode_samples,
+    encode_work,
     owner_of,
 )
 from djangoscale.autoscaling.windows import ServiceWindows
@@ -84,6 +91,7 @@ def test_samples_cross_to_a_peer_on_its_own_clock():
 @pytest.mark.parametrize(("payload", "says"), [
     (b"[]", "not an object"),
     (b'{"shop": {}}', "'shop' is not namespace/name"),
+    (b'{"web/shop": []}', "does not map pods"),
     (b'{"web/shop": {"shop-a": [1]}}', "web/shop/shop-a is not"),
     (b'{"web/shop": {"shop-a": [1, {"busy_seconds": 1}]}}', "requests_total"),
 ])
@@ -190,3 +198,52 @@ async def test_two_replicas_merge_to_what_one_replica_reads_and_a_leaving_peer_l
         await scraper.close()
     # 5 RPS per pod throughout: no dip at the move (the counter series simply continues).
     assert all(v["panic"] == pytest.approx(5.0) for v in values)
+
+
+async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
+        pods: tuple[Pods, int]) -> None:
+    served, port = pods
+    served.serve(10.0, rps=3.0)
+    peer_scraper, scraper = Scraper(timeout=1.0), Scraper(timeout=1.0)
+    runner = web.AppRunner(build_shard_app(peer_scraper))
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        peer_port = int(sock.getsockname()[1])
+    await web.TCPSite(runner, "127.0.0.1", peer_port).start()
+    work = {("web", "shop"): ShareOfService(port, tuple(
+        (f"shop-{i}", host) for i, host in enumerate(HOSTS[:3])))}
+    reader = ShardReader("djangoscale-0", scraper, retry_seconds=30.0)
+    try:
+        before = time.monotonic()
+        read = await reader.read("djangoscale-1",
+                                 f"http://127.0.0.1:{peer_port}{SHARD_READ_PATH}", work)
+        assert sorted(read[("web", "shop")]) == ["shop-0", "shop-1", "shop-2"]
+        t, scrape = read[("web", "shop")]["shop-1"]
+        assert scrape.requests_total == 30.0
+        assert before - 0.5 <= t <= time.monotonic() + 0.5  # on this replica's clock
+        assert reader.assignment(["djangoscale-0", "djangoscale-1"]).peers == (
+            "djangoscale-0", "djangoscale-1")
+        await runner.cleanup()  # the peer goes
+        read = await reader.read("djangoscale-1",
+                                 f"http://127.0.0.1:{peer_port}{SHARD_READ_PATH}", work)
+        assert read[("web", "shop")]["shop-2"][1].requests_total == 30.0  # read here instead
+        assert reader.assignment(["djangoscale-0", "djangoscale-1"]).peers == ("djangoscale-0",)
+        later = time.monotonic() + 31.0
+        assert reader.assignment(["djangoscale-0", "djangoscale-1"], now=later).peers == (
+            "djangoscale-0", "djangoscale-1")  # tried again after a while
+    finally:
+        await runner.cleanup()
+        await scraper.close()
+        await peer_scraper.close()
+
+
+def test_work_for_a_peer_round_trips_and_bad_work_is_refused_naming_the_field():
+    work = {("web", "shop"): ShareOfService(8000, (("shop-a", "10.0.0.1"),))}
+    assert decode_work(encode_work(work)) == work
+    with pytest.raises(ValueError, match="port 0 is not a TCP port"):
+        decode_work(b'{"web/shop": {"port": 0, "pods": []}}')
+    with pytest.raises(ValueError, match="'pods'"):
+        decode_work(b'{"web/shop": {"port": 80}}')
+    with pytest.raises(ValueError, match="'shop' is not namespace/name"):
+        decode_work(b'{"shop": {"port": 80, "pods": []}}')

@@ -17,10 +17,11 @@ not rewritten.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +215,10 @@ class Saturation:
     held: bool  # the ceiling is on (see `database_saturation`)
 
 
+# A DjangoService's pods read by a peer: (monotonic time here, figures), by pod name.
+PeerSamples = Mapping[str, tuple[float, PodScrape]]
+
+
 @dataclass
 class Reading:
     """One collection round for one DjangoService."""
@@ -239,12 +244,13 @@ class Reading:
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
                   scraper: Scraper, now: float | None = None,
                   mine: Callable[[PodTarget], bool] | None = None,
-                  remote: Mapping[str, tuple[float, PodScrape]] | None = None) -> Reading:
+                  remote: PeerSamples | Awaitable[PeerSamples] | None = None) -> Reading:
     """Scrape (or query) once, feed the windows, and decide what the HPA sees.
 
     Sharded (`djangoscale.autoscaling.sharding`), this replica reads only the pods `mine`
-    accepts; the others' figures come from its peers' last reads (`remote`, on this
-    replica's clock), and a pod in neither counts as a failed read (its values hold)."""
+    accepts; the others' figures come from its peers (`remote`, a mapping or an awaitable one,
+    on this replica's clock), and a pod in neither counts as a failed read (its values
+    hold)."""
     pods = list(pods)
     ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
     starting = sum(1 for p in pods if p.starting)
@@ -265,16 +271,11 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
                 if pod.name in rates:
                     windows.observe_rate(pod.name, rates[pod.name])
     guarded = ds.uses_pgbouncer and ds.database is not None
-    # The pods to read: the ready ones for requests (unless Prometheus gives them), and for
-    # the budget guard every pod with an address, since a terminating pod still holds its pool.
-    if source is None:
-        targets = ready + ([p for p in pods if p.ip and not p.ready] if guarded else [])
-    else:
-        targets = sorted((p for p in pods if p.ip), key=lambda p: p.name) if guarded else []
+    targets = read_targets(ds, pods)
     read = targets if mine is None else [p for p in targets if mine(p)]
     scrapes = await asyncio.gather(*(scraper.pod_scrape(p.ip, ds.metrics_port) for p in read))
     samples = {p.name: (t, s) for p, s in zip(read, scrapes, strict=True) if s is not None}
-    given = dict(remote or {})
+    given = dict((await remote) if inspect.isawaitable(remote) else (remote or {}))
     given.update(samples)  # what this replica read itself wins over a peer's older read
     by_pod = {p.name: given[p.name][1] if p.name in given else None for p in targets}
     if source is None:
@@ -306,6 +307,18 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
         server_connections=sum(reported), pods_reporting=len(reported),
         decisions=decisions, saturation=saturation, usage=windows.usage(), samples=samples,
     )
+
+
+def read_targets(ds: DjangoService, pods: Iterable[PodTarget]) -> list[PodTarget]:
+    """The pods to read: the ready ones for requests (unless Prometheus gives them), and for
+    the budget guard every pod with an address, since a terminating pod still holds its
+    pool."""
+    pods = list(pods)
+    ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
+    guarded = ds.uses_pgbouncer and ds.database is not None
+    if ds.autoscaling.prometheus is None:
+        return ready + ([p for p in pods if p.ip and not p.ready] if guarded else [])
+    return sorted((p for p in pods if p.ip), key=lambda p: p.name) if guarded else []
 
 
 def observe(windows: ServiceWindows, pod: str, t: float, scrape: PodScrape) -> None:

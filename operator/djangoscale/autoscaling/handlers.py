@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from djangoscale import background, k8s, spec
 from djangoscale.autoscaling import collector
@@ -25,6 +27,14 @@ from djangoscale.autoscaling.apiserver import (
     server_ssl_context,
     start_server,
     write_serving_cert,
+)
+from djangoscale.autoscaling.sharding import (
+    SHARD_READ_PATH,
+    Assignment,
+    Samples,
+    ShardReader,
+    ShareOfService,
+    build_shard_app,
 )
 from djangoscale.autoscaling.windows import ServiceWindows
 from djangoscale.background import ServiceKey
@@ -75,20 +85,78 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
         ready=ready,
         labels=tuple(sorted(labels.items())),
         starting=collector.pod_starting(dict(status), dict(meta), ready),
+        uid=str(meta.get("uid") or ""),
     )
     return {(namespace, instance): target}
+
+
+@dataclass
+class RoundShares:
+    """This round's assignment, and the other peers' reads of their shares (merged)."""
+
+    me: str
+    assignment: Assignment
+    reads: asyncio.Task[dict[ServiceKey, Samples]]
+
+    def mine(self, pod: collector.PodTarget) -> bool:
+        return self.assignment.owns(self.me, pod.shard_key)
+
+    async def of(self, key: ServiceKey) -> Samples:
+        return (await self.reads).get(key, {})
 
 
 class RpsCollection:
     """One collection round over every DjangoService: read its pods from the index, publish
     per-pod values, write status if it changed. The stable/panic windows of each service are
-    kept across rounds, and dropped with the service."""
+    kept across rounds, and dropped with the service. With `reader`, the other live peers
+    read their share of the pods (`djangoscale.autoscaling.sharding`)."""
 
     def __init__(self, context: OperatorContext,
                  services: kopf.Index[ServiceKey, dict[str, Any]],
-                 pods: kopf.Index[ServiceKey, collector.PodTarget]) -> None:
+                 pods: kopf.Index[ServiceKey, collector.PodTarget],
+                 reader: ShardReader | None = None) -> None:
         self.context, self.services, self.pods = context, services, pods
+        self.reader = reader
         self.windows: dict[ServiceKey, ServiceWindows] = {}
+
+    async def shares(self, services: dict[ServiceKey, dict[str, Any]]) -> RoundShares | None:
+        """Send every other live, reachable peer its share of this round's pods; None when
+        this replica reads them all."""
+        if self.reader is None:
+            return None
+        me = self.reader.shards.me
+        addresses = {}
+        for peer in await self.context.live_peer_names():
+            if peer != me and (ip := await self.context.peer_ip(peer)) is not None:
+                addresses[peer] = f"http://{ip}:{self.context.settings.shard_port}"
+        assignment = self.reader.assignment([me, *addresses])
+        if assignment.peers == (me,):
+            return None
+        work: dict[str, dict[ServiceKey, list[tuple[str, str]]]] = {}
+        ports: dict[ServiceKey, int] = {}
+        for key, body in services.items():
+            ds = parse_enabled(body)
+            if ds is None:
+                continue
+            ports[key] = ds.metrics_port
+            for pod in collector.read_targets(ds, self.pods.get(key, [])):
+                owner = assignment.owner(pod.shard_key)
+                if owner != me:
+                    work.setdefault(owner, {}).setdefault(key, []).append((pod.name, pod.ip))
+        reader = self.reader
+
+        async def read_all() -> dict[ServiceKey, Samples]:
+            reads = await asyncio.gather(*(
+                reader.read(peer, addresses[peer] + SHARD_READ_PATH, {
+                    key: ShareOfService(ports[key], tuple(pods)) for key, pods in share.items()})
+                for peer, share in work.items()))
+            merged: dict[ServiceKey, Samples] = {}
+            for found in reads:
+                for key, samples in found.items():
+                    merged.setdefault(key, {}).update(samples)
+            return merged
+
+        return RoundShares(me, assignment, asyncio.create_task(read_all()))
 
     async def round(self) -> None:
         services = background.latest(self.services)
@@ -102,17 +170,18 @@ class RpsCollection:
             # Ready while there is something to collect: a standby peer, whose watches kopf
             # holds, stays out of the APIService's endpoints as before.
             self.context.rps.beat()
-        await background.each(services.items(), self.collect, logger, "RPS collection",
-                              describe=lambda item: item[0])
+        shares = await self.shares(services)
+        await background.each(services.items(), lambda item: self.collect(item, shares),
+                              logger, "RPS collection", describe=lambda item: item[0])
+        if shares is not None:
+            await asyncio.gather(shares.reads, return_exceptions=True)
 
-    async def collect(self, item: tuple[ServiceKey, dict[str, Any]]) -> None:
+    async def collect(self, item: tuple[ServiceKey, dict[str, Any]],
+                      shares: RoundShares | None = None) -> None:
         (namespace, name), body = item
         context, stores = self.context, self.context.web_stores
-        try:
-            ds = spec.parse(body)
-        except spec.SpecError:
-            ds = None  # the reconciler reports it; nothing to scale
-        if ds is None or not ds.autoscaling.enabled:
+        ds = parse_enabled(body)
+        if ds is None:
             for store in stores.values():
                 store.drop(namespace, name)
             return
@@ -123,7 +192,11 @@ class RpsCollection:
             windows = self.windows[(namespace, name)] = ServiceWindows(
                 carried=collector.carried_rates(body))
         pods = list(self.pods.get((namespace, name), []))
-        reading = await collector.collect(ds, pods, windows, context.scraper)
+        if shares is None:
+            reading = await collector.collect(ds, pods, windows, context.scraper)
+        else:
+            reading = await collector.collect(ds, pods, windows, context.scraper,
+                                              mine=shares.mine, remote=shares.of((namespace, name)))
         if reading.budget is not None:
             DATABASE_BUDGET.labels(namespace, name).set(reading.budget)
         labels = {pod.name: pod.label_dict for pod in pods}
@@ -160,13 +233,30 @@ class RpsCollection:
                                error.status, error.reason)
 
 
+def parse_enabled(body: dict[str, Any]) -> spec.DjangoService | None:
+    """The DjangoService, if it autoscales (a spec error is the reconciler's to report)."""
+    try:
+        ds = spec.parse(body)
+    except spec.SpecError:
+        return None
+    return ds if ds.autoscaling.enabled else None
+
+
+def shard_reader(context: OperatorContext) -> ShardReader | None:
+    """In a pod of a peered operator with sharding on: the active peer's side of it."""
+    settings = context.settings
+    if context.peering is None or settings.pod_name is None or settings.shard_port < 0:
+        return None
+    return ShardReader(settings.pod_name, context.scraper)
+
+
 @kopf.on.startup()
 async def start_rps_collection(memo: object, djangoservices: kopf.Index[ServiceKey, Any],
                                rps_pods: kopf.Index[ServiceKey, Any], **_: Any) -> None:
     """One collecting loop for all DjangoServices, every `scrape_interval` (not a daemon per
     object: that would bring kopf's finalizer, see `djangoscale.background`)."""
     context = context_of(memo)
-    collection = RpsCollection(context, djangoservices, rps_pods)
+    collection = RpsCollection(context, djangoservices, rps_pods, shard_reader(context))
     context.start("rps-collection", background.run_every(
         context.settings.scrape_interval, collection.round, logger, "RPS collection",
         active=context.active))
@@ -219,6 +309,28 @@ async def start_metrics_api(logger: kopf.Logger, memo: object, **_: Any) -> None
     context.metrics_server = runner
     logger.info("serving custom.metrics.k8s.io/v1beta2 on https://%s:%d (clients: %s)",
                 bind, port, ", ".join(allowed_names) or "any front-proxy cert")
+
+
+@kopf.on.startup()
+async def start_shard_server(logger: kopf.Logger, memo: object, **_: Any) -> None:
+    """On every replica, standby included: the endpoint where the active peer sends this
+    replica its share of the pods to read."""
+    context = context_of(memo)
+    if shard_reader(context) is None:
+        return
+    runner = web.AppRunner(build_shard_app(context.scraper), access_log=None)
+    await runner.setup()
+    bind = context.settings.bind or "0.0.0.0"
+    try:
+        await web.TCPSite(runner, bind, context.settings.shard_port).start()
+    except OSError as error:
+        await runner.cleanup()
+        logger.error("not reading a share of the pods on %s:%d: %s", bind,
+                     context.settings.shard_port, error)
+        return
+    context.shard_server = runner
+    logger.info("reading a share of the pods on request at http://%s:%d%s", bind,
+                context.settings.shard_port, SHARD_READ_PATH)
 
 
 class ActivePeerLabel:

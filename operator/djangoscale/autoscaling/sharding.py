@@ -1,35 +1,52 @@
-"""Sharded collection: every live operator replica reads a share of the pods, and every replica
-keeps the windows of all of them.
+"""Sharded collection: every live operator replica reads a share of the pods; the active peer
+merges them into the windows it keeps for every pod.
 
 Who reads a pod: rendezvous hashing of the pod's UID over the live peers (kopf's peering
-records). Each replica computes the same owner for every pod without talking to the others,
-and when a peer joins or leaves only the pods that peer gains or loses move (1/n of them).
+records). When a peer joins or leaves only the pods that peer gains or loses move (1/n of
+them).
 
-How the shares meet: each replica serves the figures it read in its last round
-(`encode_samples`) and pulls the others' (`decode_samples`); every replica feeds all of them
-into its windows, keyed by pod. The launcher's counters are cumulative, so a pod read by another
-replica from one round to the next continues the same series: an ownership move leaves no gap
-in any window. Only the active peer serves the metrics API and writes status, but a standby's
-windows are as full as the active peer's, so a takeover starts from full windows.
+Why the active peer drives: kopf holds a standby's watches, so a standby's pod index is not
+kept up to date and it cannot tell which pods exist. The active peer, whose index is, sends
+each other live peer the pods of its share every round (`encode_work`, a POST to
+`SHARD_READ_PATH`); the peer reads them as the active peer reads its own and answers with the
+figures (`encode_samples`, times as wall-clock seconds, turned back into the active peer's
+monotonic clock). The active peer feeds them into its windows, keyed by pod. The launcher's
+counters are cumulative, so a pod read by another replica from one round to the next
+continues the same series: an ownership move leaves no gap in any window.
 
-A peer that does not answer a pull is left out of the assignment for that round
-(`Assignment.without`): its pods are read by the others at once, long before kopf's peering
-record of it expires.
+A peer that does not answer is read for at once (its pods by the active peer, in the same
+round) and left out of the assignment for `UNREACHABLE_RETRY_SECONDS`, long before kopf's
+peering record of it expires. A standby holds no state: when it goes, nothing is lost; when
+the active peer goes, the new one starts from the rates its status carried, as without
+sharding.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+import aiohttp
+from aiohttp import web
+
+from djangoscale.autoscaling.collector import Scraper
 from djangoscale.pod_figures import PodScrape, decode_figures
 
-# The path on which a replica serves the figures it read in its last round.
-SHARD_SAMPLES_PATH: Final = "/djangoscale/shard-samples"
+# The path on which a replica reads the pods the active peer sends it.
+SHARD_READ_PATH: Final = "/djangoscale/shard-read"
+# A peer that did not answer its share stays out of the assignment this long.
+UNREACHABLE_RETRY_SECONDS: Final = 30.0
+# How long the active peer waits for a peer's share: more than a read's timeout, less than a
+# round (the operator's defaults: 1.5 s and 2 s).
+PEER_READ_TIMEOUT: Final = 1.9
+
+logger = logging.getLogger(__name__)
 
 # (monotonic time of the read on the replica that keeps it, what the pod's launcher gave), by
 # pod name: one DjangoService's samples.
@@ -93,7 +110,7 @@ class Shards:
 
 def encode_samples(samples: Mapping[tuple[str, str], Samples],
                    now: float | None = None, wall: float | None = None) -> bytes:
-    """One replica's last reads, for its peers: times as wall-clock seconds (the peers'
+    """One replica's reads, for the active peer: times as wall-clock seconds (the peers'
     monotonic clocks share no origin), keyed by "namespace/name"."""
     mono = time.monotonic() if now is None else now
     wall = time.time() if wall is None else wall
@@ -103,6 +120,13 @@ def encode_samples(samples: Mapping[tuple[str, str], Samples],
         for (namespace, name), pods in samples.items()
     }
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _service_key(text: object) -> tuple[str, str]:
+    namespace, _, name = str(text).partition("/")
+    if not namespace or not name:
+        raise ValueError(f"{text!r} is not namespace/name")
+    return namespace, name
 
 
 def decode_samples(payload: bytes | str, now: float | None = None,
@@ -115,14 +139,121 @@ def decode_samples(payload: bytes | str, now: float | None = None,
         raise ValueError("shard samples: not an object keyed by namespace/name")
     found: dict[tuple[str, str], Samples] = {}
     for service, pods in data.items():
-        namespace, _, name = str(service).partition("/")
-        if not name or not isinstance(pods, dict):
-            raise ValueError(f"shard samples: {service!r} is not namespace/name with pods")
+        if not isinstance(pods, dict):
+            raise ValueError(f"shard samples: {service!r} does not map pods to samples")
         samples: Samples = {}
         for pod, sample in pods.items():
             if not isinstance(sample, list) or len(sample) != 2:
                 raise ValueError(f"shard samples: {service}/{pod} is not [time, figures]")
             samples[str(pod)] = (mono - (wall - float(sample[0])),
                                  decode_figures(json.dumps(sample[1])))
-        found[(namespace, name)] = samples
+        try:
+            found[_service_key(service)] = samples
+        except ValueError as error:
+            raise ValueError(f"shard samples: {error}") from error
     return found
+
+
+@dataclass(frozen=True)
+class ShareOfService:
+    """The pods of one DjangoService a peer is to read: its metrics port, (name, IP) each."""
+
+    port: int
+    pods: tuple[tuple[str, str], ...]
+
+
+Work = dict[tuple[str, str], ShareOfService]
+
+
+def encode_work(work: Mapping[tuple[str, str], ShareOfService]) -> bytes:
+    return json.dumps({f"{ns}/{name}": {"port": share.port, "pods": share.pods}
+                       for (ns, name), share in work.items()}, separators=(",", ":")).encode()
+
+
+def decode_work(payload: bytes | str) -> Work:
+    """The pods to read, as the active peer sent them; ValueError naming what is wrong."""
+    data: Any = json.loads(payload)
+    if not isinstance(data, dict):
+        raise ValueError("shard work: not an object keyed by namespace/name")
+    work: Work = {}
+    for service, share in data.items():
+        try:
+            key = _service_key(service)
+            port, pods = share["port"], share["pods"]
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"{service}: port {port!r} is not a TCP port")
+            work[key] = ShareOfService(port, tuple((str(n), str(ip)) for n, ip in pods))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"shard work: {error}") from error
+    return work
+
+
+async def read_share(scraper: Scraper, work: Mapping[tuple[str, str], ShareOfService]
+                     ) -> dict[tuple[str, str], Samples]:
+    """Read every pod of `work` at once (the scraper bounds the sockets); each read stamped
+    with the moment it came back. Pods that did not answer are left out."""
+
+    async def one(ip: str, port: int) -> tuple[float, PodScrape | None]:
+        scrape = await scraper.pod_scrape(ip, port)
+        return time.monotonic(), scrape
+
+    keys = [(service, pod, ip, share.port) for service, share in work.items()
+            for pod, ip in share.pods]
+    reads = await asyncio.gather(*(one(ip, port) for _, _, ip, port in keys))
+    found: dict[tuple[str, str], Samples] = {service: {} for service in work}
+    for (service, pod, _, _), (t, scrape) in zip(keys, reads, strict=True):
+        if scrape is not None:
+            found[service][pod] = (t, scrape)
+    return found
+
+
+class ShardReader:
+    """The active peer's side: the peers' shares read by them, or by itself when a peer does
+    not answer (which then stays out of the assignment for a while)."""
+
+    def __init__(self, me: str, scraper: Scraper,
+                 retry_seconds: float = UNREACHABLE_RETRY_SECONDS) -> None:
+        self.shards = Shards(me)
+        self.scraper = scraper
+        self.retry_seconds = retry_seconds
+        self.unreachable: dict[str, float] = {}  # peer -> until (monotonic)
+
+    def assignment(self, live: Iterable[str], now: float | None = None) -> Assignment:
+        t = time.monotonic() if now is None else now
+        self.unreachable = {p: until for p, until in self.unreachable.items() if until > t}
+        return self.shards.update(live, self.unreachable)
+
+    async def read(self, peer: str, url: str, work: Work) -> dict[tuple[str, str], Samples]:
+        """`work` read by `peer` at `url` (its SHARD_READ_PATH), or here if it fails."""
+        if not work:
+            return {}
+        session = self.scraper.session
+        try:
+            async with session.post(url, data=encode_work(work),
+                                    timeout=aiohttp.ClientTimeout(total=PEER_READ_TIMEOUT),
+                                    headers={"Content-Type": "application/json"}) as response:
+                if response.status == 200:
+                    return decode_samples(await response.read())
+                logger.warning("peer %s answered %s to its share; reading it here", peer,
+                               response.status)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
+            logger.warning("peer %s did not read its share (%s); reading it here", peer,
+                           error or type(error).__name__)
+        self.unreachable[peer] = time.monotonic() + self.retry_seconds
+        return await read_share(self.scraper, work)
+
+
+def build_shard_app(scraper: Scraper) -> web.Application:
+    """A replica's reading endpoint: POST the work, get the samples (no state kept)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            work = decode_work(await request.read())
+        except ValueError as error:
+            return web.Response(status=400, text=str(error))
+        samples = await read_share(scraper, work)
+        return web.Response(body=encode_samples(samples), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post(SHARD_READ_PATH, handle)
+    return app
