@@ -137,7 +137,7 @@ class Api:
 
 
 def the_active_replica(replicas: int) -> tuple[Any, Any]:
-    from djangoscale.autoscaling.sharding import ShardReader
+    from djangoscale.autoscaling.sharding import PEER_READ_INTERVALS, ShardReader
     from djangoscale.context import OperatorContext
     from djangoscale.settings import OperatorSettings
 
@@ -152,7 +152,9 @@ def the_active_replica(replicas: int) -> tuple[Any, Any]:
 
     settings = OperatorSettings(shard_port=SHARD_PORT)
     context = Context.create(settings, Api())  # type: ignore[arg-type]
-    reader = ShardReader(replica_name(0), context.scraper) if replicas > 1 else None
+    reader = ShardReader(replica_name(0), context.scraper,
+                         timeout=PEER_READ_INTERVALS * settings.scrape_interval,
+                         ) if replicas > 1 else None
     return context, reader
 
 

@@ -213,7 +213,7 @@ async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
     await web.TCPSite(runner, "127.0.0.1", peer_port).start()
     work = {("web", "shop"): ShareOfService(port, tuple(
         (f"shop-{i}", host) for i, host in enumerate(HOSTS[:3])))}
-    reader = ShardReader("djangoscale-0", scraper, retry_seconds=30.0)
+    reader = ShardReader("djangoscale-0", scraper, timeout=4.0, retry_seconds=30.0)
     try:
         before = time.monotonic()
         read = await reader.read("djangoscale-1",

@@ -29,6 +29,7 @@ from djangoscale.autoscaling.apiserver import (
     write_serving_cert,
 )
 from djangoscale.autoscaling.sharding import (
+    PEER_READ_INTERVALS,
     SHARD_READ_PATH,
     Assignment,
     Samples,
@@ -247,7 +248,8 @@ def shard_reader(context: OperatorContext) -> ShardReader | None:
     settings = context.settings
     if context.peering is None or settings.pod_name is None or settings.shard_port < 0:
         return None
-    return ShardReader(settings.pod_name, context.scraper)
+    return ShardReader(settings.pod_name, context.scraper,
+                       timeout=PEER_READ_INTERVALS * settings.scrape_interval)
 
 
 @kopf.on.startup()

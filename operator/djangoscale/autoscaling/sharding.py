@@ -42,9 +42,11 @@ from djangoscale.pod_figures import PodScrape, decode_figures
 SHARD_READ_PATH: Final = "/djangoscale/shard-read"
 # A peer that did not answer its share stays out of the assignment this long.
 UNREACHABLE_RETRY_SECONDS: Final = 30.0
-# How long the active peer waits for a peer's share: more than a read's timeout, less than a
-# round (the operator's defaults: 1.5 s and 2 s).
-PEER_READ_TIMEOUT: Final = 1.9
+# How long the active peer waits for a peer's share, in scrape intervals: a loaded peer that
+# answers late still saves the active peer the reads (were it cut at a read's timeout, the
+# active peer would read the share again itself and the peer's work would be wasted); a peer
+# that is gone refuses the connection at once.
+PEER_READ_INTERVALS: Final = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +213,11 @@ class ShardReader:
     """The active peer's side: the peers' shares read by them, or by itself when a peer does
     not answer (which then stays out of the assignment for a while)."""
 
-    def __init__(self, me: str, scraper: Scraper,
+    def __init__(self, me: str, scraper: Scraper, timeout: float,
                  retry_seconds: float = UNREACHABLE_RETRY_SECONDS) -> None:
         self.shards = Shards(me)
         self.scraper = scraper
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retry_seconds = retry_seconds
         self.unreachable: dict[str, float] = {}  # peer -> until (monotonic)
 
@@ -230,7 +233,7 @@ class ShardReader:
         session = self.scraper.session
         try:
             async with session.post(url, data=encode_work(work),
-                                    timeout=aiohttp.ClientTimeout(total=PEER_READ_TIMEOUT),
+                                    timeout=self.timeout,
                                     headers={"Content-Type": "application/json"}) as response:
                 if response.status == 200:
                     return decode_samples(await response.read())
@@ -238,7 +241,7 @@ class ShardReader:
                                response.status)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
             logger.warning("peer %s did not read its share (%s); reading it here", peer,
-                           error or type(error).__name__)
+                           str(error) or type(error).__name__)
         self.unreachable[peer] = time.monotonic() + self.retry_seconds
         return await read_share(self.scraper, work)
 
