@@ -14,13 +14,15 @@ as the operator's loop does. Each N runs in a fresh process (its peak RSS is its
     python bench/bench_metrics_cost.py [--pods 100 500 1000] [--rounds 12] [--interval 5]
         [--paths text figures] [--profile]
 
-Each N is read both ways on the same simulated pods, one after the other: `text`, the
-launcher's Prometheus text parsed by prometheus_client (one connection per scrape, as the
-launcher's HTTP/1.0 server gave before), and `figures`, the launcher's compact JSON figures over
-kept-alive connections (`djangoscale.pod_figures`). Printed per N and path: CPU time of the
-collecting process over the measured rounds as a share of one core and per pod-scrape, the
-mean and max wall time of a round, the process's peak RSS (and its RSS before the first
-scrape), failed reads, and how many pods had a rate in the last decision.
+Each N is read both ways on the same simulated pods, one after the other: `text`, the read as
+it was before the compact figures (an aiohttp GET of the launcher's Prometheus text, parsed by
+prometheus_client, one connection per scrape as the launcher's HTTP/1.0 server gave), and
+`figures`, the collector's read now (the launcher's compact JSON figures, `djangoscale.
+pod_figures`, over kept-alive connections with `djangoscale.autoscaling.podhttp`). Printed per
+N and path: CPU time of the collecting process over the measured rounds as a share of one
+core and per pod-scrape, the mean and max wall time of a round, the process's peak RSS (and
+its RSS before the first scrape), failed reads, and how many pods had a rate in the last
+decision.
 """
 
 from __future__ import annotations
@@ -104,6 +106,32 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def the_text_scraper() -> type:
+    """The collector's read before the compact figures, as it was: an aiohttp GET of the
+    Prometheus text, parsed by prometheus-client (the rest of the round is today's)."""
+    import aiohttp
+
+    from djangoscale.autoscaling.collector import Scraper, parse_pod_metrics
+    from djangoscale.pod_figures import PodScrape
+
+    class TextScraper(Scraper):
+        async def pod_scrape(self, ip: str, port: int) -> PodScrape | None:
+            async with self.semaphore:
+                try:
+                    async with self.session.get(f"http://{ip}:{port}{self.path}") as response:
+                        if response.status != 200:
+                            return None
+                        text = await response.text()
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    return None
+            try:
+                return parse_pod_metrics(text)
+            except ValueError:
+                return None
+
+    return TextScraper
+
+
 async def measure(n: int, rounds: int, interval: float, path: str,
                   profile: bool = False) -> dict[str, float]:
     from djangoscale import spec
@@ -122,7 +150,8 @@ async def measure(n: int, rounds: int, interval: float, path: str,
             for i, ip in enumerate(addresses(n))]
     opts = OperatorSettings()  # the operator's defaults: 64 scrapes at a time, 1.5 s timeout
     windows = ServiceWindows()  # collect() sets the window lengths from the spec
-    scraper = Scraper(opts.scrape_concurrency, opts.scrape_timeout, path=PATHS[path])
+    scraper_class = Scraper if path == "figures" else the_text_scraper()
+    scraper = scraper_class(opts.scrape_concurrency, opts.scrape_timeout, path=PATHS[path])
     rss_before = rss_mib()
     await collect(ds, pods, windows, scraper)  # first round: connections opened, not measured
     await asyncio.sleep(interval)

@@ -29,6 +29,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from djangoscale.autoscaling.advice import recommendations
+from djangoscale.autoscaling.podhttp import PodConnections, PodHttpError
 from djangoscale.autoscaling.windows import (
     Decision,
     Rates,
@@ -124,6 +125,9 @@ class Scraper:
         self.path = path
         self.semaphore = asyncio.Semaphore(concurrency)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.read_timeout = timeout
+        # The pod reads (`podhttp`); the session is for Prometheus and the operator's peers.
+        self.pods = PodConnections()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -142,26 +146,27 @@ class Scraper:
 
     async def close(self) -> None:
         self._closed = True
+        await self.pods.close()
         if self._session is not None:
             await self._session.close()
 
     async def pod_scrape(self, ip: str, port: int) -> PodScrape | None:
         """The pod's figures, or None if they could not be read (the caller holds)."""
-        url = f"http://{ip}:{port}{self.path}"
+        if self._closed:
+            return None  # the operator is stopping: no new connection
         async with self.semaphore:
             try:
-                async with self.session.get(url) as response:
-                    if response.status != 200:
-                        return None
-                    compact = response.content_type == FIGURES_CONTENT_TYPE
-                    payload = await response.read()
-            except (TimeoutError, aiohttp.ClientError, OSError):
+                async with asyncio.timeout(self.read_timeout):
+                    response = await self.pods.get(ip, port, self.path)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, PodHttpError):
                 return None
+        if response.status != 200:
+            return None
         try:
-            if compact:
-                return decode_figures(payload)
+            if response.content_type == FIGURES_CONTENT_TYPE:
+                return decode_figures(response.body)
             # A launcher older than the compact form answers every path with its text.
-            return parse_pod_metrics(payload.decode("utf-8"))
+            return parse_pod_metrics(response.body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             return None
 

@@ -46,7 +46,7 @@ UNREACHABLE_RETRY_SECONDS: Final = 30.0
 # answers late still saves the active peer the reads (were it cut at a read's timeout, the
 # active peer would read the share again itself and the peer's work would be wasted); a peer
 # that is gone refuses the connection at once.
-PEER_READ_INTERVALS: Final = 2.0
+PEER_READ_INTERVALS: Final = 5.0
 
 logger = logging.getLogger(__name__)
 
