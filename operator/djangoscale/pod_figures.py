@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from djangoscale.contract import (
@@ -102,22 +102,34 @@ def pod_scrape_from_samples(samples: Iterable[tuple[str, Mapping[str, str], floa
     )
 
 
+_FIELDS: Final = tuple(f.name for f in fields(PodScrape))
+
+
+def figures_dict(scrape: PodScrape) -> dict[str, Any]:
+    """The PodScrape's fields by name (what `dataclasses.asdict` gives, without its deep copy:
+    this runs for every pod in every round)."""
+    return {name: getattr(scrape, name) for name in _FIELDS}
+
+
 def encode_figures(scrape: PodScrape) -> bytes:
     """The compact form: the PodScrape's fields as a JSON object (+Inf as `Infinity`)."""
-    return json.dumps(asdict(scrape), separators=(",", ":")).encode()
-
-
-_FIELDS: Final = frozenset(f.name for f in fields(PodScrape))
+    return json.dumps(figures_dict(scrape), separators=(",", ":")).encode()
 
 
 def decode_figures(payload: bytes | str) -> PodScrape:
     """The PodScrape `encode_figures` wrote; ValueError naming what is wrong otherwise."""
-    data: Any = json.loads(payload)
+    return figures_from_dict(json.loads(payload))
+
+
+def figures_from_dict(data: Any) -> PodScrape:
+    """The PodScrape of a `figures_dict` read back from JSON; ValueError naming what is
+    wrong."""
     if not isinstance(data, dict) or "requests_total" not in data:
         raise ValueError("pod figures: not an object with requests_total")
-    unknown = set(data) - _FIELDS
+    unknown = set(data) - set(_FIELDS)
     if unknown:
         raise ValueError(f"pod figures: unknown fields {sorted(unknown)}")
+    data = dict(data)
     try:
         data["queue_bounds"] = tuple(float(b) for b in data.get("queue_bounds") or ())
         data["queue_counts"] = tuple(float(c) for c in data.get("queue_counts") or ())

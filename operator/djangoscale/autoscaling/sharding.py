@@ -29,14 +29,14 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
 from djangoscale.autoscaling.collector import Scraper
-from djangoscale.pod_figures import PodScrape, decode_figures
+from djangoscale.pod_figures import PodScrape, figures_dict, figures_from_dict
 
 # The path on which a replica reads the pods the active peer sends it.
 SHARD_READ_PATH: Final = "/djangoscale/shard-read"
@@ -118,7 +118,7 @@ def encode_samples(samples: Mapping[tuple[str, str], Samples],
     wall = time.time() if wall is None else wall
     payload = {
         f"{namespace}/{name}": {
-            pod: [wall - (mono - t), asdict(scrape)] for pod, (t, scrape) in pods.items()}
+            pod: [wall - (mono - t), figures_dict(scrape)] for pod, (t, scrape) in pods.items()}
         for (namespace, name), pods in samples.items()
     }
     return json.dumps(payload, separators=(",", ":")).encode()
@@ -148,7 +148,7 @@ def decode_samples(payload: bytes | str, now: float | None = None,
             if not isinstance(sample, list) or len(sample) != 2:
                 raise ValueError(f"shard samples: {service}/{pod} is not [time, figures]")
             samples[str(pod)] = (mono - (wall - float(sample[0])),
-                                 decode_figures(json.dumps(sample[1])))
+                                 figures_from_dict(sample[1]))
         try:
             found[_service_key(service)] = samples
         except ValueError as error:
