@@ -289,3 +289,47 @@ def test_the_collector_writes_status_only_onto_the_version_it_read():
     types = {c["type"]: c for c in after["status"]["conditions"]}
     assert types["Degraded"]["reason"] == "ImagePullBackOff"
     assert "MetricsAvailable" in types
+
+
+def pooled_service(metrics_port: int, mode: str, replicas_max: int = 10):
+    return spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 1, "max": replicas_max}, "metricsPort": metrics_port,
+                 "autoscaling": {"targetRPSPerPod": 20},
+                 "database": {"secretName": "db", "maxConnections": 100},
+                 "pooling": {"mode": mode}},
+    })
+
+
+@pytest.mark.parametrize(("mode", "replicas_max", "ceiling"), [
+    ("pooler", 10, True), ("pgbouncer", 1, True), ("pgbouncer", 10, False)])
+async def test_a_burst_while_the_pools_wait_adds_no_pods_until_the_ceiling_holds(
+        pod_server, mode: str, replicas_max: int, ceiling: bool) -> None:
+    from prometheus_client import Gauge
+
+    from djangoscale.contract import PGBOUNCER_MAX_WAIT
+
+    fake, port = pod_server
+    Gauge(PGBOUNCER_MAX_WAIT, "w", registry=fake.registry).set(0.5)
+    ds = pooled_service(port, mode, replicas_max)
+    pod = PodTarget("shop-a", "127.0.0.1", True)
+    windows = ServiceWindows()
+    scraper = Scraper(concurrency=2, timeout=1.0)
+    try:
+        await collect(ds, [pod], windows, scraper, now=0.0)
+        fake.counter.labels("GET", "2xx").inc(100)  # 100 RPS on one pod at target 20
+        burst = await collect(ds, [pod], windows, scraper, now=1.0)
+        fake.counter.labels("GET", "2xx").inc(600)
+        later = await collect(ds, [pod], windows, scraper, now=7.0)  # a panic window on
+    finally:
+        await scraper.close()
+    assert burst.saturation is not None and later.saturation is not None
+    if ceiling:
+        # The pools wait: no burst path while the ceiling's window counts; then it holds.
+        assert not burst.decision.panic and burst.saturation.holding_burst
+        assert not burst.saturation.held and later.saturation.held
+    else:
+        # Below replicas.max a sidecar's new pod brings its own pool: the burst path adds it.
+        assert burst.decision.panic and not later.saturation.held

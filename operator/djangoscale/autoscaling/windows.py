@@ -210,6 +210,34 @@ def blend(carried: float, measured: float | None, covered: float, window: float)
     return carried * (1.0 - weight) + measured * weight
 
 
+@dataclass(frozen=True)
+class CeilingState:
+    """The database ceiling across rounds: since when the pools have waited without a break,
+    whether the ceiling holds, and since when they have not waited while it holds."""
+
+    waiting_since: float | None = None
+    held: bool = False
+    clear_since: float | None = None
+
+
+CEILING_OFF = CeilingState()
+
+
+def next_ceiling(state: CeilingState, waiting: bool, t: float, engage_after: float,
+                 release_after: float) -> CeilingState:
+    """The ceiling holds once the pools have waited in every round for `engage_after` seconds,
+    and lets go once they have not waited for `release_after` seconds."""
+    if waiting:
+        since = t if state.waiting_since is None else state.waiting_since
+        return CeilingState(since, state.held or t - since >= engage_after)
+    if not state.held:
+        return CEILING_OFF
+    since = t if state.clear_since is None else state.clear_since
+    if t - since >= release_after:
+        return CEILING_OFF
+    return CeilingState(None, True, since)
+
+
 @dataclass
 class ServiceWindows:
     """Every pod's counter (or, from Prometheus, its rate) for one DjangoService.
@@ -232,10 +260,8 @@ class ServiceWindows:
     # Seconds in the app and CPU seconds, per pod: what the advice on threads reads.
     in_app: dict[str, PodCounter] = field(default_factory=dict)
     cpu: dict[str, PodCounter] = field(default_factory=dict)
-    # The database ceiling: since when it is on (None: off), and since when the pods' clients
-    # have stopped waiting while it is on.
-    saturated_since: float | None = None
-    unsaturated_since: float | None = None
+    # The database ceiling's state (see `next_ceiling`).
+    ceiling: CeilingState = field(default_factory=lambda: CEILING_OFF)
 
     def start(self, pods: Iterable[str]) -> None:
         """At the first collection: the pods ready now start from the carried rates."""
