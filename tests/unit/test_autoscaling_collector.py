@@ -327,9 +327,35 @@ async def test_a_burst_while_the_pools_wait_adds_no_pods_until_the_ceiling_holds
         await scraper.close()
     assert burst.saturation is not None and later.saturation is not None
     if ceiling:
-        # The pools wait: no burst path while the ceiling's window counts; then it holds.
-        assert not burst.decision.panic and burst.saturation.holding_burst
+        # The pools wait: no burst path (nor scale-up) while the ceiling's window counts;
+        # then it holds.
+        assert not burst.decision.panic and burst.saturation.holding_scale_up
         assert not burst.saturation.held and later.saturation.held
     else:
         # Below replicas.max a sidecar's new pod brings its own pool: the burst path adds it.
         assert burst.decision.panic and not later.saturation.held
+
+
+def test_carried_values_come_from_the_scaling_status_the_last_operator_wrote() -> None:
+    from djangoscale.autoscaling.collector import carried_values, scaling_status
+    from djangoscale.autoscaling.windows import Rates
+
+    status = {"status": {"scaling": {"metric": "queueTime", "value": "120ms",
+                                     "concurrency": "4.2", "queueTime": "120ms"}}}
+    assert carried_values(status) == {"concurrency": Rates(4.2, 4.2),
+                                      "queueTime": Rates(0.12, 0.12)}
+    assert carried_values({}) == {}
+    assert carried_values({"status": {"scaling": {"concurrency": "x",
+                                                  "queueTime": "120"}}}) == {}
+    # What one operator writes is what the next one reads.
+    ds = spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "autoscaling": {"metrics": ["concurrency", "queueTime"],
+                                 "targetConcurrency": 4, "targetQueueTimeMilliseconds": 50}}})
+    decisions = {"concurrency": Decision({"a": 3.0, "b": 5.0}, 8, 8, False),
+                 "queueTime": Decision({"a": 0.03, "b": 0.05}, 0.08, 0.08, False)}
+    written = scaling_status(ds, Reading(decisions["concurrency"], 2, decisions=decisions))
+    assert carried_values({"status": {"scaling": written}}) == {
+        "concurrency": Rates(4.0, 4.0), "queueTime": Rates(0.04, 0.04)}

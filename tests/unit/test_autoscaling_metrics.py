@@ -211,13 +211,13 @@ def test_the_ceiling_engages_after_a_window_of_waiting_and_clears_after_one_with
 def test_the_pools_wait_when_most_reporting_pods_have_a_client_waiting_a_queue():
     windows = ServiceWindows()
     one_waits = [scrape(0.5, 4, 2), scrape(0.0), scrape(0.0)]
-    assert not database_saturation(windows, one_waits, 0, 6, 20).holding_burst
+    assert not database_saturation(windows, one_waits, 0, 6, 20).holding_scale_up
     blip = [scrape(0.05, 1, 2), scrape(0.05, 1, 2), scrape(0.0)]  # shorter than a queue
-    assert not database_saturation(windows, blip, 1, 6, 20).holding_burst
+    assert not database_saturation(windows, blip, 1, 6, 20).holding_scale_up
     most_wait = [scrape(0.5, 4, 2), scrape(0.3, 2, 2), scrape(0.0, 0, 2)]
     first = database_saturation(windows, most_wait, 2, 6, 20)
-    # The first round that sees the waiting holds the burst path back, the ceiling not yet.
-    assert first.holding_burst and not first.held
+    # The first round that sees the waiting holds scale-up back; the ceiling is not on yet.
+    assert first.holding_scale_up and not first.held
     on = database_saturation(windows, most_wait, 8, 6, 20)
     assert on.held and (on.waiting_pods, on.clients_waiting, on.servers_active) == (2, 6, 6)
     assert on.max_wait_seconds == 0.5
@@ -227,7 +227,7 @@ def test_the_pools_wait_when_most_reporting_pods_have_a_client_waiting_a_queue()
     windows = ServiceWindows()
     for t in (0, 10):
         elsewhere = database_saturation(windows, most_wait, t, 6, 20, applies=False)
-        assert not elsewhere.held and not elsewhere.holding_burst
+        assert not elsewhere.held and not elsewhere.holding_scale_up
     # Pods that read one pooler see the same figures: the most any saw, not their sum.
     shared = database_saturation(ServiceWindows(), most_wait, 0, 6, 20, shared=True)
     assert (shared.clients_waiting, shared.servers_active) == (4, 2)
@@ -258,7 +258,8 @@ def reading(per_pod, saturation=None, metric="concurrency"):
                    decisions={metric: decision, "rps": decision}, saturation=saturation)
 
 
-SATURATED = Saturation(2, 2, 0.4, 7, 4, held=True)
+SATURATED = Saturation(2, 2, 0.4, 7, 4, held=True, holding_scale_up=True)
+COUNTING = Saturation(2, 2, 0.4, 7, 4, held=False, holding_scale_up=True)
 
 
 def test_served_values_are_capped_at_the_target_while_the_ceiling_holds():
@@ -267,6 +268,8 @@ def test_served_values_are_capped_at_the_target_while_the_ceiling_holds():
     assert free == {CONCURRENCY_METRIC: {"a": 25.0, "b": 5.0}}
     capped = served_values(ds, reading({"a": 25.0, "b": 5.0}, SATURATED))
     assert capped == {CONCURRENCY_METRIC: {"a": 10.0, "b": 5.0}}
+    # While the ceiling's window counts, scale-up is held back the same way.
+    assert served_values(ds, reading({"a": 25.0, "b": 5.0}, COUNTING)) == capped
 
 
 def test_status_shows_the_metric_asking_for_most_pods_and_the_condition_once():

@@ -100,6 +100,19 @@ def carried_rates(body: dict[str, Any]) -> Rates | None:
         return None
 
 
+def carried_values(body: dict[str, Any]) -> dict[str, Rates]:
+    """Concurrency and queue time per pod as the status last gave them (`status.scaling`,
+    what the HPA read), by spec metric name: what an operator taking over starts them from,
+    as `carried_rates` does RPS. The status keeps one value, so both windows start from it."""
+    scaling = (body.get("status") or {}).get("scaling") or {}
+    carried = {}
+    for metric in (CONCURRENCY, QUEUE_TIME):
+        value = parse_value(metric, scaling.get(metric))
+        if value is not None:
+            carried[metric] = Rates(value, value)
+    return carried
+
+
 @dataclass(frozen=True)
 class PodScrape:
     """What one read of a pod's metrics port gives."""
@@ -263,8 +276,8 @@ class Saturation:
     clients_waiting: int
     servers_active: int
     held: bool  # the ceiling is on (see `database_saturation`)
-    # The pools wait (the ceiling's window is counting) or the ceiling holds: no burst path.
-    holding_burst: bool = False
+    # The pools wait (the ceiling's window is counting) or the ceiling holds: no scale-up.
+    holding_scale_up: bool = False
 
 
 @dataclass
@@ -342,9 +355,10 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
             engage_after=autoscaling.panic_window_seconds,
             release_after=autoscaling.stable_window_seconds,
             applies=ceiling_applies(ds, len(ready) + starting), shared=ds.uses_pooler)
-    # While the pools wait, the burst path is held back: the ceiling's window is counting,
-    # and a burst of waiting requests is no reason for pods the database cannot serve.
-    threshold = math.inf if saturation is not None and saturation.holding_burst else (
+    # While the pools wait, the burst path is held back (and the values capped, see
+    # `served_values`): the ceiling's window is counting, and requests waiting for the
+    # database are no reason for pods that bring it nothing.
+    threshold = math.inf if saturation is not None and saturation.holding_scale_up else (
         autoscaling.panic_threshold)
 
     def decision_of(metric: str, rates: dict[str, Rates]) -> Decision:
@@ -385,6 +399,12 @@ def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: fl
     `release_after` seconds (the stable window: until then its averages still count requests
     that waited for the database, and would ask for pods on their account).
 
+    While the window counts, scale-up is held back already (`holding_scale_up`): requests
+    queued for the database push the stable window past its target within seconds too (on
+    the local control plane, concurrency went from 2 to 5 pods before a 4 s window was up).
+    The difference from the ceiling itself: a wait shorter than the window lets go as soon as
+    it ends, and sets no condition and posts no event.
+
     `shared`: the pods read one pooler's figures (pooler mode), so clients waiting and
     server connections are the most any pod saw, not a sum over pods.
     """
@@ -402,15 +422,15 @@ def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: fl
         clients_waiting=total([s.clients_waiting or 0 for s in reporting]),
         servers_active=total([s.servers_active or 0 for s in reporting]),
         held=windows.ceiling.held,
-        holding_burst=windows.ceiling.held or windows.ceiling.waiting_since is not None,
+        holding_scale_up=windows.ceiling.held or windows.ceiling.waiting_since is not None,
     )
 
 
 def served_values(ds: DjangoService, reading: Reading) -> dict[str, dict[str, float]]:
     """Per-pod values by served metric name, for the metrics in use. While the database
-    ceiling holds, each is capped at its target: the HPA then sees the pods at (or under)
-    capacity and asks for no more."""
-    capped = reading.saturation is not None and reading.saturation.held
+    ceiling holds (or its window counts), each is capped at its target: the HPA then sees the
+    pods at (or under) capacity and asks for no more."""
+    capped = reading.saturation is not None and reading.saturation.holding_scale_up
     served = {}
     for metric in ds.autoscaling.metrics:
         decision = reading.decisions.get(metric)
@@ -518,6 +538,23 @@ def format_value(metric: str, value: float) -> str:
     if metric == QUEUE_TIME:
         return f"{format_rps(value * 1000)}ms"
     return format_rps(value)
+
+
+def parse_value(metric: str, text: Any) -> float | None:
+    """A per-pod value from the status (`format_value`'s inverse); None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    if metric == QUEUE_TIME:
+        if not text.endswith("ms"):
+            return None
+        text = text.removesuffix("ms")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value / 1000 if metric == QUEUE_TIME else value
 
 
 def scaling_status(ds: DjangoService, reading: Reading) -> dict[str, str]:

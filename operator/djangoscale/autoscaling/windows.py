@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from djangoscale.contract import CONCURRENCY, QUEUE_TIME
+
 STABLE_WINDOW_SECONDS = 60.0
 PANIC_WINDOW_SECONDS = 6.0
 # The queue time the HPA reads is this quantile of the requests' waits.
@@ -121,6 +123,10 @@ class PodHistogram:
         self.samples.append((t, tuple(v + o for v, o in zip(raw, self.offset, strict=True))))
         while len(self.samples) > 2 and self.samples[1][0] <= t - keep_seconds:
             self.samples.popleft()
+
+    def span(self) -> float:
+        """Seconds between the oldest and the newest sample kept."""
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0.0
 
     def quantile(self, q: float, window: float) -> float | None:
         """The q-quantile of what was observed over the window; None with one sample."""
@@ -244,7 +250,8 @@ class ServiceWindows:
 
     `carried` is the per-pod average an earlier operator last reported (the DjangoService's
     `status.rps`). The pods ready at the first collection start from it; it fades out as the
-    samples cover each window, and a pod created later never gets it.
+    samples cover each window, and a pod created later never gets it. `carried_values` does
+    the same for concurrency and queue time (by spec metric name, from `status.scaling`).
     """
 
     stable_window: float = STABLE_WINDOW_SECONDS
@@ -253,6 +260,9 @@ class ServiceWindows:
     counters: dict[str, PodCounter] = field(default_factory=dict)
     given: dict[str, Rates] = field(default_factory=dict)  # rates read from Prometheus
     seeded: dict[str, Rates] = field(default_factory=dict)  # pods still blending `carried`
+    carried_values: dict[str, Rates] = field(default_factory=dict)
+    # By metric: the pods still blending `carried_values`.
+    seeded_values: dict[str, dict[str, Rates]] = field(default_factory=dict)
     started: bool = False
     # Seconds requests spent in the pod (a counter), and the queue-time histogram, per pod.
     busy: dict[str, PodCounter] = field(default_factory=dict)
@@ -268,15 +278,18 @@ class ServiceWindows:
         if self.started:
             return
         self.started = True
+        ready = list(pods)
         if self.carried is not None:
-            self.seeded = dict.fromkeys(pods, self.carried)
+            self.seeded = dict.fromkeys(ready, self.carried)
+        self.seeded_values = {metric: dict.fromkeys(ready, carried)
+                              for metric, carried in self.carried_values.items()}
 
     def forget_missing(self, pods: Iterable[str]) -> None:
         """Pod churn: drop the pods that are gone."""
         alive = set(pods)
         stores: tuple[dict[str, Any], ...] = (
             self.counters, self.given, self.seeded, self.busy, self.queues, self.in_app,
-            self.cpu)
+            self.cpu, *self.seeded_values.values())
         for store in stores:
             for name in [name for name in store if name not in alive]:
                 del store[name]
@@ -313,12 +326,13 @@ class ServiceWindows:
     def concurrency(self) -> dict[str, Rates]:
         """Requests in each pod at once, averaged over the two windows (pods whose scrape
         failed keep their last values)."""
-        return _both(self.busy, lambda c, w: c.rate(w), self.stable_window, self.panic_window)
+        return self._carried_over(self.seeded_values.get(CONCURRENCY, {}), self.busy,
+                                  lambda c, w: c.rate(w))
 
     def queue_time(self) -> dict[str, Rates]:
         """The p95 wait (seconds) of each pod's requests over the two windows."""
-        return _both(self.queues, lambda h, w: h.quantile(QUEUE_TIME_QUANTILE, w),
-                     self.stable_window, self.panic_window)
+        return self._carried_over(self.seeded_values.get(QUEUE_TIME, {}), self.queues,
+                                  lambda h, w: h.quantile(QUEUE_TIME_QUANTILE, w))
 
     def observe_rate(self, pod: str, rate: float) -> None:
         """A rate computed elsewhere (Prometheus): both windows take it as it is."""
@@ -327,31 +341,27 @@ class ServiceWindows:
 
     def rates(self) -> dict[str, Rates]:
         """Every pod that has a rate; pods whose scrape failed keep their last one."""
-        result = dict(self.given)
-        for pod, seed in self.seeded.items():
-            result.setdefault(pod, seed)  # no sample of its own yet
-        for pod, counter in self.counters.items():
-            stable, panic = counter.rate(self.stable_window), counter.rate(self.panic_window)
-            carried = self.seeded.get(pod)
+        return {**self.given,
+                **self._carried_over(self.seeded, self.counters, lambda c, w: c.rate(w))}
+
+    def _carried_over(self, seeded: dict[str, Rates], series: dict[str, Any],
+                      value: Callable[[Any, float], float | None]) -> dict[str, Rates]:
+        """Each pod's value over the two windows from its own samples, blended with the
+        carried value while `seeded` holds the pod (and dropped from it once its samples
+        cover the stable window); a seeded pod with no sample yet has the carried value."""
+        result = dict(seeded)
+        for pod, one in series.items():
+            stable, panic = value(one, self.stable_window), value(one, self.panic_window)
+            carried = seeded.get(pod)
             if carried is not None:
-                covered = counter.span()
+                covered = one.span()
                 stable = blend(carried.stable, stable, covered, self.stable_window)
                 panic = blend(carried.panic, panic, covered, self.panic_window)
                 if covered >= self.stable_window:
-                    del self.seeded[pod]  # its own samples cover both windows now
+                    del seeded[pod]  # its own samples cover both windows now
             if stable is not None and panic is not None:
                 result[pod] = Rates(stable, panic)
         return result
-
-
-def _both(series: dict[str, Any], value: Callable[[Any, float], float | None],
-          stable_window: float, panic_window: float) -> dict[str, Rates]:
-    result = {}
-    for pod, one in series.items():
-        stable, panic = value(one, stable_window), value(one, panic_window)
-        if stable is not None and panic is not None:
-            result[pod] = Rates(stable, panic)
-    return result
 
 
 def round_rps(value: float) -> float:
