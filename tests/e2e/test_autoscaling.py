@@ -457,10 +457,10 @@ def start_service(api: ApiClient, namespace: str, harness: PodHarness,
     wait_for("the HPA to read the metric", lambda: scaling_active(api, namespace), timeout=60)
 
 
-def pod_metrics(api: ApiClient, namespace: str) -> dict[str, Any]:
+def pod_metrics(api: ApiClient, namespace: str, metric: str = RPS_METRIC) -> dict[str, Any]:
     selector = quote("app.kubernetes.io/instance=shop")
     result: dict[str, Any] = api.get(
-        f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/{RPS_METRIC}"
+        f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/{metric}"
         f"?labelSelector={selector}")
     return result
 
@@ -573,10 +573,10 @@ def test_metrics_outage_holds_replicas_and_says_why(
     assert "holding" in condition["message"]
 
 
-def pod_values(api: ApiClient, namespace: str) -> dict[str, float]:
+def pod_values(api: ApiClient, namespace: str, metric: str = RPS_METRIC) -> dict[str, float]:
     """What the HPA reads, per pod, through the aggregator (quantities in milli-units)."""
     return {item["describedObject"]["name"]: float(item["value"].rstrip("m")) / 1000
-            for item in pod_metrics(api, namespace)["items"]}
+            for item in pod_metrics(api, namespace, metric)["items"]}
 
 
 def settled_and_serving(api: ApiClient, namespace: str) -> int:
@@ -812,6 +812,29 @@ def test_a_load_step_at_constant_latency_scales_every_metric(
         samples.write(tmp_path / f"step-{metric}.csv")
     print(f"\n{metric}: step 10 -> 50 RPS at 100 ms, up after {up:.1f} s")
     assert before == 2
+
+
+def test_a_full_thread_pool_on_an_idle_cpu_puts_advice_in_status(
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path,
+) -> None:
+    """status.recommendations from what real launchers measure: 2 threads a pod kept full by
+    a view that waits (sleeps) 200 ms instead of computing, then idle again."""
+    body = service(namespace, "rps", target_rps=100)  # far above the load: nothing scales
+    body["spec"]["replicas"] = {"min": 2, "max": 2}
+    with PodHarness(api, namespace, tmp_path, threads=THREADS) as harness:
+        start_service(api, namespace, harness, body)
+        idle = status(api, namespace).get("recommendations")
+        # 12 RPS a pod of 200 ms: 2.4 threads' worth, past the 2 each pod has.
+        with loaded(harness, [24.0], [0.2]) as loads:
+            advice = wait_for("a recommendation in status", lambda: status(
+                api, namespace).get("recommendations"), timeout=3 * STABLE_WINDOW)
+        cleared = wait_for("the recommendation gone once idle", lambda: not status(
+            api, namespace).get("recommendations"), timeout=3 * STABLE_WINDOW)
+    print(f"\nadvice under load: {advice}; idle before: {idle!r}; gone after: {cleared}; "
+          f"load {loads}")
+    assert not idle  # idle pods: nothing to advise
+    assert len(advice) == 1 and "raise spec.server.maxThreads" in advice[0], advice
+    assert cleared
 
 
 # -- the database ceiling ------------------------------------------------------------------------
