@@ -236,7 +236,8 @@ def test_sigkill_of_the_active_operator_under_load_never_drops_desired_replicas(
           f"{rows[-1][1]} after; standby ready {resumed - killed:.1f} s after the SIGKILL, "
           f"values served again after {gap:.1f} s; per-pod value before "
           f"{min(per_pod_before):.1f}-{max(per_pod_before):.1f}, first after "
-          f"{min(first_after):.1f}-{max(first_after):.1f} (target {TARGET_RPS}); "
+          f"{min(first_after):.1f}-{max(first_after):.1f} (target {TARGET_RPS}), "
+          f"concurrency with it for {len(served_again[3] or {})} of {len(first_after)} pods; "
           f"load {result}")
     assert all(row[1] == STEADY_REPLICAS for row in before), before
     assert lowest == STEADY_REPLICAS, [(round(t - killed, 1), d) for t, d, _, _ in rows]
