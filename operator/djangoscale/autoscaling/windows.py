@@ -18,9 +18,9 @@ Rules kept here, all pure (time is an argument) so they are tested without a clu
 - pods that are starting count as capacity on the way in the burst rule, so a burst does not
   keep asking for pods while the first ones start (an app that takes 20-30 s to start would
   otherwise be flooded with pods);
-- an operator that takes over from another (failover, restart) starts from the rates the
-  DjangoService's status last gave, blended out as its own samples cover the windows, so
-  the HPA's value neither vanishes nor drops during the takeover.
+- an operator that takes over from another (failover, restart) starts from the values the
+  DjangoService's status last gave (RPS, concurrency, queue time), blended out as its own
+  samples cover the windows, so the HPA's values neither vanish nor drop during the takeover.
 
 Concurrency is the rate of a counter too: the seconds requests spent in the pod (in the app
 plus waiting for a thread), per second, is the average number in the pod (Little's law), so
@@ -271,7 +271,7 @@ class ServiceWindows:
     in_app: dict[str, PodCounter] = field(default_factory=dict)
     cpu: dict[str, PodCounter] = field(default_factory=dict)
     # The database ceiling's state (see `next_ceiling`).
-    ceiling: CeilingState = field(default_factory=lambda: CEILING_OFF)
+    ceiling: CeilingState = CEILING_OFF
 
     def start(self, pods: Iterable[str]) -> None:
         """At the first collection: the pods ready now start from the carried rates."""
