@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from djangoscale.contract import QUEUE_TIME_SERVERS
+from djangoscale.pod_figures import FIGURES_PATH, decode_figures
 from djangoscale.serve.config import SERVER_TYPES, ServeConfig
 from djangoscale.serve.metrics import FLUSH_INTERVAL
 from tests.fixtures import services
@@ -118,6 +119,11 @@ def test_views_metrics_and_bounded_connections(server, own_pgbouncer, postgres_s
         assert samples['djangoscale_requests_total{method="GET",status_class="4xx"}'] == 1
         assert metric_sum(samples, "djangoscale_request_duration_seconds_count") == sent
         assert samples["djangoscale_requests_in_flight"] == 0
+        # What the operator reads from the same launcher: the compact figures, the same sums.
+        figures = decode_figures(get(served.host, served.metrics_port, FIGURES_PATH).body)
+        assert figures.requests_total == sent
+        assert figures.app_seconds == pytest.approx(
+            metric_sum(samples, "djangoscale_request_duration_seconds_sum"))
         time.sleep(0.5)  # gauges published by the pool supervisor every 0.1 s
         assert served.metrics().get("djangoscale_queue_depth", 0) == 0
         assert sampler.samples > 5
