@@ -3,6 +3,7 @@ the replicas exchange, and windows merged from both replicas' reads of real endp
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -247,3 +248,71 @@ def test_work_for_a_peer_round_trips_and_bad_work_is_refused_naming_the_field():
         decode_work(b'{"web/shop": {"port": 80}}')
     with pytest.raises(ValueError, match="'shop' is not namespace/name"):
         decode_work(b'{"shop": {"port": 80, "pods": []}}')
+
+
+class RecordingScraper(Scraper):
+    """A real scraper that remembers which pods it read."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=1.0)
+        self.read: list[str] = []
+
+    async def pod_scrape(self, ip: str, port: int) -> PodScrape | None:
+        self.read.append(ip)
+        return await super().pod_scrape(ip, port)
+
+
+async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
+        pods: tuple[Pods, int]) -> None:
+    from djangoscale.autoscaling.handlers import RpsCollection
+    from djangoscale.context import OperatorContext
+    from djangoscale.settings import OperatorSettings
+
+    served, port = pods
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        shard_port = int(sock.getsockname()[1])
+
+    class Context(OperatorContext):
+        async def live_peer_names(self) -> list[str]:
+            return ["djangoscale-0", "djangoscale-1"]
+
+        async def peer_ip(self, pod_name: str) -> str | None:
+            return "127.0.0.1"
+
+    class Api:
+        def patch_status(self, *_: object) -> None:
+            return None
+
+    context = Context.create(OperatorSettings(shard_port=shard_port), Api())  # type: ignore[arg-type]
+    mine, peers = RecordingScraper(), RecordingScraper()
+    context.scraper = mine
+    runner = web.AppRunner(build_shard_app(peers))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", shard_port).start()
+    body = {"apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+            "metadata": {"name": "shop", "namespace": "web", "resourceVersion": "1"},
+            "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                     "replicas": {"min": 2, "max": 10}, "metricsPort": port,
+                     "autoscaling": {"targetRPSPerPod": 20}}}
+    targets = [PodTarget(f"shop-{i}", host, True, uid=f"uid-{i}")
+               for i, host in enumerate(HOSTS)]
+    reader = ShardReader("djangoscale-0", mine, timeout=4.0)
+    collection = RpsCollection(context, {("web", "shop"): [body]},  # type: ignore[arg-type]
+                               {("web", "shop"): targets}, reader)
+    try:
+        await collection.round()
+        served.serve(2.0, rps=5.0)
+        await asyncio.sleep(0.2)
+        await collection.round()
+    finally:
+        await runner.cleanup()
+        await mine.close()
+        await peers.close()
+    owners = Assignment.of(["djangoscale-0", "djangoscale-1"])
+    theirs = {p.ip for p in targets if owners.owner(p.shard_key) == "djangoscale-1"}
+    assert theirs and set(peers.read) == theirs  # the peer read its share, and only it
+    assert set(mine.read) == {p.ip for p in targets} - theirs
+    values = {value.pod: value.value for value, _ in context.rps.pods("web")}
+    assert sorted(values) == sorted(p.name for p in targets)  # every pod served
+    assert all(v > 0 for v in values.values())
