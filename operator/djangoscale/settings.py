@@ -49,8 +49,9 @@ class OperatorSettings:
     pod_name: str | None = None
     pod_namespace: str | None = None
     # Where every replica reads the share of the pods the active peer sends it (plain HTTP,
-    # `djangoscale.autoscaling.sharding`); -1: the active peer reads every pod itself.
-    shard_port: int = 8082
+    # `djangoscale.autoscaling.sharding`); -1, the default: the active peer reads every pod
+    # itself (the endpoint has no authentication yet).
+    shard_port: int = -1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
