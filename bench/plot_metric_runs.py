@@ -86,10 +86,11 @@ def main() -> None:
         if targets:
             grid[1][column].axhline(1.0, color="black", linewidth=1)
             grid[1][column].set_yscale("log")
-            grid[1][column].set_ylim(bottom=0.05)
             grid[1][column].legend(fontsize=8)
     grid[0][0].set_ylabel("HPA desired replicas")
     if targets:
+        grid[1][0].autoscale(axis="y")
+        grid[1][0].set_ylim(bottom=0.05)  # after every column's data: the row shares it
         grid[1][0].set_ylabel("value the HPA reads / target (log)")
     figure.tight_layout()
     figure.savefig(args.out, dpi=110)
