@@ -69,6 +69,10 @@ SERVE_ENV: Final[dict[str, str]] = {
 # HOST:PORT of the pod's pgbouncer, set only with pooling.mode pgbouncer: the launcher reads
 # its admin console (SHOW POOLS) with the app's database credentials.
 PGBOUNCER_ADDRESS_ENV: Final = "DJANGOSCALE_PGBOUNCER"
+# HOST:PORT of the pooler's Service, set only with pooling.mode pooler: the launcher exports
+# SHOW POOLS from there for the database ceiling, and never changes that pgbouncer (the
+# preStop hook, which shrinks a pool, reads PGBOUNCER_ADDRESS_ENV only).
+POOLER_STATS_ADDRESS_ENV: Final = "DJANGOSCALE_POOLER_STATS"
 DATABASE_USER_ENV: Final = "DATABASE_USER"
 DATABASE_PASSWORD_ENV: Final = "DATABASE_PASSWORD"
 # prometheus_client's own variable: where the launcher's processes share their metric files.

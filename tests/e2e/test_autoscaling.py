@@ -457,10 +457,10 @@ def start_service(api: ApiClient, namespace: str, harness: PodHarness,
     wait_for("the HPA to read the metric", lambda: scaling_active(api, namespace), timeout=60)
 
 
-def pod_metrics(api: ApiClient, namespace: str) -> dict[str, Any]:
+def pod_metrics(api: ApiClient, namespace: str, metric: str = RPS_METRIC) -> dict[str, Any]:
     selector = quote("app.kubernetes.io/instance=shop")
     result: dict[str, Any] = api.get(
-        f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/{RPS_METRIC}"
+        f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/{metric}"
         f"?labelSelector={selector}")
     return result
 
@@ -573,10 +573,10 @@ def test_metrics_outage_holds_replicas_and_says_why(
     assert "holding" in condition["message"]
 
 
-def pod_values(api: ApiClient, namespace: str) -> dict[str, float]:
+def pod_values(api: ApiClient, namespace: str, metric: str = RPS_METRIC) -> dict[str, float]:
     """What the HPA reads, per pod, through the aggregator (quantities in milli-units)."""
     return {item["describedObject"]["name"]: float(item["value"].rstrip("m")) / 1000
-            for item in pod_metrics(api, namespace)["items"]}
+            for item in pod_metrics(api, namespace, metric)["items"]}
 
 
 def settled_and_serving(api: ApiClient, namespace: str) -> int:
@@ -814,25 +814,57 @@ def test_a_load_step_at_constant_latency_scales_every_metric(
     assert before == 2
 
 
-# -- the database ceiling ------------------------------------------------------------------------
-# Real PostgreSQL behind a real pgbouncer per pod (the operator's ini), a tiny budget and a view
-# that holds a server connection 50 ms: each pod's pool of CEILING_POOL connections takes
-# about 20 x CEILING_POOL requests per second, and its 8 threads queue for them beyond that.
+def test_a_full_thread_pool_on_an_idle_cpu_puts_advice_in_status(
+    api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path,
+) -> None:
+    """status.recommendations from what real launchers measure: 2 threads a pod kept full by
+    a view that waits (sleeps) 200 ms instead of computing, then idle again."""
+    body = service(namespace, "rps", target_rps=100)  # far above the load: nothing scales
+    body["spec"]["replicas"] = {"min": 2, "max": 2}
+    with PodHarness(api, namespace, tmp_path, threads=THREADS) as harness:
+        start_service(api, namespace, harness, body)
+        idle = status(api, namespace).get("recommendations")
+        # 12 RPS a pod of 200 ms: 2.4 threads' worth, past the 2 each pod has.
+        with loaded(harness, [24.0], [0.2]) as loads:
+            advice = wait_for("a recommendation in status", lambda: status(
+                api, namespace).get("recommendations"), timeout=3 * STABLE_WINDOW)
+        cleared = wait_for("the recommendation gone once idle", lambda: not status(
+            api, namespace).get("recommendations"), timeout=3 * STABLE_WINDOW)
+    print(f"\nadvice under load: {advice}; idle before: {idle!r}; gone after: {cleared}; "
+          f"load {loads}")
+    assert not idle  # idle pods: nothing to advise
+    assert len(advice) == 1 and "raise spec.server.maxThreads" in advice[0], advice
+    assert cleared
 
-CEILING_MAX_CONNECTIONS = 17  # budget 14 over 6 pods + 1 surge pod, one kept while draining
-# 1.5x what the two starting pods' pools take (2 x 20 x CEILING_POOL at pool 1): under it the
-# pools keep up on a quiet machine and no client waits.
+
+# -- the database ceiling ------------------------------------------------------------------------
+# Real PostgreSQL behind real pgbouncers with the operator's ini, a tiny budget and a view that
+# holds a server connection 50 ms: a pool of N server connections takes about 20 x N requests
+# per second, and the pods' 8 threads each queue for them beyond that.
+#
+# pooler: one pgbouncer stands for the pooler's one pod (replicas 1, budget 6: a pool of 2, so
+# 40 RPS whatever the app pods); more app pods bring the database nothing, which is where the
+# ceiling claims to help. pgbouncer: a sidecar per pod, budget 14 over 6 pods + 1 surge pod, one
+# connection each kept while draining: a pool of 1 per pod, so each new pod brings 20 RPS.
+
+CEILING_MAX_CONNECTIONS = {"pooler": 9, "pgbouncer": 17}
+CEILING_REPLICAS_MAX = 6
+# 1.5x what the two starting pods' pools take (40 RPS in both modes): under it the pools keep
+# up on a quiet machine and no client waits.
 CEILING_RATE, CEILING_SECONDS = 60.0, 30.0
 
 
-def ceiling_service(namespace: str, ceiling: bool) -> dict[str, Any]:
+def ceiling_service(namespace: str, ceiling: bool, mode: str = "pgbouncer") -> dict[str, Any]:
     body = djangoservice(namespace)
-    body["spec"]["replicas"] = {"min": 2, "max": 6}
+    body["spec"]["replicas"] = {"min": 2, "max": CEILING_REPLICAS_MAX}
     body["spec"]["autoscaling"].update({"metric": "concurrency", "targetConcurrency": 4,
                                         "databaseCeiling": ceiling})
     body["spec"]["database"] = {"secretName": "shop-db",
-                                "maxConnections": CEILING_MAX_CONNECTIONS}
+                                "maxConnections": CEILING_MAX_CONNECTIONS[mode]}
     body["spec"]["migrations"] = {"enabled": False}
+    if mode == "pooler":
+        body["spec"]["pooling"] = {"mode": "pooler",
+                                   "pooler": {"replicas": {"min": 1, "max": 1}}}
     return body
 
 
@@ -864,30 +896,51 @@ class CeilingSamples(Sampler):
         return max((row[1] for row in self.rows), default=0)
 
 
-@pytest.mark.parametrize("ceiling", [True, False], ids=["ceiling", "no-ceiling"])
+@pytest.mark.parametrize(("mode", "ceiling"), [
+    ("pooler", True), ("pooler", False), ("pgbouncer", True)],
+    ids=["pooler-ceiling", "pooler-no-ceiling", "sidecar-below-max"])
 def test_the_database_ceiling_holds_replicas_while_clients_wait_for_the_database(
     api: ApiClient, operator: OperatorProcess, namespace: str, tmp_path: Path,
-    postgres_factory: Any, ceiling: bool,
+    postgres_factory: Any, mode: str, ceiling: bool,
 ) -> None:
+    """Behind the pooler the ceiling holds the pods while clients wait (more would bring the
+    database nothing); with a sidecar per pod below replicas.max it stays off and the pods,
+    each with its own pool, scale out."""
     from djangoscale import spec as spec_module
     from djangoscale.budget import size_pool
+    from djangoscale.builders import build_children
     from djangoscale.builders.pgbouncer import DatabaseCredentials, render_ini, render_userlist
-    from djangoscale.contract import PGBOUNCER_ADDRESS_ENV
+    from djangoscale.contract import PGBOUNCER_ADDRESS_ENV, POOLER_STATS_ADDRESS_ENV
     from tests.e2e.test_budget_guard import database_secret, migrated_postgres
+    from tests.e2e.test_pooler_mode import drain_file, pooler_ini
     from tests.fixtures import services
 
-    body = ceiling_service(namespace, ceiling)
-    pool = size_pool(spec_module.parse(body)).pool_size_per_pod
+    body = ceiling_service(namespace, ceiling, mode)
+    ds = spec_module.parse(body)
+    pool = size_pool(ds).pool_size_per_pod
     with migrated_postgres(postgres_factory, max_connections=40) as pg, \
             contextlib.ExitStack() as bouncers:
         credentials = DatabaseCredentials(pg.host, pg.port, services.APP_DB,
                                           services.APP_USER, services.APP_PASSWORD)
-        ini = render_ini(spec_module.parse(body), credentials)
+        ini, userlist = render_ini(ds, credentials), render_userlist(credentials)
+        if mode == "pooler":
+            # The web pods' env names the pooler's Service for its figures; here the one
+            # pgbouncer standing for the pooler's pod is that address.
+            children = {f"{c['kind']}/{c['metadata']['name']}": c
+                        for c in build_children(ds, credentials)}
+            (app,) = children["Deployment/shop"]["spec"]["template"]["spec"]["containers"]
+            assert POOLER_STATS_ADDRESS_ENV in {item["name"] for item in app["env"]}
+            (tmp_path / "pooler").mkdir()
+            pooler = bouncers.enter_context(services.pgbouncer(
+                pooler_ini(ini, bouncers.enter_context(drain_file())), userlist,
+                tmp_path / "pooler"))
 
         def env_for(pod: str) -> dict[str, str]:
+            if mode == "pooler":
+                return launcher_env(pooler.database_env(),
+                                    {POOLER_STATS_ADDRESS_ENV: f"{pooler.host}:{pooler.port}"})
             (tmp_path / pod).mkdir(exist_ok=True)
-            bouncer = bouncers.enter_context(services.pgbouncer(
-                ini, render_userlist(credentials), tmp_path / pod))
+            bouncer = bouncers.enter_context(services.pgbouncer(ini, userlist, tmp_path / pod))
             return launcher_env(bouncer.database_env(),
                                 {PGBOUNCER_ADDRESS_ENV: f"{bouncer.host}:{bouncer.port}"})
 
@@ -898,28 +951,37 @@ def test_the_database_ceiling_holds_replicas_while_clients_wait_for_the_database
             samples = CeilingSamples(api, namespace)
             load = run_load(CEILING_RATE, CEILING_SECONDS, harness.endpoints,
                             path=lambda: "/slow/")
+            loaded_until = time.monotonic() - samples.started
             loaded_most = samples.most()
             saturated = condition(api, namespace, "DatabaseSaturated")
             warnings = events(api, namespace, "DatabaseSaturated")
-            cleared = not ceiling or wait_for(
+            engaged = ceiling and mode == "pooler"
+            cleared = not engaged or wait_for(
                 "DatabaseSaturated to clear", lambda: condition(
-                    api, namespace, "DatabaseSaturated").get("status") == "False", timeout=60)
+                    api, namespace, "DatabaseSaturated").get("status") == "False", timeout=90)
             samples.stop()
             (tmp_path / "ceiling.csv").write_text("".join(
                 f"{t:.1f},{d},{c},{n}\n" for t, d, c, n in samples.rows))
-    print(f"\nceiling {'on' if ceiling else 'off'}: pool {pool} per pod, {CEILING_RATE:.0f} RPS "
-          f"of /slow/ for {CEILING_SECONDS:.0f} s: replicas <= {loaded_most}, p95 "
-          f"{load.p95() * 1000:.0f} ms, {load}; DatabaseSaturated True in "
-          f"{sum(row[2] == 'True' for row in samples.rows)} of {len(samples.rows)} samples, "
-          f"at the end: {saturated.get('status')} {saturated.get('message', '')!r}")
-    if ceiling:
+    held = [row for row in samples.rows if row[2] == "True"]
+    first_held = min((row[0] for row in held), default=None)
+    print(f"\n{mode}, ceiling {'on' if ceiling else 'off'}: pool {pool} per "
+          f"{'pooler pod' if mode == 'pooler' else 'pod'}, {CEILING_RATE:.0f} RPS of /slow/ for "
+          f"{CEILING_SECONDS:.0f} s: replicas <= {loaded_most}, p95 {load.p95() * 1000:.0f} ms, "
+          f"{load}; DatabaseSaturated True in {len(held)} of {len(samples.rows)} samples "
+          f"(first at {first_held} s), at the end: {saturated.get('status')} "
+          f"{saturated.get('message', '')!r}")
+    if engaged:
         assert loaded_most == 2, "the ceiling must keep the HPA from adding pods"
-        assert any(row[2] == "True" for row in samples.rows)
+        assert held
         assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
         assert cleared
     else:
         assert loaded_most > 2, "without the ceiling, concurrency asks for more pods"
+    if not ceiling:
         assert saturated == {}
+    if mode == "pgbouncer":
+        # Below replicas.max each new pod brings its own pool: the ceiling stays off.
+        assert not [row for row in held if row[0] < loaded_until and row[1] < CEILING_REPLICAS_MAX]
 
 
 # -- the dashboard ---------------------------------------------------------------------------------

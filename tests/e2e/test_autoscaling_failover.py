@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from djangoscale.contract import CONCURRENCY_METRIC
 from djangoscale_dev.cluster import LocalCluster
 from djangoscale_dev.cluster.api import ApiClient, ApiError
 from tests.e2e.helpers import start_operator
@@ -142,6 +143,10 @@ async def readyz(port: int) -> int:
 def steady_service(name: str) -> dict[str, Any]:
     body = copy.deepcopy(djangoservice(name))
     body["spec"]["autoscaling"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 0
+    # Concurrency served too, at a target the quick view never nears (RPS sets the replicas):
+    # the takeover must serve it at once as well, from status.scaling.
+    body["spec"]["autoscaling"].update({"metrics": ["rps", "concurrency"],
+                                        "targetConcurrency": 8})
     return body
 
 
@@ -163,7 +168,7 @@ def test_sigkill_of_the_active_operator_under_load_never_drops_desired_replicas(
     kubeconfig = operator_kubeconfig(cluster.kubeconfig, tmp_path / "sa" / "kubeconfig")
     active_port, standby_port = free_port(), free_port()
     active_log, standby_log = tmp_path / "active.log", tmp_path / "standby.log"
-    rows: list[tuple[float, int, dict[str, float] | None]] = []
+    rows: list[tuple[float, int, dict[str, float] | None, dict[str, float] | None]] = []
     with (ReadyProxy(port, [active_port, standby_port]),
           peering(kubeconfig, active_log, active_port, 2, cert, key) as active):
         wait_for("the active operator's metrics API", lambda: active_log.exists() and
@@ -189,11 +194,14 @@ def test_sigkill_of_the_active_operator_under_load_never_drops_desired_replicas(
 
                 def sample() -> None:
                     values: dict[str, float] | None
+                    concurrency: dict[str, float] | None
                     try:
                         values = pod_values(api, namespace)
+                        concurrency = pod_values(api, namespace, CONCURRENCY_METRIC)
                     except (ApiError, OSError):
-                        values = None
-                    rows.append((time.monotonic(), hpa_desired(api, namespace), values))
+                        values = concurrency = None
+                    rows.append((time.monotonic(), hpa_desired(api, namespace), values,
+                                 concurrency))
 
                 for _ in range(10):
                     sample()
@@ -228,13 +236,18 @@ def test_sigkill_of_the_active_operator_under_load_never_drops_desired_replicas(
           f"{rows[-1][1]} after; standby ready {resumed - killed:.1f} s after the SIGKILL, "
           f"values served again after {gap:.1f} s; per-pod value before "
           f"{min(per_pod_before):.1f}-{max(per_pod_before):.1f}, first after "
-          f"{min(first_after):.1f}-{max(first_after):.1f} (target {TARGET_RPS}); "
+          f"{min(first_after):.1f}-{max(first_after):.1f} (target {TARGET_RPS}), "
+          f"concurrency with it for {len(served_again[3] or {})} of {len(first_after)} pods; "
           f"load {result}")
     assert all(row[1] == STEADY_REPLICAS for row in before), before
-    assert lowest == STEADY_REPLICAS, [(round(t - killed, 1), d) for t, d, _ in rows]
+    assert lowest == STEADY_REPLICAS, [(round(t - killed, 1), d) for t, d, _, _ in rows]
     # No cold start: the first values the new operator serves are the level the old one served
     # (carried over), not a rate from one scrape interval of its own.
     level = sum(per_pod_before) / len(per_pod_before)
     assert all(abs(v - level) <= 0.25 * level for v in first_after), (level, first_after)
+    # Concurrency too is served from the new operator's first values on, for every pod (its
+    # own first scrape is one sample, no rate: without the status it would serve nothing).
+    assert served_again[3] is not None and set(served_again[3]) == set(served_again[2]), (
+        served_again)
     # The launchers never stopped: the failover lost no request.
     assert result.failed == 0, result

@@ -289,3 +289,73 @@ def test_the_collector_writes_status_only_onto_the_version_it_read():
     types = {c["type"]: c for c in after["status"]["conditions"]}
     assert types["Degraded"]["reason"] == "ImagePullBackOff"
     assert "MetricsAvailable" in types
+
+
+def pooled_service(metrics_port: int, mode: str, replicas_max: int = 10):
+    return spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 1, "max": replicas_max}, "metricsPort": metrics_port,
+                 "autoscaling": {"targetRPSPerPod": 20},
+                 "database": {"secretName": "db", "maxConnections": 100},
+                 "pooling": {"mode": mode}},
+    })
+
+
+@pytest.mark.parametrize(("mode", "replicas_max", "ceiling"), [
+    ("pooler", 10, True), ("pgbouncer", 1, True), ("pgbouncer", 10, False)])
+async def test_a_burst_while_the_pools_wait_adds_no_pods_until_the_ceiling_holds(
+        pod_server, mode: str, replicas_max: int, ceiling: bool) -> None:
+    from prometheus_client import Gauge
+
+    from djangoscale.contract import PGBOUNCER_MAX_WAIT
+
+    fake, port = pod_server
+    Gauge(PGBOUNCER_MAX_WAIT, "w", registry=fake.registry).set(0.5)
+    ds = pooled_service(port, mode, replicas_max)
+    pod = PodTarget("shop-a", "127.0.0.1", True)
+    windows = ServiceWindows()
+    scraper = Scraper(concurrency=2, timeout=1.0)
+    try:
+        await collect(ds, [pod], windows, scraper, now=0.0)
+        fake.counter.labels("GET", "2xx").inc(100)  # 100 RPS on one pod at target 20
+        burst = await collect(ds, [pod], windows, scraper, now=1.0)
+        fake.counter.labels("GET", "2xx").inc(600)
+        later = await collect(ds, [pod], windows, scraper, now=7.0)  # a panic window on
+    finally:
+        await scraper.close()
+    assert burst.saturation is not None and later.saturation is not None
+    if ceiling:
+        # The pools wait: no burst path (nor scale-up) while the ceiling's window counts;
+        # then it holds.
+        assert not burst.decision.panic and burst.saturation.holding_scale_up
+        assert not burst.saturation.held and later.saturation.held
+    else:
+        # Below replicas.max a sidecar's new pod brings its own pool: the burst path adds it.
+        assert burst.decision.panic and not later.saturation.held
+
+
+def test_carried_values_come_from_the_scaling_status_the_last_operator_wrote() -> None:
+    from djangoscale.autoscaling.collector import carried_values, scaling_status
+    from djangoscale.autoscaling.windows import Rates
+
+    status = {"status": {"scaling": {"metric": "queueTime", "value": "120ms",
+                                     "concurrency": "4.2", "queueTime": "120ms"}}}
+    assert carried_values(status) == {"concurrency": Rates(4.2, 4.2),
+                                      "queueTime": Rates(0.12, 0.12)}
+    assert carried_values({}) == {}
+    assert carried_values({"status": {"scaling": {"concurrency": "x",
+                                                  "queueTime": "120"}}}) == {}
+    # What one operator writes is what the next one reads.
+    ds = spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "autoscaling": {"metrics": ["concurrency", "queueTime"],
+                                 "targetConcurrency": 4, "targetQueueTimeMilliseconds": 50}}})
+    decisions = {"concurrency": Decision({"a": 3.0, "b": 5.0}, 8, 8, False),
+                 "queueTime": Decision({"a": 0.03, "b": 0.05}, 0.08, 0.08, False)}
+    written = scaling_status(ds, Reading(decisions["concurrency"], 2, decisions=decisions))
+    assert carried_values({"status": {"scaling": written}}) == {
+        "concurrency": Rates(4.0, 4.0), "queueTime": Rates(0.04, 0.04)}

@@ -15,6 +15,7 @@ from djangoscale.autoscaling.collector import (
     PodScrape,
     Reading,
     Saturation,
+    ceiling_applies,
     database_saturation,
     parse_pod_metrics,
     saturation_condition,
@@ -24,10 +25,12 @@ from djangoscale.autoscaling.collector import (
     status_patch,
 )
 from djangoscale.autoscaling.windows import (
+    CEILING_OFF,
     Decision,
     PodHistogram,
     ServiceWindows,
     bucket_quantile,
+    next_ceiling,
 )
 from djangoscale.builders.hpa import build_hpa
 from djangoscale.contract import (
@@ -182,22 +185,71 @@ def scrape(max_wait=None, waiting=0, active=0):
                      servers_active=active)
 
 
-def test_the_ceiling_comes_on_when_most_pods_wait_and_lets_go_a_window_after():
+def test_the_ceiling_engages_after_a_window_of_waiting_and_clears_after_one_without():
+    # Engage after 6 s of waiting in every round, clear after 20 s without.
+    state = CEILING_OFF
+    for t in (0, 3):
+        state = next_ceiling(state, True, t, 6, 20)
+        assert not state.held and state.waiting_since == 0  # counting, not yet on
+    state = next_ceiling(state, False, 4, 6, 20)
+    assert state == CEILING_OFF  # a break before the window is up starts it over
+    for t in (5, 8, 10):
+        state = next_ceiling(state, True, t, 6, 20)
+    assert not state.held
+    state = next_ceiling(state, True, 11, 6, 20)
+    assert state.held  # 6 s of waiting since t=5
+    state = next_ceiling(state, False, 12, 6, 20)
+    assert state.held and state.clear_since == 12
+    state = next_ceiling(state, True, 20, 6, 20)  # waiting again: the clear window restarts
+    assert state.held and state.clear_since is None
+    for t in (21, 30, 40):
+        state = next_ceiling(state, False, t, 6, 20)
+        assert state.held
+    assert next_ceiling(state, False, 41, 6, 20) == CEILING_OFF  # 20 s without waiting
+
+
+def test_the_pools_wait_when_most_reporting_pods_have_a_client_waiting_a_queue():
     windows = ServiceWindows()
     one_waits = [scrape(0.5, 4, 2), scrape(0.0), scrape(0.0)]
-    assert not database_saturation(windows, one_waits, 0, 4).held
+    assert not database_saturation(windows, one_waits, 0, 6, 20).holding_scale_up
     blip = [scrape(0.05, 1, 2), scrape(0.05, 1, 2), scrape(0.0)]  # shorter than a queue
-    assert not database_saturation(windows, blip, 1, 4).held
+    assert not database_saturation(windows, blip, 1, 6, 20).holding_scale_up
     most_wait = [scrape(0.5, 4, 2), scrape(0.3, 2, 2), scrape(0.0, 0, 2)]
-    on = database_saturation(windows, most_wait, 2, 4)
+    first = database_saturation(windows, most_wait, 2, 6, 20)
+    # The first round that sees the waiting holds scale-up back; the ceiling is not on yet.
+    assert first.holding_scale_up and not first.held
+    on = database_saturation(windows, most_wait, 8, 6, 20)
     assert on.held and (on.waiting_pods, on.clients_waiting, on.servers_active) == (2, 6, 6)
     assert on.max_wait_seconds == 0.5
-    calm = [scrape(0.0)] * 3
-    assert database_saturation(windows, calm, 3, 4).held  # not yet a window without waits
-    assert database_saturation(windows, most_wait, 5, 4).held  # waiting again: stays on
-    assert database_saturation(windows, calm, 6, 4).held
-    assert not database_saturation(windows, calm, 10, 4).held
-    assert not database_saturation(windows, [], 11, 4).held  # no pod reports: off
+    assert database_saturation(windows, [], 9, 6, 20).held  # no pod reports: clearing
+    assert not database_saturation(windows, [], 29, 6, 20).held
+    # Where it does not apply (a sidecar per pod below replicas.max), the pools never wait.
+    windows = ServiceWindows()
+    for t in (0, 10):
+        elsewhere = database_saturation(windows, most_wait, t, 6, 20, applies=False)
+        assert not elsewhere.held and not elsewhere.holding_scale_up
+    # Pods that read one pooler see the same figures: the most any saw, not their sum.
+    shared = database_saturation(ServiceWindows(), most_wait, 0, 6, 20, shared=True)
+    assert (shared.clients_waiting, shared.servers_active) == (4, 2)
+
+
+def pooled(mode="pgbouncer", replicas_max=10):
+    body = {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+            "replicas": {"min": 2, "max": replicas_max},
+            "database": {"secretName": "db", "maxConnections": 100},
+            "pooling": {"mode": mode}}
+    return spec.parse({"apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+                       "metadata": {"name": "shop", "namespace": "web"}, "spec": body})
+
+
+def test_the_ceiling_applies_behind_a_pooler_and_at_the_budgets_max_with_sidecars():
+    # Behind the pooler more app pods bring no server connections, however few run.
+    assert ceiling_applies(pooled("pooler"), 2)
+    # With a sidecar each new pod brings its own share of the budget, until replicas.max.
+    sidecar = pooled("pgbouncer", replicas_max=6)
+    assert not ceiling_applies(sidecar, 2)
+    assert not ceiling_applies(sidecar, 5)
+    assert ceiling_applies(sidecar, 6)
 
 
 def reading(per_pod, saturation=None, metric="concurrency"):
@@ -206,7 +258,8 @@ def reading(per_pod, saturation=None, metric="concurrency"):
                    decisions={metric: decision, "rps": decision}, saturation=saturation)
 
 
-SATURATED = Saturation(2, 2, 0.4, 7, 4, held=True)
+SATURATED = Saturation(2, 2, 0.4, 7, 4, held=True, holding_scale_up=True)
+COUNTING = Saturation(2, 2, 0.4, 7, 4, held=False, holding_scale_up=True)
 
 
 def test_served_values_are_capped_at_the_target_while_the_ceiling_holds():
@@ -215,6 +268,8 @@ def test_served_values_are_capped_at_the_target_while_the_ceiling_holds():
     assert free == {CONCURRENCY_METRIC: {"a": 25.0, "b": 5.0}}
     capped = served_values(ds, reading({"a": 25.0, "b": 5.0}, SATURATED))
     assert capped == {CONCURRENCY_METRIC: {"a": 10.0, "b": 5.0}}
+    # While the ceiling's window counts, scale-up is held back the same way.
+    assert served_values(ds, reading({"a": 25.0, "b": 5.0}, COUNTING)) == capped
 
 
 def test_status_shows_the_metric_asking_for_most_pods_and_the_condition_once():

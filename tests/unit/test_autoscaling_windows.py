@@ -254,3 +254,30 @@ def test_a_rate_from_prometheus_replaces_the_carried_one() -> None:
     windows.observe_rate("a", 12.0)
     assert windows.rates() == {"a": Rates(12.0, 12.0), "b": Rates(40, 40)}
     assert set(windows.seeded) == {"b"}  # b's query answer has not come yet: it holds
+
+
+def test_concurrency_and_queue_time_carry_over_a_takeover_and_fade_out() -> None:
+    windows = ServiceWindows(stable_window=60, panic_window=6, carried_values={
+        "concurrency": Rates(6, 6), "queueTime": Rates(0.2, 0.2)})
+    windows.start(["a", "b"])
+    # The first round: one sample each, no value of its own yet; the carried ones stand.
+    windows.observe_busy("a", 0.0, 100.0)
+    windows.observe_queue("a", 0.0, (0.1, math.inf), (0.0, 0.0))
+    assert windows.concurrency() == {"a": Rates(6, 6), "b": Rates(6, 6)}
+    assert windows.queue_time()["a"] == Rates(0.2, 0.2)
+    # The pods are idle now: 6 s of 60 measured.
+    for t in range(1, 7):
+        windows.observe_busy("a", float(t), 100.0)
+        windows.observe_queue("a", float(t), (0.1, math.inf), (0.0, 0.0))
+    assert windows.concurrency()["a"] == Rates(pytest.approx(6 * 54 / 60), 0.0)  # type: ignore[arg-type]
+    assert windows.queue_time()["a"].stable == pytest.approx(0.2 * 54 / 60)
+    for t in range(7, 62):
+        windows.observe_busy("a", float(t), 100.0)
+        windows.observe_queue("a", float(t), (0.1, math.inf), (0.0, 0.0))
+    assert windows.concurrency()["a"] == Rates(0.0, 0.0)  # its own samples cover both
+    assert "a" not in windows.seeded_values["concurrency"]
+    windows.forget_missing(["a"])
+    assert windows.concurrency() == {"a": Rates(0.0, 0.0)}  # b, gone, holds nothing
+    # A pod created after the takeover starts from nothing.
+    windows.start(["a", "new"])
+    assert "new" not in windows.concurrency()

@@ -170,3 +170,17 @@ def test_an_unreachable_pgbouncer_leaves_the_figures_out_rather_than_exporting_z
 
     admin = PgBouncerAdmin(Address("127.0.0.1", free_port()), "shop", "pw")  # nothing listens
     assert list(PgBouncerCollector(admin).collect()) == []
+
+
+def test_the_launcher_reads_the_sidecar_or_else_the_poolers_figures():
+    from djangoscale.contract import POOLER_STATS_ADDRESS_ENV
+
+    user = {"DATABASE_USER": "shop", "DATABASE_PASSWORD": "pw"}
+    pooler = {**user, POOLER_STATS_ADDRESS_ENV: "shop-pooler:6432"}
+    # The preStop hook (from_env) shrinks a sidecar's pool only, never the shared pooler's.
+    assert PgBouncerAdmin.from_env(pooler) is None
+    figures = PgBouncerAdmin.figures_from_env(pooler)
+    assert figures is not None and str(figures.address) == "shop-pooler:6432"
+    sidecar = PgBouncerAdmin.figures_from_env({**pooler, PGBOUNCER_ADDRESS_ENV: "127.0.0.1:6432"})
+    assert sidecar is not None and sidecar.address.host == "127.0.0.1"
+    assert PgBouncerAdmin.figures_from_env(user) is None

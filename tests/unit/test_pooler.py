@@ -82,7 +82,10 @@ def test_the_pooler_children_and_the_app_pods_that_connect_to_them():
         assert "initContainers" not in app_pod  # no sidecar
         env = {e["name"]: e.get("value") for e in app_pod["containers"][0]["env"]}
         assert (env["DATABASE_HOST"], env["DATABASE_PORT"]) == ("shop-pooler", "6432")
-        assert "DJANGOSCALE_PGBOUNCER" not in env
+        assert "DJANGOSCALE_PGBOUNCER" not in env  # its preStop hook leaves the pooler be
+        # The web launcher exports the pooler's SHOW POOLS for the database ceiling.
+        assert env.get("DJANGOSCALE_POOLER_STATS") == (
+            "shop-pooler:6432" if name == "Deployment/shop" else None)
     url = base64.b64decode(children["Secret/shop-database"]["data"]["DATABASE_URL"]).decode()
     assert "@shop-pooler:6432/shop" in url
     # Order: the Secret, then the pooler, before any pod that connects to it.

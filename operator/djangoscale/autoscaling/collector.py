@@ -34,6 +34,7 @@ from djangoscale.autoscaling.windows import (
     ServiceWindows,
     decide,
     format_rps,
+    next_ceiling,
 )
 from djangoscale.conditions import (
     BUDGET_EXCEEDED,
@@ -97,6 +98,19 @@ def carried_rates(body: dict[str, Any]) -> Rates | None:
         return Rates(float(rps["stable"]), float(rps["panic"]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def carried_values(body: dict[str, Any]) -> dict[str, Rates]:
+    """Concurrency and queue time per pod as the status last gave them (`status.scaling`,
+    what the HPA read), by spec metric name: what an operator taking over starts them from,
+    as `carried_rates` does RPS. The status keeps one value, so both windows start from it."""
+    scaling = (body.get("status") or {}).get("scaling") or {}
+    carried = {}
+    for metric in (CONCURRENCY, QUEUE_TIME):
+        value = parse_value(metric, scaling.get(metric))
+        if value is not None:
+            carried[metric] = Rates(value, value)
+    return carried
 
 
 @dataclass(frozen=True)
@@ -262,6 +276,8 @@ class Saturation:
     clients_waiting: int
     servers_active: int
     held: bool  # the ceiling is on (see `database_saturation`)
+    # The pools wait (the ceiling's window is counting) or the ceiling holds: no scale-up.
+    holding_scale_up: bool = False
 
 
 @dataclass
@@ -307,12 +323,14 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
                 if pod.name in rates:
                     windows.observe_rate(pod.name, rates[pod.name])
     guarded = ds.uses_pgbouncer and ds.database is not None
+    ceiling = (guarded or ds.uses_pooler) and ds.autoscaling.database_ceiling
     # The pods to read: the ready ones for requests (unless Prometheus gives them), and for
     # the budget guard every pod with an address, since a terminating pod still holds its pool.
     if source is None:
         targets = ready + ([p for p in pods if p.ip and not p.ready] if guarded else [])
     else:
-        targets = sorted((p for p in pods if p.ip), key=lambda p: p.name) if guarded else []
+        targets = sorted((p for p in pods if p.ip and (p.ready or guarded)),
+                         key=lambda p: p.name) if guarded or ceiling else []
     scrapes = await asyncio.gather(*(scraper.pod_scrape(p.ip, ds.metrics_port)
                                      for p in targets))
     by_pod = dict(zip((p.name for p in targets), scrapes, strict=True))
@@ -328,22 +346,29 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
                 if scrape.queue_bounds:
                     windows.observe_queue(pod.name, t, scrape.queue_bounds, scrape.queue_counts)
     autoscaling = ds.autoscaling
+    reported = [s.server_connections for s in by_pod.values()
+                if s is not None and s.server_connections is not None]
+    saturation = None
+    if ceiling:
+        saturation = database_saturation(
+            windows, [s for s in by_pod.values() if s], t,
+            engage_after=autoscaling.panic_window_seconds,
+            release_after=autoscaling.stable_window_seconds,
+            applies=ceiling_applies(ds, len(ready) + starting), shared=ds.uses_pooler)
+    # While the pools wait, the burst path is held back (and the values capped, see
+    # `served_values`): the ceiling's window is counting, and requests waiting for the
+    # database are no reason for pods that bring it nothing.
+    threshold = math.inf if saturation is not None and saturation.holding_scale_up else (
+        autoscaling.panic_threshold)
 
     def decision_of(metric: str, rates: dict[str, Rates]) -> Decision:
-        return decide(rates, len(ready), autoscaling.target_of(metric),
-                      autoscaling.panic_threshold, starting)
+        return decide(rates, len(ready), autoscaling.target_of(metric), threshold, starting)
 
     decisions = {RPS: decision_of(RPS, windows.rates())}
     if CONCURRENCY in autoscaling.metrics:
         decisions[CONCURRENCY] = decision_of(CONCURRENCY, windows.concurrency())
     if QUEUE_TIME in autoscaling.metrics:
         decisions[QUEUE_TIME] = decision_of(QUEUE_TIME, windows.queue_time())
-    reported = [s.server_connections for s in by_pod.values()
-                if s is not None and s.server_connections is not None]
-    saturation = None
-    if guarded and autoscaling.database_ceiling:
-        saturation = database_saturation(windows, [s for s in by_pod.values() if s], t,
-                                         autoscaling.panic_window_seconds)
     return Reading(
         decisions[RPS], len(ready), failed, "prometheus" if source else "pods",
         budget=ds.database.pool_budget if guarded and ds.database else None,
@@ -352,37 +377,60 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
     )
 
 
+def ceiling_applies(ds: DjangoService, pods: int) -> bool:
+    """Whether more pods would bring the database no more server connections, so that the
+    ceiling holds them back: always behind the pooler (its pods hold the server connections,
+    however many app pods connect), and with a sidecar per pod only once the pods (ready and
+    starting) are at `replicas.max`. Below it each new pod brings its own pool, its share of
+    the budget: holding it back leaves the budget unused while clients wait."""
+    return ds.uses_pooler or pods >= ds.max_replicas
+
+
 def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: float,
-                        release_seconds: float) -> Saturation:
-    """Whether the ceiling is on: from the first round in which most reporting pods have a
-    client that waited SATURATED_WAIT_SECONDS for a server connection (a wait that long is a
-    queue, not a blip, and the burst path would ask for pods in the next round), until the
-    waiting has stopped for `release_seconds` (so it does not flap). Tracked in `windows`."""
+                        engage_after: float, release_after: float, applies: bool = True,
+                        shared: bool = False) -> Saturation:
+    """Whether the ceiling is on, tracked in `windows` (see `next_ceiling`).
+
+    The pools wait in a round when most reporting pods have a client that waited
+    SATURATED_WAIT_SECONDS for a server connection, and the ceiling `applies`. It comes on
+    once they have waited in every round for `engage_after` seconds (the panic window: a wait
+    that outlasts the burst path's own window is a queue, not a pool opening connections at a
+    step; the burst path is held back meanwhile), and lets go once they have not waited for
+    `release_after` seconds (the stable window: until then its averages still count requests
+    that waited for the database, and would ask for pods on their account).
+
+    While the window counts, scale-up is held back already (`holding_scale_up`): requests
+    queued for the database push the stable window past its target within seconds too (on
+    the local control plane, concurrency went from 2 to 5 pods before a 4 s window was up).
+    The difference from the ceiling itself: a wait shorter than the window lets go as soon as
+    it ends, and sets no condition and posts no event.
+
+    `shared`: the pods read one pooler's figures (pooler mode), so clients waiting and
+    server connections are the most any pod saw, not a sum over pods.
+    """
     reporting = [s for s in scrapes if s.max_wait_seconds is not None]
     waiting = [s for s in reporting if (s.max_wait_seconds or 0.0) >= SATURATED_WAIT_SECONDS]
-    if reporting and 2 * len(waiting) > len(reporting):
-        if windows.saturated_since is None:
-            windows.saturated_since = t
-        windows.unsaturated_since = None
-    elif windows.saturated_since is not None:
-        if windows.unsaturated_since is None:
-            windows.unsaturated_since = t
-        if t - windows.unsaturated_since >= release_seconds:
-            windows.saturated_since = windows.unsaturated_since = None
+    pools_wait = applies and bool(reporting) and 2 * len(waiting) > len(reporting)
+    windows.ceiling = next_ceiling(windows.ceiling, pools_wait, t, engage_after, release_after)
+
+    def total(values: list[int]) -> int:
+        return max(values, default=0) if shared else sum(values)
+
     return Saturation(
         waiting_pods=len(waiting), reporting=len(reporting),
         max_wait_seconds=max((s.max_wait_seconds or 0.0 for s in reporting), default=0.0),
-        clients_waiting=sum(s.clients_waiting or 0 for s in reporting),
-        servers_active=sum(s.servers_active or 0 for s in reporting),
-        held=windows.saturated_since is not None,
+        clients_waiting=total([s.clients_waiting or 0 for s in reporting]),
+        servers_active=total([s.servers_active or 0 for s in reporting]),
+        held=windows.ceiling.held,
+        holding_scale_up=windows.ceiling.held or windows.ceiling.waiting_since is not None,
     )
 
 
 def served_values(ds: DjangoService, reading: Reading) -> dict[str, dict[str, float]]:
     """Per-pod values by served metric name, for the metrics in use. While the database
-    ceiling holds, each is capped at its target: the HPA then sees the pods at (or under)
-    capacity and asks for no more."""
-    capped = reading.saturation is not None and reading.saturation.held
+    ceiling holds (or its window counts), each is capped at its target: the HPA then sees the
+    pods at (or under) capacity and asks for no more."""
+    capped = reading.saturation is not None and reading.saturation.holding_scale_up
     served = {}
     for metric in ds.autoscaling.metrics:
         decision = reading.decisions.get(metric)
@@ -490,6 +538,23 @@ def format_value(metric: str, value: float) -> str:
     if metric == QUEUE_TIME:
         return f"{format_rps(value * 1000)}ms"
     return format_rps(value)
+
+
+def parse_value(metric: str, text: Any) -> float | None:
+    """A per-pod value from the status (`format_value`'s inverse); None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    if metric == QUEUE_TIME:
+        if not text.endswith("ms"):
+            return None
+        text = text.removesuffix("ms")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value / 1000 if metric == QUEUE_TIME else value
 
 
 def scaling_status(ds: DjangoService, reading: Reading) -> dict[str, str]:

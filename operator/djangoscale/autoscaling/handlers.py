@@ -118,10 +118,11 @@ class RpsCollection:
             return
         windows = self.windows.get((namespace, name))
         if windows is None:
-            # Window lengths come from the spec at each round; the rates the last status gave
+            # Window lengths come from the spec at each round; the values the last status gave
             # carry over a takeover (a new operator starts from them, not from nothing).
             windows = self.windows[(namespace, name)] = ServiceWindows(
-                carried=collector.carried_rates(body))
+                carried=collector.carried_rates(body),
+                carried_values=collector.carried_values(body))
         pods = list(self.pods.get((namespace, name), []))
         reading = await collector.collect(ds, pods, windows, context.scraper)
         if reading.budget is not None:

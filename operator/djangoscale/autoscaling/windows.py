@@ -18,9 +18,9 @@ Rules kept here, all pure (time is an argument) so they are tested without a clu
 - pods that are starting count as capacity on the way in the burst rule, so a burst does not
   keep asking for pods while the first ones start (an app that takes 20-30 s to start would
   otherwise be flooded with pods);
-- an operator that takes over from another (failover, restart) starts from the rates the
-  DjangoService's status last gave, blended out as its own samples cover the windows, so
-  the HPA's value neither vanishes nor drops during the takeover.
+- an operator that takes over from another (failover, restart) starts from the values the
+  DjangoService's status last gave (RPS, concurrency, queue time), blended out as its own
+  samples cover the windows, so the HPA's values neither vanish nor drop during the takeover.
 
 Concurrency is the rate of a counter too: the seconds requests spent in the pod (in the app
 plus waiting for a thread), per second, is the average number in the pod (Little's law), so
@@ -39,6 +39,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from djangoscale.contract import CONCURRENCY, QUEUE_TIME
 
 STABLE_WINDOW_SECONDS = 60.0
 PANIC_WINDOW_SECONDS = 6.0
@@ -121,6 +123,10 @@ class PodHistogram:
         self.samples.append((t, tuple(v + o for v, o in zip(raw, self.offset, strict=True))))
         while len(self.samples) > 2 and self.samples[1][0] <= t - keep_seconds:
             self.samples.popleft()
+
+    def span(self) -> float:
+        """Seconds between the oldest and the newest sample kept."""
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0.0
 
     def quantile(self, q: float, window: float) -> float | None:
         """The q-quantile of what was observed over the window; None with one sample."""
@@ -210,13 +216,42 @@ def blend(carried: float, measured: float | None, covered: float, window: float)
     return carried * (1.0 - weight) + measured * weight
 
 
+@dataclass(frozen=True)
+class CeilingState:
+    """The database ceiling across rounds: since when the pools have waited without a break,
+    whether the ceiling holds, and since when they have not waited while it holds."""
+
+    waiting_since: float | None = None
+    held: bool = False
+    clear_since: float | None = None
+
+
+CEILING_OFF = CeilingState()
+
+
+def next_ceiling(state: CeilingState, waiting: bool, t: float, engage_after: float,
+                 release_after: float) -> CeilingState:
+    """The ceiling holds once the pools have waited in every round for `engage_after` seconds,
+    and lets go once they have not waited for `release_after` seconds."""
+    if waiting:
+        since = t if state.waiting_since is None else state.waiting_since
+        return CeilingState(since, state.held or t - since >= engage_after)
+    if not state.held:
+        return CEILING_OFF
+    since = t if state.clear_since is None else state.clear_since
+    if t - since >= release_after:
+        return CEILING_OFF
+    return CeilingState(None, True, since)
+
+
 @dataclass
 class ServiceWindows:
     """Every pod's counter (or, from Prometheus, its rate) for one DjangoService.
 
     `carried` is the per-pod average an earlier operator last reported (the DjangoService's
     `status.rps`). The pods ready at the first collection start from it; it fades out as the
-    samples cover each window, and a pod created later never gets it.
+    samples cover each window, and a pod created later never gets it. `carried_values` does
+    the same for concurrency and queue time (by spec metric name, from `status.scaling`).
     """
 
     stable_window: float = STABLE_WINDOW_SECONDS
@@ -225,6 +260,9 @@ class ServiceWindows:
     counters: dict[str, PodCounter] = field(default_factory=dict)
     given: dict[str, Rates] = field(default_factory=dict)  # rates read from Prometheus
     seeded: dict[str, Rates] = field(default_factory=dict)  # pods still blending `carried`
+    carried_values: dict[str, Rates] = field(default_factory=dict)
+    # By metric: the pods still blending `carried_values`.
+    seeded_values: dict[str, dict[str, Rates]] = field(default_factory=dict)
     started: bool = False
     # Seconds requests spent in the pod (a counter), and the queue-time histogram, per pod.
     busy: dict[str, PodCounter] = field(default_factory=dict)
@@ -232,25 +270,26 @@ class ServiceWindows:
     # Seconds in the app and CPU seconds, per pod: what the advice on threads reads.
     in_app: dict[str, PodCounter] = field(default_factory=dict)
     cpu: dict[str, PodCounter] = field(default_factory=dict)
-    # The database ceiling: since when it is on (None: off), and since when the pods' clients
-    # have stopped waiting while it is on.
-    saturated_since: float | None = None
-    unsaturated_since: float | None = None
+    # The database ceiling's state (see `next_ceiling`).
+    ceiling: CeilingState = CEILING_OFF
 
     def start(self, pods: Iterable[str]) -> None:
         """At the first collection: the pods ready now start from the carried rates."""
         if self.started:
             return
         self.started = True
+        ready = list(pods)
         if self.carried is not None:
-            self.seeded = dict.fromkeys(pods, self.carried)
+            self.seeded = dict.fromkeys(ready, self.carried)
+        self.seeded_values = {metric: dict.fromkeys(ready, carried)
+                              for metric, carried in self.carried_values.items()}
 
     def forget_missing(self, pods: Iterable[str]) -> None:
         """Pod churn: drop the pods that are gone."""
         alive = set(pods)
         stores: tuple[dict[str, Any], ...] = (
             self.counters, self.given, self.seeded, self.busy, self.queues, self.in_app,
-            self.cpu)
+            self.cpu, *self.seeded_values.values())
         for store in stores:
             for name in [name for name in store if name not in alive]:
                 del store[name]
@@ -287,12 +326,13 @@ class ServiceWindows:
     def concurrency(self) -> dict[str, Rates]:
         """Requests in each pod at once, averaged over the two windows (pods whose scrape
         failed keep their last values)."""
-        return _both(self.busy, lambda c, w: c.rate(w), self.stable_window, self.panic_window)
+        return self._carried_over(self.seeded_values.get(CONCURRENCY, {}), self.busy,
+                                  lambda c, w: c.rate(w))
 
     def queue_time(self) -> dict[str, Rates]:
         """The p95 wait (seconds) of each pod's requests over the two windows."""
-        return _both(self.queues, lambda h, w: h.quantile(QUEUE_TIME_QUANTILE, w),
-                     self.stable_window, self.panic_window)
+        return self._carried_over(self.seeded_values.get(QUEUE_TIME, {}), self.queues,
+                                  lambda h, w: h.quantile(QUEUE_TIME_QUANTILE, w))
 
     def observe_rate(self, pod: str, rate: float) -> None:
         """A rate computed elsewhere (Prometheus): both windows take it as it is."""
@@ -301,31 +341,27 @@ class ServiceWindows:
 
     def rates(self) -> dict[str, Rates]:
         """Every pod that has a rate; pods whose scrape failed keep their last one."""
-        result = dict(self.given)
-        for pod, seed in self.seeded.items():
-            result.setdefault(pod, seed)  # no sample of its own yet
-        for pod, counter in self.counters.items():
-            stable, panic = counter.rate(self.stable_window), counter.rate(self.panic_window)
-            carried = self.seeded.get(pod)
+        return {**self.given,
+                **self._carried_over(self.seeded, self.counters, lambda c, w: c.rate(w))}
+
+    def _carried_over(self, seeded: dict[str, Rates], series: dict[str, Any],
+                      value: Callable[[Any, float], float | None]) -> dict[str, Rates]:
+        """Each pod's value over the two windows from its own samples, blended with the
+        carried value while `seeded` holds the pod (and dropped from it once its samples
+        cover the stable window); a seeded pod with no sample yet has the carried value."""
+        result = dict(seeded)
+        for pod, one in series.items():
+            stable, panic = value(one, self.stable_window), value(one, self.panic_window)
+            carried = seeded.get(pod)
             if carried is not None:
-                covered = counter.span()
+                covered = one.span()
                 stable = blend(carried.stable, stable, covered, self.stable_window)
                 panic = blend(carried.panic, panic, covered, self.panic_window)
                 if covered >= self.stable_window:
-                    del self.seeded[pod]  # its own samples cover both windows now
+                    del seeded[pod]  # its own samples cover both windows now
             if stable is not None and panic is not None:
                 result[pod] = Rates(stable, panic)
         return result
-
-
-def _both(series: dict[str, Any], value: Callable[[Any, float], float | None],
-          stable_window: float, panic_window: float) -> dict[str, Rates]:
-    result = {}
-    for pod, one in series.items():
-        stable, panic = value(one, stable_window), value(one, panic_window)
-        if stable is not None and panic is not None:
-            result[pod] = Rates(stable, panic)
-    return result
 
 
 def round_rps(value: float) -> float:

@@ -19,6 +19,7 @@ from djangoscale.contract import (
     MULTIPROC_DIR_ENV,
     MULTIPROC_DIR_IN_POD,
     PGBOUNCER_ADDRESS_ENV,
+    POOLER_STATS_ADDRESS_ENV,
     SERVE_ENV,
 )
 from djangoscale.spec import DjangoService
@@ -157,6 +158,11 @@ def build_app_container(ds: DjangoService, secret: dict[str, Any] | None) -> dic
     if secret is not None:
         greenlets = ds.server.type == GREENLET_SERVER
         env += database_env(ds, secret, max_age=conn_max_age(ds, greenlets))
+        if ds.uses_pooler:
+            # The web launcher exports the pooler's SHOW POOLS (its waits, from whichever
+            # pooler pod answers) for the database ceiling.
+            env.append({"name": POOLER_STATS_ADDRESS_ENV,
+                        "value": f"{pgbouncer.pgbouncer_host(ds)}:{pgbouncer.LISTEN_PORT}"})
     env = with_user_env(ds, env)
     container: dict[str, Any] = {
         "name": "app",

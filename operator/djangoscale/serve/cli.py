@@ -35,7 +35,7 @@ def serve(config: ServeConfig) -> int:
         from djangoscale.serve.metrics import start_metrics_server
         from djangoscale.serve.pgbouncer import PgBouncerCollector
 
-        admin = PgBouncerAdmin.from_env()
+        admin = PgBouncerAdmin.figures_from_env()
         extra = [] if admin is None else [PgBouncerCollector(admin)]
         start_metrics_server(
             config.metrics_bind.host, config.metrics_bind.port, metrics_dir, *extra

@@ -23,6 +23,7 @@ from djangoscale.contract import (
     DATABASE_USER_ENV,
     MULTIPROC_DIR_ENV,
     PGBOUNCER_ADDRESS_ENV,
+    POOLER_STATS_ADDRESS_ENV,
     SERVE_ENV,
     SERVER_TYPES,
     SINGLE_THREADED_SERVERS,
@@ -250,3 +251,13 @@ class PgBouncerAdmin:
         if not address or not user:
             return None
         return cls(parse_address(address), user, env.get(DATABASE_PASSWORD_ENV, ""))
+
+    @classmethod
+    def figures_from_env(cls, env: Mapping[str, str] | None = None) -> PgBouncerAdmin | None:
+        """Where the launcher reads SHOW POOLS for its metrics: the pod's sidecar, or else
+        the pooler's Service (pooling.mode pooler). None without either."""
+        env = os.environ if env is None else env
+        sidecar = cls.from_env(env)
+        if sidecar is not None:
+            return sidecar
+        return cls.from_env({**env, PGBOUNCER_ADDRESS_ENV: env.get(POOLER_STATS_ADDRESS_ENV, "")})
