@@ -5,8 +5,8 @@ Two scenarios, each with three DjangoServices side by side (one per metric, same
 load) so one node session covers all three:
 
 - a view that slows from 50 to 200 ms at a constant rate: requests per second stay where they
-  were, so `rps` holds its pods while they fall behind; `concurrency` and `queueTime` scale
-  and bring their value back under the target;
+  were, so `rps` holds its pods while requests wait longer for a thread; `concurrency` and
+  `queueTime` scale and bring their value back under the target;
 - a load step at a constant 100 ms: all three scale.
 
 The slow-view switch is the sample app's `/sleep/?s=` view: the load's URL changes at the
