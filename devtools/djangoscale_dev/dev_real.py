@@ -87,9 +87,14 @@ def host_lacks_for_real_node() -> str | None:
 
 
 def real_node_documents(path: Path, pg: Postgres) -> list[dict[str, Any]]:
-    """The example's objects made to run on the real node: every DjangoService on the sample
+    """The example's objects made to run on the real node (`on_real_node`)."""
+    return on_real_node([doc for doc in yaml.safe_load_all(path.read_text()) if doc], pg)
+
+
+def on_real_node(objects: list[dict[str, Any]], pg: Postgres) -> list[dict[str, Any]]:
+    """Copies of `objects` made to run on the real node: every DjangoService on the sample
     app and pgbouncer images built here, every Secret on the PostgreSQL started here."""
-    documents = [copy.deepcopy(doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    documents = [copy.deepcopy(doc) for doc in objects]
     for document in documents:
         if document["kind"] == "Secret":
             document["stringData"] = {

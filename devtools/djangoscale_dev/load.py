@@ -264,6 +264,9 @@ class LoadSettings:
     connections: int = DEFAULT_CONNECTIONS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     timeout: float = DEFAULT_TIMEOUT
+    # False: a new connection per request, so a Service (kube-proxy picks a pod per
+    # connection) spreads requests as an ingress does, also to pods added under load.
+    keep_alive: bool = True
 
     @property
     def deadline_seconds(self) -> float:
@@ -281,8 +284,10 @@ async def generate(settings: LoadSettings, recorder: Recorder,
     import aiohttp
 
     loop = asyncio.get_running_loop()
-    connector = aiohttp.TCPConnector(limit=settings.connections, keepalive_timeout=30,
-                                     ttl_dns_cache=300)
+    connector = (aiohttp.TCPConnector(limit=settings.connections, keepalive_timeout=30,
+                                      ttl_dns_cache=300) if settings.keep_alive else
+                 aiohttp.TCPConnector(limit=settings.connections, force_close=True,
+                                      ttl_dns_cache=300))
     timeout = aiohttp.ClientTimeout(total=settings.timeout)
     pending: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,

@@ -25,6 +25,7 @@ import pytest
 from djangoscale.spec import crd
 from djangoscale_dev.cluster import LocalCluster
 from djangoscale_dev.cluster.node import missing_for_real_node
+from djangoscale_dev.dev_real import RealNodeStack, host_lacks_for_real_node, real_node_lock
 from tests.e2e.helpers import HPA_SYNC_PERIOD
 from tests.fixtures import services
 from tests.fixtures.polling import wait_for
@@ -72,6 +73,27 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
             yield local
         finally:
             local.down()
+
+
+@pytest.fixture(scope="module")
+def real_node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeStack]:
+    """`djangoscale dev`'s stack for this module (the real node, the project's images,
+    PostgreSQL on the gateway, the chart's operator), under the real-node lock, with
+    KUBECONFIG pointing at it while the module runs."""
+    services.require(host_lacks_for_real_node())
+    with real_node_lock(), RealNodeStack(tmp_path_factory.mktemp("dev") / "cluster",
+                                         hpa_sync_period="2s", emit=print) as running:
+        kubeconfig = running.up()
+        # For this module only: the session's KWOK cluster is everyone else's KUBECONFIG.
+        before = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        try:
+            yield running
+        finally:
+            if before is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = before
 
 
 @pytest.fixture(scope="session")

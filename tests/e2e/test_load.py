@@ -9,6 +9,7 @@ failure must be counted as the server caused it. Each run is a few seconds of lo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -26,6 +27,7 @@ import pytest
 from rich.console import Console
 
 from djangoscale.contract import REQUESTS_COUNTER
+from djangoscale_dev import load
 from djangoscale_dev.dev_load import watch_load
 from djangoscale_dev.live import (
     ClusterSampler,
@@ -35,7 +37,7 @@ from djangoscale_dev.live import (
     pg_connections_in_use,
     render,
 )
-from djangoscale_dev.load import LoadSettings, plan
+from djangoscale_dev.load import LoadSettings, Recorder, Step, plan
 from djangoscale_dev.timeline import read_csv
 from tests.e2e.helpers import djangoservice, ready, start_operator
 from tests.fixtures.launcher import metric_sum, serve
@@ -101,6 +103,7 @@ class Misbehaving:
         self.done: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.turn = 0
+        self.accepted = 0
 
     def serve(self) -> None:
         while True:
@@ -108,6 +111,7 @@ class Misbehaving:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
 
     def answer(self, conn: socket.socket) -> None:
@@ -232,3 +236,36 @@ def test_the_live_view_samples_a_djangoservice_on_the_control_plane(
     assert len(columns["seconds"]) >= 4  # a row a second over 4 s of load, then settling
     assert max(v or 0 for v in columns["served_rps"]) >= 15
     assert set(columns["ready_replicas"]) == {2.0}
+
+
+class KeepAliveCounter(Misbehaving):
+    """An HTTP/1.1 server that answers 200 and keeps connections open (it counts the ones it
+    accepted)."""
+
+    def answer(self, conn: socket.socket) -> None:
+        with conn:
+            buffered = b""
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                buffered = buffered.split(b"\r\n\r\n", 1)[1]
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_without_keep_alive_every_request_opens_its_own_connection(keep_alive):
+    server = KeepAliveCounter()
+    threading.Thread(target=server.serve, daemon=True).start()
+    steps = [Step(40.0, 1.0)]
+    recorder = Recorder(steps)
+    settings = LoadSettings(f"http://127.0.0.1:{server.port}/", steps, keep_alive=keep_alive)
+    asyncio.run(load.run(settings, recorder))
+    server.sock.close()
+    assert recorder.total().ok == 40
+    if keep_alive:
+        assert server.accepted < 40
+    else:
+        assert server.accepted == 40

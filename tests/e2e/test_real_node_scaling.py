@@ -21,7 +21,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,10 @@ from djangoscale_dev.dev_real import (
     NAMESPACE,
     RELEASE,
     RealNodeStack,
-    host_lacks_for_real_node,
     real_node_documents,
-    real_node_lock,
 )
 from djangoscale_dev.load import LoadSettings, Recorder, Step
 from tests.e2e.helpers import API
-from tests.fixtures import services
 from tests.fixtures.polling import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "dev.yaml"
@@ -54,26 +50,9 @@ OPERATOR_PODS = (f"/api/v1/namespaces/{NAMESPACE}/pods"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeStack]:
-    services.require(host_lacks_for_real_node())
-    with real_node_lock(), RealNodeStack(tmp_path_factory.mktemp("dev") / "cluster",
-                                         hpa_sync_period="2s", emit=print) as running:
-        kubeconfig = running.up()
-        # For this module only: the session's KWOK cluster is everyone else's KUBECONFIG.
-        before = os.environ.get("KUBECONFIG")
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        try:
-            yield running
-        finally:
-            if before is None:
-                os.environ.pop("KUBECONFIG", None)
-            else:
-                os.environ["KUBECONFIG"] = before
-
-
-@pytest.fixture(scope="module")
-def api(stack: RealNodeStack) -> ApiClient:
+def api(real_node_stack: RealNodeStack) -> ApiClient:
     """The dev example on the real node, Ready, with the HPA reading the pods' RPS."""
+    stack = real_node_stack
     client = stack.cluster.client()
     assert stack.database is not None
     for document in real_node_documents(EXAMPLE, stack.database):
@@ -187,7 +166,7 @@ def init_pid(stack: RealNodeStack, pod: dict[str, Any]) -> int:
 
 
 def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
-        api: ApiClient, stack: RealNodeStack) -> None:
+        api: ApiClient, real_node_stack: RealNodeStack) -> None:
     at_rest(api)
     # 2.5 pods' worth: the HPA asks for 3 and stays there while the rate wobbles (more load
     # than this saturates the 2 shared cores, and requests time out whatever the operator does).
@@ -201,7 +180,7 @@ def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
     wait_for("one labelled active operator pod", lambda: len(active_pods(api)) == 1, timeout=60)
     (active,) = active_pods(api)
     restarts = active["status"]["containerStatuses"][0]["restartCount"]
-    os.kill(init_pid(stack, active), signal.SIGKILL)
+    os.kill(init_pid(real_node_stack, active), signal.SIGKILL)
     killed = time.monotonic()
     seen = watch(api, loader)
     total = loader.total()
