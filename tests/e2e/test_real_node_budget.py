@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,10 +397,8 @@ def test_pods_that_ignore_sigterm_stay_their_grace_period_within_the_budget(
             merge_patch(api, ds_path(namespace), {"spec": {"server": {"threads": 22}}})
             settled(api, namespace, MAX_REPLICAS)
         watch.stop()
-        kills = [line for line in kubelet_log(real_cluster).splitlines()
-                 if "Killing container with a grace period" in line
-                 and any(name in line for name in addresses)]
-        print("\n".join(kills[-6:]))
+        print(f"the kubelet's readiness probes answered 503 by the draining app: "
+              f"{draining_probes(real_cluster, addresses)}")
         rows = []
         for name, ip in addresses.items():
             seen = watch.seen[name]
@@ -428,9 +426,17 @@ def test_pods_that_ignore_sigterm_stay_their_grace_period_within_the_budget(
         settled(api, namespace, MAX_REPLICAS)
 
 
-def kubelet_log(cluster: LocalCluster) -> str:
+def draining_probes(cluster: LocalCluster, names: Iterable[str]) -> dict[str, str]:
+    """Per pod, the first and last time (kubelet log) its readiness probe got the draining
+    app's 503: the app still answered for that long after its preStop hook."""
     path = cluster.dir / "logs" / "kubelet.log"
-    return path.read_text(errors="replace") if path.exists() else ""
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    spans = {}
+    for name in names:
+        times = [line.split()[1] for line in lines
+                 if f"/{name}\"" in line and "statuscode: 503" in line]
+        spans[name] = f"{times[0]} .. {times[-1]} ({len(times)} probes)" if times else "none"
+    return spans
 
 
 def legacy_copy(api: ApiClient, namespace: str, legacy: str) -> None:
