@@ -297,8 +297,11 @@ def test_a_migration_job_during_a_rolling_update_stays_in_the_budget(
         wait_for("a pod of the rollout terminating", lambda: any(
             p["metadata"].get("deletionTimestamp") for p in pods(api, namespace)), timeout=60)
         merge_patch(api, ds_path(namespace), {"spec": {"migrations": {"command": LONG_MIGRATION}}})
-        wait_for("the migration Job's pod running", job_running, timeout=60)
-        wait_for("the migration Job succeeded", job_succeeded, timeout=120)
+        try:
+            wait_for("the migration Job's pod running", job_running, timeout=120)
+            wait_for("the migration Job succeeded", job_succeeded, timeout=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{migration_state(api, namespace)}") from error
         settled(api, namespace, MAX_REPLICAS)
         rollout_done = time.time()
     history = run.sampler.history
@@ -316,6 +319,21 @@ def test_a_migration_job_during_a_rolling_update_stays_in_the_budget(
     assert run.peak <= BUDGET + RESERVED
     assert run.refused == 0
     assert run.load.errors() == dict.fromkeys(run.load.errors(), 0), run.load.report
+
+
+def migration_state(api: ApiClient, namespace: str) -> str:
+    """What a stuck migration looks like: the Jobs, their pods, the DjangoService's conditions."""
+    jobs = api.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+    found = api.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    conditions = (api.get(ds_path(namespace)).get("status") or {}).get("conditions") or []
+    return "\n".join(
+        [f"job {j['metadata']['name']}: {(j.get('status') or {}).get('conditions')}"
+         for j in jobs]
+        + [f"pod {p['metadata']['name']}: {p['status'].get('phase')} "
+           f"{p['status'].get('podIP')} {p['status'].get('conditions')}" for p in found
+           if "migrate" in p["metadata"]["name"]]
+        + [f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message')}"
+           for c in conditions])
 
 
 # On PYTHONPATH, tests/sampleapp/sigterm_ignored makes the app's processes ignore SIGTERM.
