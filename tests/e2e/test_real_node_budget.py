@@ -296,7 +296,10 @@ def test_a_migration_job_during_a_rolling_update_stays_in_the_budget(
         merge_patch(api, ds_path(namespace), {"spec": {"server": {"threads": 18}}})
         wait_for("a pod of the rollout terminating", lambda: any(
             p["metadata"].get("deletionTimestamp") for p in pods(api, namespace)), timeout=60)
-        merge_patch(api, ds_path(namespace), {"spec": {"migrations": {"command": LONG_MIGRATION}}})
+        # The shop runs without migrations (the e2e default): turning them on with a new
+        # command is a migration the Deployment's pods have not had, so the Job runs.
+        merge_patch(api, ds_path(namespace), {"spec": {"migrations": {
+            "enabled": True, "command": LONG_MIGRATION}}})
         try:
             wait_for("the migration Job's pod running", job_running, timeout=120)
             wait_for("the migration Job succeeded", job_succeeded, timeout=120)
