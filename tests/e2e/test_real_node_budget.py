@@ -7,7 +7,10 @@ pool full:
 
 - a rolling update at replicas.max;
 - a scale from max down to min and back up within the grace period (the old pods still drain
-  while their replacements start).
+  while their replacements start);
+- a migration Job started during a rolling update (its connection is one of the reserve);
+- a rolling update of pods whose app ignores SIGTERM, each old pod holding a server connection
+  until the kubelet kills it at the end of its grace period.
 
 Each must stay at or under the budget, with no "too many clients" in PostgreSQL's log. Then
 the contrast: the same rollout under the old sizing (pool = budget // max_pods, and no pool
