@@ -178,7 +178,7 @@ async def measure(n: int, replicas: int, rounds: int, interval: float, kill_afte
         }]
         pods_of[key] = pods[first:first + PODS_PER_SERVICE]
     context, reader = the_active_replica(replicas)
-    collection = RpsCollection(context, services, pods_of, reader)  # type: ignore[arg-type]
+    collection = RpsCollection(context, services, pods_of, {}, reader)  # type: ignore[arg-type]
 
     def hpa_value() -> float:
         values = [value.value for value, _ in context.rps.pods(NAMESPACE)]

@@ -302,6 +302,52 @@ def test_a_terminating_pods_prestop_gives_its_server_connections_back(
             assert pg.server_connections() <= DRAINING_POOL_SIZE
 
 
+def test_a_transaction_running_past_the_prestop_keeps_its_connection_till_it_ends(
+    postgres_factory: Any, pgbouncer_factory: Any,
+) -> None:
+    """The limit of the shrink (docs/pooling.md): pgbouncer cannot take a server connection
+    back in the middle of a transaction, so two queries still running when the hook shrinks
+    the pool to DRAINING_POOL_SIZE keep two connections until they end."""
+    ds = spec.parse(shop("web"))
+    long_query = 4.0
+    with migrated_postgres(postgres_factory, max_connections=20) as pg:
+        credentials = DatabaseCredentials(pg.host, pg.port, services.APP_DB,
+                                          services.APP_USER, services.APP_PASSWORD)
+        assert size_pool(ds).pool_size_per_pod == 1  # this shop's pool; two are needed here
+        ini = render_ini(ds, credentials)
+        for key in ("default_pool_size", "max_db_connections", "max_user_connections"):
+            ini = ini.replace(f"{key} = 1\n", f"{key} = 2\n")
+        with pgbouncer_factory(ini, render_userlist(credentials)) as b:
+            def hold(_: int) -> None:
+                with psycopg.connect(**connect_args(b), prepare_threshold=None) as conn:
+                    conn.execute(f"SELECT pg_sleep({long_query})")
+
+            env = launcher_env(b.database_env(),
+                               {PGBOUNCER_ADDRESS_ENV: f"{b.host}:{b.port}"})
+            with concurrent.futures.ThreadPoolExecutor(2) as threads:
+                running = [threads.submit(hold, i) for i in range(2)]
+                wait_for("two queries running", lambda: pg.server_connections() == 2,
+                         timeout=10)
+                started = time.monotonic()
+                hook = subprocess.run(
+                    [sys.executable, "-m", "djangoscale.cli", "prestop", "--sleep", "0"],
+                    env=env, capture_output=True, text=True, timeout=30)
+                assert "pool shrunk to 1" in hook.stderr
+                time.sleep(1)  # three of pgbouncer's maintenance ticks
+                during = pg.server_connections()
+                read_after = time.monotonic() - started
+                for future in running:
+                    future.result()
+            after = wait_for("the pool given back",
+                             lambda: pg.server_connections() <= DRAINING_POOL_SIZE, timeout=10)
+            print(f"\nshrunk with 2 queries running: {during} server connections "
+                  f"{read_after:.1f} s after the hook, {pg.server_connections()} once they "
+                  "ended")
+            assert read_after < long_query - 1  # read while both still ran
+            assert during == 2
+            assert after
+
+
 def connect_args(bouncer: services.PgBouncer) -> dict[str, Any]:
     env = bouncer.database_env()
     return {"host": env["DATABASE_HOST"], "port": env["DATABASE_PORT"],

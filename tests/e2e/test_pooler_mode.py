@@ -9,10 +9,14 @@ simulated pooler pod is a pgbouncer running the ini the operator renders (only l
 port, file paths and the drain file's path differ); each simulated app pod is a `djangoscale
 serve` of the sample project with the env the Deployment gives it, connected to one of the
 poolers (the pooler Service spreads connections; here app pod i goes to pooler i mod 2).
+
+Then the budget guard with the pooler, on the local control plane: KWOK pooler pods, a real
+pgbouncer on each one's address, and the operator's status.database counting their SHOW POOLS.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import subprocess
@@ -27,8 +31,9 @@ import pytest
 from djangoscale import spec
 from djangoscale.budget import pgbouncer_budget_at_least, size_pool
 from djangoscale.builders import build_children
-from djangoscale.builders.pgbouncer import DRAIN_INI, DatabaseCredentials
+from djangoscale.builders.pgbouncer import DRAIN_INI, LISTEN_PORT, DatabaseCredentials
 from djangoscale.builders.pooler import build_pooler_container
+from tests.e2e.helpers import djangoservice as e2e_djangoservice
 from tests.e2e.test_budget import (
     POOLING_ENV,
     REQUESTS,
@@ -37,7 +42,13 @@ from tests.e2e.test_budget import (
     serve_pod,
     small_postgres,  # noqa: F401 (a fixture)
 )
+from tests.e2e.test_budget_guard import (
+    database_secret,
+    live_status,
+    operator,  # noqa: F401 (a fixture)
+)
 from tests.fixtures import services
+from tests.fixtures.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 MAX_CONNECTIONS = 30
@@ -206,3 +217,71 @@ def test_a_terminating_pooler_shrinks_its_pool_with_its_pre_stop_hook(
         assert held[0].execute("SELECT 2").fetchone() == (2,)
         for conn in held:
             conn.close()
+
+
+def pooler_pod_addresses(kube: Any, namespace: str) -> dict[str, str]:
+    """The Running pooler pods' names and addresses (KWOK gives them loopback ones)."""
+    selector = "app.kubernetes.io/instance=shop,app.kubernetes.io/component=pooler"
+    items = kube.call("GET", f"/api/v1/namespaces/{namespace}/pods",
+                      query=[("labelSelector", selector)])["items"]
+    return {pod["metadata"]["name"]: pod["status"]["podIP"] for pod in items
+            if pod.get("status", {}).get("phase") == "Running" and pod["status"].get("podIP")}
+
+
+def fill_pool(bouncer: services.PgBouncer, clients: int, seconds: float) -> None:
+    """`clients` sessions at once through one pooler, each in pg_sleep: its pool fills."""
+    import psycopg
+
+    def client() -> None:
+        with psycopg.connect(host=bouncer.host, port=bouncer.port, dbname=services.APP_DB,
+                             user=services.APP_USER, password=services.APP_PASSWORD,
+                             autocommit=True, prepare_threshold=None) as conn:
+            conn.execute(f"SELECT pg_sleep({seconds})")
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: client(), range(clients)))
+
+
+def test_status_database_counts_the_pooler_pods_server_connections(
+    kube: Any, namespace: str, operator: Any, postgres_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The app pods hold no server connection with the pooler: the guard reads the pooler
+    pods' pgbouncers (a real one per KWOK pooler pod, on the pod's address and the port the
+    operator asks) and status.database says what PostgreSQL counts."""
+    with postgres_factory(max_connections=40) as pg:
+        kube.apply(database_secret(namespace, pg))
+        body = e2e_djangoservice(
+            namespace, replicas={"min": 2, "max": 4}, autoscaling={"targetRPSPerPod": 1000},
+            database={"secretName": "shop-db", "maxConnections": MAX_CONNECTIONS},
+            pooling={"mode": "pooler",
+                     "pooler": {"replicas": {"min": POOLER_REPLICAS, "max": POOLER_REPLICAS}}})
+        kube.apply(body)
+        ds = spec.parse(body)
+        pool = size_pool(ds).pool_size_per_pod
+        credentials = DatabaseCredentials(pg.host, pg.port, services.APP_DB,
+                                          services.APP_USER, services.APP_PASSWORD)
+        ini, userlist = rendered_pgbouncer_files(ds, credentials)
+        addresses = wait_for(f"{POOLER_REPLICAS} pooler pods running", lambda: (
+            pooler_pod_addresses(kube, namespace)
+            if len(pooler_pod_addresses(kube, namespace)) == POOLER_REPLICAS else None),
+            timeout=120)
+        with contextlib.ExitStack() as stack:
+            bouncers = [stack.enter_context(services.pgbouncer(
+                pooler_ini(ini, stack.enter_context(drain_file())), userlist, tmp_path,
+                listen=(ip, LISTEN_PORT))) for ip in addresses.values()]
+            for bouncer in bouncers:  # more clients than the pool: it fills, no more
+                fill_pool(bouncer, pool + 2, 1)
+            # The pools stay open (server_idle_timeout 60 s): PostgreSQL's count holds still.
+            in_pg = server_connections(pg)
+            assert in_pg == POOLER_REPLICAS * pool
+
+            def reported() -> dict[str, Any] | None:
+                database = live_status(kube, namespace).get("database") or {}
+                return (database if database.get("podsReporting") == POOLER_REPLICAS
+                        and database.get("serverConnections") == in_pg else None)
+
+            database = wait_for("the pooler pods' figures in status", reported, timeout=60)
+            print(f"\nstatus.database with the pooler: {database}; PostgreSQL: {in_pg}")
+            assert database["poolingMode"] == "pooler"
+            assert database["budget"] == MAX_CONNECTIONS - 3

@@ -7,7 +7,10 @@ pool full:
 
 - a rolling update at replicas.max;
 - a scale from max down to min and back up within the grace period (the old pods still drain
-  while their replacements start).
+  while their replacements start);
+- a migration Job started during a rolling update (its connection is one of the reserve);
+- a rolling update of pods whose app ignores SIGTERM, each old pod holding a server connection
+  until the kubelet kills it at the end of its grace period.
 
 Each must stay at or under the budget, with no "too many clients" in PostgreSQL's log. Then
 the contrast: the same rollout under the old sizing (pool = budget // max_pods, and no pool
@@ -18,16 +21,21 @@ one (docs/pooling.md records the figures).
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import re
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from djangoscale.contract import DRAINING_POOL_SIZE
 from djangoscale_dev.cluster import LocalCluster, nodeconfig
 from djangoscale_dev.cluster.api import ApiClient, ApiError
 from tests.e2e.helpers import API, djangoservice, start_operator
@@ -248,6 +256,211 @@ def test_max_to_min_and_back_within_the_grace_period_stays_in_the_budget(
     assert draining > 0
     assert 0 < run.peak <= BUDGET
     assert run.refused == 0
+
+
+# A migration that holds its connection a while before it migrates: long enough to run
+# beside the rollout's steps.
+MIGRATION_SECONDS = 15
+LONG_MIGRATION = [
+    "python", "manage.py", "shell", "-c",
+    "from django.core.management import call_command; from django.db import connection; "
+    f"connection.cursor().execute('SELECT pg_sleep({MIGRATION_SECONDS})'); "
+    "call_command('migrate', interactive=False)",
+]
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+def test_a_migration_job_during_a_rolling_update_stays_in_the_budget(
+    api: ApiClient, shop: str, postgres: services.Postgres, script: Path,
+) -> None:
+    """The Job's connection is one of reservedConnections: beside a rollout at replicas.max
+    the pods still stay within the budget, and the Job adds its one connection."""
+    namespace = shop
+    settled(api, namespace, MAX_REPLICAS)
+    job_addresses: set[str] = set()
+
+    def job_running() -> bool:
+        found = api.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector="
+                        f"app.kubernetes.io/instance%3D{NAME},"
+                        "app.kubernetes.io/component%3Dmigrate")["items"]
+        for pod in found:
+            if (pod["spec"]["containers"][0].get("command") == LONG_MIGRATION
+                    and pod["status"].get("podIP")):
+                job_addresses.add(pod["status"]["podIP"])
+        return bool(job_addresses)
+
+    def job_succeeded() -> bool:
+        jobs = api.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+        return any(job["spec"]["template"]["spec"]["containers"][0].get("command")
+                   == LONG_MIGRATION and (job.get("status") or {}).get("succeeded")
+                   for job in jobs)
+
+    with Scenario(api, postgres, namespace, NAME, script, 60) as run:
+        merge_patch(api, ds_path(namespace), {"spec": {"server": {"threads": 18}}})
+        wait_for("a pod of the rollout terminating", lambda: any(
+            p["metadata"].get("deletionTimestamp") for p in pods(api, namespace)), timeout=60)
+        # The shop runs without migrations (the e2e default): turning them on with a new
+        # command is a migration the Deployment's pods have not had, so the Job runs.
+        merge_patch(api, ds_path(namespace), {"spec": {"migrations": {
+            "enabled": True, "command": LONG_MIGRATION}}})
+        try:
+            wait_for("the migration Job's pod running", job_running, timeout=120)
+            wait_for("the migration Job succeeded", job_succeeded, timeout=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{migration_state(api, namespace)}") from error
+        settled(api, namespace, MAX_REPLICAS)
+        rollout_done = time.time()
+    history = run.sampler.history
+    job_times = [t for t, counts in history if any(a in counts for a in job_addresses)]
+    pods_peak = max(sum(n for a, n in counts.items() if a not in job_addresses)
+                    for _, counts in history)
+    job_peak = run.sampler.peak_of(job_addresses)
+    print(run.report(f"migration Job ({MIGRATION_SECONDS} s on its connection) during a "
+                     f"rolling update at max: the pods' peak {pods_peak}, the Job's {job_peak}, "
+                     f"the Job connected {rollout_done - min(job_times):.1f} s before the "
+                     "rollout settled"))
+    assert job_times and min(job_times) < rollout_done  # it ran beside the rollout
+    assert job_peak == 1  # one process, one connection, out of reservedConnections
+    assert 0 < pods_peak <= BUDGET
+    assert run.peak <= BUDGET + RESERVED
+    assert run.refused == 0
+    assert run.load.errors() == dict.fromkeys(run.load.errors(), 0), run.load.report
+
+
+def migration_state(api: ApiClient, namespace: str) -> str:
+    """What a stuck migration looks like: the Jobs, their pods, the DjangoService's conditions."""
+    jobs = api.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+    found = api.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    conditions = (api.get(ds_path(namespace)).get("status") or {}).get("conditions") or []
+    return "\n".join(
+        [f"job {j['metadata']['name']}: {(j.get('status') or {}).get('conditions')}"
+         for j in jobs]
+        + [f"pod {p['metadata']['name']}: {p['status'].get('phase')} "
+           f"{p['status'].get('podIP')} {p['status'].get('conditions')}" for p in found
+           if "migrate" in p["metadata"]["name"]]
+        + [f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message')}"
+           for c in conditions])
+
+
+# On PYTHONPATH, tests/sampleapp/sigterm_ignored makes the app's processes ignore SIGTERM.
+IGNORES_SIGTERM = {"name": "PYTHONPATH", "value": "/app/sigterm_ignored:/app"}
+# A preStop hook (a Python process) has shrunk the pool within this many seconds of deletion.
+SHRUNK_WITHIN_SECONDS = 8
+# How far the pod's time on the API may fall short of its grace period: the watch polls.
+GRACE_MARGIN_SECONDS = 5
+
+
+@dataclass
+class Seen:
+    ip: str = ""
+    deleting_since: float | None = None  # when the watch first saw its deletionTimestamp
+    last: float = 0.0
+
+
+class PodWatch(threading.Thread):
+    """Every web pod of the DjangoService, polled every 0.5 s: its address, when it began
+    terminating and when it was last seen."""
+
+    def __init__(self, api: ApiClient, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.namespace = api, namespace
+        self.seen: dict[str, Seen] = {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            now = time.time()
+            for pod in pods(self.api, self.namespace):
+                seen = self.seen.setdefault(pod["metadata"]["name"], Seen())
+                seen.ip = seen.ip or pod["status"].get("podIP") or ""
+                seen.last = now
+                if pod["metadata"].get("deletionTimestamp") and seen.deleting_since is None:
+                    seen.deleting_since = now
+            self._stop_event.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(5)
+
+
+def hold_connection(ip: str, port: int, seconds: float) -> threading.Thread:
+    """A request of the view that holds a server connection `seconds`, straight to one pod
+    (it ends with an error when the pod is killed first)."""
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://{ip}:{port}/hold/?s={seconds}",
+                                   timeout=seconds + 30).read()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_pods_that_ignore_sigterm_stay_their_grace_period_within_the_budget(
+    api: ApiClient, shop: str, postgres: services.Postgres, script: Path,
+    real_cluster: LocalCluster,
+) -> None:
+    """An app that ignores SIGTERM keeps its pod Terminating for the whole grace period, and
+    a request still holds a server connection till the kubelet's SIGKILL; the preStop hook
+    has shrunk its pgbouncer all the same, so the rollout stays within the budget."""
+    namespace = shop
+    settled(api, namespace, MAX_REPLICAS)
+    merge_patch(api, ds_path(namespace), {"spec": {"env": [IGNORES_SIGTERM]}})
+    try:
+        settled(api, namespace, MAX_REPLICAS)
+        old = pods(api, namespace)
+        grace = old[0]["spec"]["terminationGracePeriodSeconds"]
+        port = old[0]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        addresses = {p["metadata"]["name"]: p["status"]["podIP"] for p in old}
+        watch = PodWatch(api, namespace)
+        watch.start()
+        with Scenario(api, postgres, namespace, NAME, script, 2 * grace) as run:
+            for ip in addresses.values():  # outlives the grace period
+                hold_connection(ip, port, grace + 30)
+            time.sleep(2)
+            merge_patch(api, ds_path(namespace), {"spec": {"server": {"threads": 22}}})
+            settled(api, namespace, MAX_REPLICAS)
+        watch.stop()
+        print(f"the kubelet's readiness probes answered 503 by the draining app: "
+              f"{draining_probes(real_cluster, addresses)}")
+        rows = []
+        for name, ip in addresses.items():
+            seen = watch.seen[name]
+            assert seen.deleting_since is not None, name
+            stayed = seen.last - seen.deleting_since
+            shrunk = seen.deleting_since + SHRUNK_WITHIN_SECONDS
+            before = run.sampler.peak_of({ip}, until=seen.deleting_since)
+            after = run.sampler.peak_of({ip}, since=shrunk, until=seen.last)
+            near_the_end = run.sampler.peak_of({ip}, since=seen.last - 5, until=seen.last)
+            rows.append((name, stayed, before, after, near_the_end))
+            # Nearly the whole grace period on the API (one that drains leaves in ~11 s).
+            assert stayed >= grace - GRACE_MARGIN_SECONDS, (name, stayed, grace)
+            # The held request's connection, and no more (DRAINING_POOL_SIZE), till the end.
+            assert after <= DRAINING_POOL_SIZE, (name, after)
+            assert near_the_end >= 1, (name, near_the_end)
+        print(run.report(
+            f"pods that ignore SIGTERM, rolling update at max (grace {grace} s); per old pod "
+            "(name, s Terminating, server connections before deletion, most after the "
+            f"shrink, in its last 5 s): {rows}"))
+        assert 0 < run.peak <= BUDGET
+        assert run.refused == 0
+        assert run.load.errors() == dict.fromkeys(run.load.errors(), 0), run.load.report
+    finally:
+        merge_patch(api, ds_path(namespace), {"spec": {"env": None}})
+        settled(api, namespace, MAX_REPLICAS)
+
+
+def draining_probes(cluster: LocalCluster, names: Iterable[str]) -> dict[str, str]:
+    """Per pod, the first and last time (kubelet log) its readiness probe got the draining
+    app's 503: the app still answered for that long after its preStop hook."""
+    path = cluster.dir / "logs" / "kubelet.log"
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    spans = {}
+    for name in names:
+        times = [line.split()[1] for line in lines
+                 if f"/{name}\"" in line and "statuscode: 503" in line]
+        spans[name] = f"{times[0]} .. {times[-1]} ({len(times)} probes)" if times else "none"
+    return spans
 
 
 def legacy_copy(api: ApiClient, namespace: str, legacy: str) -> None:

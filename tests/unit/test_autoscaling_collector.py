@@ -285,7 +285,7 @@ def test_the_collector_writes_status_only_onto_the_version_it_read():
                                             "reason": "ImagePullBackOff", "message": "m"}]}
     api.put(reconciled)  # the reconciler wrote since the index's copy
     context = OperatorContext.create(OperatorSettings(), api)
-    collection = RpsCollection(context, {}, {})  # type: ignore[arg-type]
+    collection = RpsCollection(context, {}, {}, {})  # type: ignore[arg-type]
     asyncio.run(collection.collect((("web", "shop"), stale)))
     live = api.get("djangoscale.io/v1alpha1", "DjangoService", "web", "shop")
     assert live["status"] == reconciled["status"]

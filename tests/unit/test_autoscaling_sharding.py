@@ -299,7 +299,7 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
                for i, host in enumerate(HOSTS)]
     reader = ShardReader("djangoscale-0", mine, timeout=4.0)
     collection = RpsCollection(context, {("web", "shop"): [body]},  # type: ignore[arg-type]
-                               {("web", "shop"): targets}, reader)
+                               {("web", "shop"): targets}, {}, reader)
     try:
         await collection.round()
         served.serve(2.0, rps=5.0)

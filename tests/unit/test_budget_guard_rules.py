@@ -1,7 +1,10 @@
 """The budget guard: the launcher's SHOW POOLS figures, the collector's sum over every pod
-(terminating ones included) and `Degraded=True BudgetExceeded` with one Warning event."""
+(terminating ones included), the pooler pods' SHOW POOLS with pooling.mode pooler, and
+`Degraded=True BudgetExceeded` with one Warning event."""
 
 from __future__ import annotations
+
+import base64
 
 import pytest
 from aiohttp import web
@@ -9,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from djangoscale import spec
 from djangoscale.autoscaling.collector import (
+    PodScrape,
     PodTarget,
     Reading,
     Scraper,
@@ -17,6 +21,7 @@ from djangoscale.autoscaling.collector import (
     parse_pod_metrics,
     status_patch,
 )
+from djangoscale.autoscaling.handlers import database_login
 from djangoscale.autoscaling.windows import Decision, ServiceWindows
 from djangoscale.contract import PGBOUNCER_ADDRESS_ENV, PGBOUNCER_SERVER_CONNECTIONS
 from djangoscale.controller.reconcile import current_status
@@ -185,3 +190,90 @@ def test_the_launcher_reads_the_sidecar_or_else_the_poolers_figures():
     sidecar = PgBouncerAdmin.figures_from_env({**pooler, PGBOUNCER_ADDRESS_ENV: "127.0.0.1:6432"})
     assert sidecar is not None and sidecar.address.host == "127.0.0.1"
     assert PgBouncerAdmin.figures_from_env(user) is None
+
+
+def pooled_shop() -> spec.DjangoService:
+    # budget 27 over 2 pooler pods + 1 surge pod.
+    return spec.parse({
+        "apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"image": "shop:1", "wsgiApp": "shop.wsgi:application",
+                 "replicas": {"min": 1, "max": 5},
+                 "database": {"secretName": "db", "maxConnections": 30},
+                 "pooling": {"mode": "pooler",
+                             "pooler": {"replicas": {"min": 2, "max": 2}}}},
+    })
+
+
+class PoolerScraper(Scraper):
+    """App pods that pass on the pooler's own figures (for the database ceiling; they have no
+    sidecar) and pooler pods whose SHOW POOLS gives `held` (None: no answer)."""
+
+    def __init__(self, held: dict[str, int | None]) -> None:
+        super().__init__()
+        self.held = held
+        self.logins: list[tuple[str, tuple[str, str]]] = []
+
+    async def pod_scrape(self, ip: str, port: int) -> PodScrape | None:
+        return PodScrape(requests_total=1.0, server_connections=sum(
+            held for held in self.held.values() if held is not None))
+
+    async def pooler_server_connections(self, ip: str, login: tuple[str, str]) -> int | None:
+        self.logins.append((ip, login))
+        return self.held[ip]
+
+
+APP_PODS = [PodTarget("shop-a", "10.0.0.1", True), PodTarget("shop-b", "10.0.0.2", True)]
+POOLER_PODS = [PodTarget("shop-pooler-a", "10.0.1.1", True),
+               PodTarget("shop-pooler-old", "10.0.1.2", False),  # terminating
+               PodTarget("shop-pooler-c", "10.0.1.3", True),  # does not answer
+               PodTarget("shop-pooler-new", "", False)]  # no address yet
+HELD = {"10.0.1.1": 7, "10.0.1.2": 1, "10.0.1.3": None}
+
+
+async def test_with_the_pooler_the_guard_counts_the_pooler_pods_not_the_app_pods():
+    scraper = PoolerScraper(HELD)
+    reading = await collect(pooled_shop(), APP_PODS, ServiceWindows(), scraper, now=0.0,
+                            poolers=POOLER_PODS, pooler_login=("shop", "pw"))
+    assert (reading.budget, reading.server_connections, reading.pods_reporting) == (27, 8, 2)
+    assert reading.pods == 2  # the app's ready pods, for the RPS
+    assert sorted(scraper.logins) == [(ip, ("shop", "pw")) for ip in sorted(HELD)]
+    assert status_patch({"status": {}}, reading)["database"] == {  # type: ignore[index]
+        "serverConnections": 8, "podsReporting": 2}
+
+
+async def test_without_the_login_the_pooler_pods_are_not_counted_and_nothing_is_degraded():
+    scraper = PoolerScraper(HELD)
+    reading = await collect(pooled_shop(), APP_PODS, ServiceWindows(), scraper, now=0.0,
+                            poolers=POOLER_PODS, pooler_login=None)
+    assert (reading.budget, reading.pods_reporting, scraper.logins) == (27, 0, [])
+    patch = status_patch({"status": {}}, reading)
+    assert patch is not None
+    assert "Degraded" not in {c["type"] for c in patch.get("conditions", [])}
+
+
+async def test_with_sidecars_pooler_pods_are_not_read():
+    scraper = PoolerScraper(HELD)
+    reading = await collect(shop(), APP_PODS, ServiceWindows(), scraper, now=0.0,
+                            poolers=POOLER_PODS, pooler_login=("shop", "pw"))
+    # Each app pod's figure is then its own sidecar's (8 here), and no pooler pod is read.
+    assert (reading.server_connections, reading.pods_reporting, scraper.logins) == (16, 2, [])
+
+
+async def test_a_pooler_pod_that_does_not_answer_is_not_a_reading():
+    scraper = Scraper(timeout=1.0)
+    try:
+        # Nothing listens there: no figure rather than an error.
+        assert await scraper.pooler_server_connections("127.0.0.9", ("shop", "pw")) is None
+    finally:
+        await scraper.close()
+
+
+def test_the_login_comes_from_the_users_database_secret():
+    api = FakeApi()
+    assert database_login(api, pooled_shop()) is None  # no Secret: logged, not raised
+    values = {"host": "db", "port": "5432", "dbname": "shop", "user": "shop", "password": "pw"}
+    api.put({"apiVersion": "v1", "kind": "Secret",
+             "metadata": {"name": "db", "namespace": "web"},
+             "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}})
+    assert database_login(api, pooled_shop()) == ("shop", "pw")

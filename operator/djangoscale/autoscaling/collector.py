@@ -6,7 +6,9 @@ semaphore with a short timeout, so one hung pod costs one timeout, not a stalled
 thousand pods do not open a thousand sockets at once.
 
 The same scrape reads the pods' pgbouncer figures (exported by the launcher from SHOW POOLS),
-terminating pods included, for the budget guard.
+terminating pods included, for the budget guard. With pooling.mode pooler the app's pods hold
+no server connection: the pooler pods' pgbouncers do, and they run no launcher, so the collector
+asks their admin consoles for SHOW POOLS itself, as the app's user (one of their admin_users).
 
 Also here, as pure functions: the DjangoService status this module owns (`status.rps`, the
 `MetricsAvailable` condition, the measured part of `status.database`, and `Degraded` while
@@ -38,6 +40,7 @@ from djangoscale.autoscaling.windows import (
     format_rps,
     next_ceiling,
 )
+from djangoscale.builders.pgbouncer import LISTEN_PORT
 from djangoscale.conditions import (
     BUDGET_EXCEEDED,
     CLIENTS_WAITING,
@@ -64,6 +67,8 @@ from djangoscale.pod_figures import (
     decode_figures,
     pod_scrape_from_samples,
 )
+from djangoscale.serve.config import Address, PgBouncerAdmin
+from djangoscale.serve.pgbouncer import read_pools
 from djangoscale.spec import DjangoService
 
 logger = logging.getLogger(__name__)
@@ -184,6 +189,14 @@ class Scraper:
         except (ValueError, UnicodeDecodeError):
             return None
 
+    async def pooler_server_connections(self, ip: str, login: tuple[str, str]) -> int | None:
+        """Server connections a pooler pod's pgbouncer holds (SHOW POOLS on its admin console,
+        as `login`, the app's user and password), or None if it did not answer."""
+        admin = PgBouncerAdmin(Address(ip, LISTEN_PORT), *login)
+        async with self.semaphore:
+            figures = await asyncio.to_thread(read_pools, admin)
+        return None if figures is None else figures.server_connections
+
     async def prometheus_rates(self, address: str, query: str) -> dict[str, float] | None:
         """Per-pod RPS from a Prometheus instant query (a vector with a `pod` label)."""
         url = address.rstrip("/") + "/api/v1/query"
@@ -265,13 +278,17 @@ class Reading:
 async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: ServiceWindows,
                   scraper: Scraper, now: float | None = None,
                   mine: Callable[[PodTarget], bool] | None = None,
-                  remote: PeerSamples | Awaitable[PeerSamples] | None = None) -> Reading:
+                  remote: PeerSamples | Awaitable[PeerSamples] | None = None,
+                  poolers: Iterable[PodTarget] = (),
+                  pooler_login: tuple[str, str] | None = None) -> Reading:
     """Scrape (or query) once, feed the windows, and decide what the HPA sees.
 
     Sharded (`djangoscale.autoscaling.sharding`), this replica reads only the pods `mine`
     accepts; the others' figures come from its peers (`remote`, a mapping or an awaitable one,
     on this replica's clock), and a pod in neither counts as a failed read (its values
-    hold)."""
+    hold). With the pooler, `poolers` are its pods and `pooler_login` the app's user and
+    password (None when the database Secret could not be read: the pooler's figures are then
+    left out)."""
     pods = list(pods)
     ready = sorted((p for p in pods if p.ready and p.ip), key=lambda p: p.name)
     starting = sum(1 for p in pods if p.starting)
@@ -307,8 +324,17 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
             else:
                 observe(windows, pod.name, *given[pod.name])
     autoscaling = ds.autoscaling
-    reported = [s.server_connections for s in by_pod.values()
-                if s is not None and s.server_connections is not None]
+    # Behind the pooler every web pod exports the pooler's own figures (for the ceiling), so
+    # the server connections are counted once, from the pooler's pods.
+    reported = [] if ds.uses_pooler else [
+        s.server_connections for s in by_pod.values()
+        if s is not None and s.server_connections is not None]
+    pooled = ds.uses_pooler and ds.database is not None
+    if pooled and pooler_login is not None:
+        # Every pooler pod with an address, terminating ones included, like the sidecars.
+        counts = await asyncio.gather(*(scraper.pooler_server_connections(p.ip, pooler_login)
+                                        for p in sorted(poolers, key=lambda p: p.name) if p.ip))
+        reported += [count for count in counts if count is not None]
     saturation = None
     if ceiling:
         saturation = database_saturation(
@@ -332,7 +358,7 @@ async def collect(ds: DjangoService, pods: Iterable[PodTarget], windows: Service
         decisions[QUEUE_TIME] = decision_of(QUEUE_TIME, windows.queue_time())
     return Reading(
         decisions[RPS], len(ready), failed, "prometheus" if source else "pods",
-        budget=ds.database.pool_budget if guarded and ds.database else None,
+        budget=ds.database.pool_budget if (guarded or pooled) and ds.database else None,
         server_connections=sum(reported), pods_reporting=len(reported),
         decisions=decisions, saturation=saturation, usage=windows.usage(), samples=samples,
     )

@@ -39,6 +39,7 @@ from djangoscale.autoscaling.sharding import (
 )
 from djangoscale.autoscaling.windows import ServiceWindows
 from djangoscale.background import ServiceKey
+from djangoscale.builders.pgbouncer import CredentialsError, DatabaseCredentials
 from djangoscale.context import OperatorContext, context_of
 from djangoscale.contract import (
     API_VERSION,
@@ -47,6 +48,7 @@ from djangoscale.contract import (
     KIND,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    POOLER_COMPONENT,
     RPS_METRIC,
     WEB_COMPONENT,
 )
@@ -72,10 +74,8 @@ def pod_ready(status: dict[str, Any], meta: dict[str, Any]) -> bool:
                for c in status.get("conditions") or [])
 
 
-@kopf.index("", "v1", "pods",
-            labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: WEB_COMPONENT})
-def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
-             meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], collector.PodTarget] | None:
+def pod_target(name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
+               meta: kopf.Meta) -> dict[tuple[str, str], collector.PodTarget] | None:
     instance = labels.get(INSTANCE_LABEL)
     if not instance or namespace is None:
         return None
@@ -89,6 +89,39 @@ def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf
         uid=str(meta.get("uid") or ""),
     )
     return {(namespace, instance): target}
+
+
+@kopf.index("", "v1", "pods",
+            labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: WEB_COMPONENT})
+def rps_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
+             meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], collector.PodTarget] | None:
+    return pod_target(name, namespace, labels, status, meta)
+
+
+@kopf.index("", "v1", "pods",
+            labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: POOLER_COMPONENT})
+def pooler_pods(name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status,
+                meta: kopf.Meta, **_: Any) -> dict[tuple[str, str], collector.PodTarget] | None:
+    """The pooler's pods (pooling.mode pooler): they hold the server connections."""
+    return pod_target(name, namespace, labels, status, meta)
+
+
+def database_login(api: Api, ds: spec.DjangoService) -> tuple[str, str] | None:
+    """The app's user and password (the pooler's admin console takes them), from the user's
+    database Secret; None, logged, when it cannot be read."""
+    if ds.database is None or ds.database.secret_name is None:
+        return None
+    try:
+        secret = api.get("v1", "Secret", ds.namespace, ds.database.secret_name)
+        if secret is None:
+            raise CredentialsError(f"Secret {ds.database.secret_name} does not exist")
+        credentials = DatabaseCredentials.from_secret_data(secret.get("data") or {},
+                                                           ds.database.secret_name)
+    except (ApiError, CredentialsError) as error:
+        logger.warning("not reading the pooler of %s/%s: %s", ds.namespace, ds.name,
+                       getattr(error, "reason", error))
+        return None
+    return credentials.user, credentials.password
 
 
 @dataclass
@@ -115,9 +148,10 @@ class RpsCollection:
     def __init__(self, context: OperatorContext,
                  services: kopf.Index[ServiceKey, dict[str, Any]],
                  pods: kopf.Index[ServiceKey, collector.PodTarget],
+                 poolers: kopf.Index[ServiceKey, collector.PodTarget],
                  reader: ShardReader | None = None) -> None:
         self.context, self.services, self.pods = context, services, pods
-        self.reader = reader
+        self.poolers, self.reader = poolers, reader
         self.windows: dict[ServiceKey, ServiceWindows] = {}
 
     async def shares(self, services: dict[ServiceKey, dict[str, Any]]) -> RoundShares | None:
@@ -194,11 +228,16 @@ class RpsCollection:
                 carried=collector.carried_rates(body),
                 carried_values=collector.carried_values(body))
         pods = list(self.pods.get((namespace, name), []))
-        if shares is None:
-            reading = await collector.collect(ds, pods, windows, context.scraper)
-        else:
-            reading = await collector.collect(ds, pods, windows, context.scraper,
-                                              mine=shares.mine, remote=shares.of((namespace, name)))
+        poolers = list(self.poolers.get((namespace, name), []))
+        # Read each round: a changed password reaches the guard at once (one GET per service
+        # with a pooler; the sidecars' launchers have theirs in their env).
+        login = (await asyncio.to_thread(database_login, context.api, ds)
+                 if ds.uses_pooler else None)
+        reading = await collector.collect(
+            ds, pods, windows, context.scraper,
+            mine=None if shares is None else shares.mine,
+            remote=None if shares is None else shares.of((namespace, name)),
+            poolers=poolers, pooler_login=login)
         if reading.budget is not None:
             DATABASE_BUDGET.labels(namespace, name).set(reading.budget)
         labels = {pod.name: pod.label_dict for pod in pods}
@@ -255,11 +294,13 @@ def shard_reader(context: OperatorContext) -> ShardReader | None:
 
 @kopf.on.startup()
 async def start_rps_collection(memo: object, djangoservices: kopf.Index[ServiceKey, Any],
-                               rps_pods: kopf.Index[ServiceKey, Any], **_: Any) -> None:
+                               rps_pods: kopf.Index[ServiceKey, Any],
+                               pooler_pods: kopf.Index[ServiceKey, Any], **_: Any) -> None:
     """One collecting loop for all DjangoServices, every `scrape_interval` (not a daemon per
     object: that would bring kopf's finalizer, see `djangoscale.background`)."""
     context = context_of(memo)
-    collection = RpsCollection(context, djangoservices, rps_pods, shard_reader(context))
+    collection = RpsCollection(context, djangoservices, rps_pods, pooler_pods,
+                               shard_reader(context))
     context.start("rps-collection", background.run_every(
         context.settings.scrape_interval, collection.round, logger, "RPS collection",
         active=context.active))

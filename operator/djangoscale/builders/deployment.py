@@ -118,7 +118,7 @@ def database_env(
              "value": f"{pgbouncer.LISTEN_HOST}:{pgbouncer.LISTEN_PORT}"},
         ]
     elif ds.uses_pooler:
-        # The pooler's Service; the budget guard reads SHOW POOLS of sidecars only.
+        # The pooler's Service; the budget guard reads the pooler pods' SHOW POOLS.
         env += [
             {"name": "DATABASE_HOST", "value": pgbouncer.pgbouncer_host(ds)},
             {"name": "DATABASE_PORT", "value": str(pgbouncer.LISTEN_PORT)},

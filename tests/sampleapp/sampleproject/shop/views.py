@@ -1,4 +1,5 @@
-"""Views shaped like the story's traffic: a query, a ~50 ms query, and no query at all."""
+"""Views shaped like the story's traffic: a query, a ~50 ms query, a long one, and no query
+at all."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from sampleproject.shop.models import Item
+
+# Longer than any pod's grace period in the tests, short enough not to leak a query forever.
+HOLD_SECONDS_AT_MOST = 120.0
 
 
 def items(request: HttpRequest) -> JsonResponse:
@@ -22,6 +26,16 @@ def slow(request: HttpRequest) -> JsonResponse:
         cursor.execute("SELECT pg_sleep(0.05), pg_backend_pid()")
         _, backend = cursor.fetchone()
     return JsonResponse({"slept_ms": 50, "backend_pid": backend})
+
+
+def hold(request: HttpRequest) -> JsonResponse:
+    """Holds a server connection `?s=` seconds (bounded) in one statement: a request that a
+    terminating pod's pgbouncer cannot take its connection back from until it ends."""
+    seconds = min(float(request.GET.get("s", "1")), HOLD_SECONDS_AT_MOST)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s), pg_backend_pid()", [seconds])
+        _, backend = cursor.fetchone()
+    return JsonResponse({"held_s": seconds, "backend_pid": backend})
 
 
 def hello(request: HttpRequest) -> JsonResponse:
