@@ -34,7 +34,9 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 POD_PORT = 39912
@@ -46,6 +48,11 @@ PODS_PER_SERVICE = 1000
 
 def pod_addresses(n: int) -> list[str]:
     return [f"127.4.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
+# The replicas sign their exchange with a digest of the metrics API's key (every replica has
+# the same file in a cluster); here one file the parent writes and the children read.
+KEY_FILE = Path(tempfile.gettempdir()) / "bench-sharded-collection.key"
 
 
 def replica_name(index: int) -> str:
@@ -110,7 +117,7 @@ async def serve_share(index: int) -> None:
 
     opts = OperatorSettings()
     scraper = Scraper(opts.scrape_concurrency, opts.scrape_timeout)
-    runner = web.AppRunner(build_shard_app(scraper), access_log=None)
+    runner = web.AppRunner(build_shard_app(scraper, KEY_FILE), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, replica_address(index), SHARD_PORT).start()
     stop = asyncio.Event()
@@ -154,7 +161,7 @@ def the_active_replica(replicas: int) -> tuple[Any, Any]:
     context = Context.create(settings, Api())  # type: ignore[arg-type]
     reader = ShardReader(replica_name(0), context.scraper,
                          timeout=PEER_READ_INTERVALS * settings.scrape_interval,
-                         ) if replicas > 1 else None
+                         key_file=KEY_FILE) if replicas > 1 else None
     return context, reader
 
 
@@ -266,6 +273,7 @@ def main() -> None:
     if args.serve_share:
         asyncio.run(serve_share(args.serve_share))
         return
+    KEY_FILE.write_bytes(os.urandom(32))
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args.rounds} measured rounds "
           f"every {args.interval:g} s, {args.rps:g} RPS per simulated pod", flush=True)

@@ -50,7 +50,7 @@ class OperatorSettings:
     pod_namespace: str | None = None
     # Where every replica reads the share of the pods the active peer sends it (plain HTTP,
     # `djangoscale.autoscaling.sharding`); -1, the default: the active peer reads every pod
-    # itself (the endpoint has no authentication yet).
+    # itself (no cluster run covers sharding yet). Needs `key_file`: the exchange is signed.
     shard_port: int = -1
 
     @classmethod

@@ -4,10 +4,13 @@ the replicas exchange, and windows merged from both replicas' reads of real endp
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -17,6 +20,8 @@ from djangoscale import spec
 from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
 from djangoscale.autoscaling.sharding import (
     SHARD_READ_PATH,
+    SIGNATURE_HEADER,
+    SIGNATURE_MAX_AGE_SECONDS,
     Assignment,
     ShardReader,
     Shards,
@@ -27,6 +32,9 @@ from djangoscale.autoscaling.sharding import (
     encode_samples,
     encode_work,
     owner_of,
+    shard_key,
+    sign,
+    verify,
 )
 from djangoscale.autoscaling.windows import ServiceWindows
 from djangoscale.pod_figures import FIGURES_CONTENT_TYPE, FIGURES_PATH, PodScrape
@@ -112,6 +120,7 @@ class Pods:
     def __init__(self) -> None:
         self.counters = {}
         self.registries = {}
+        self.reads = 0
         for host in HOSTS:
             registry = CollectorRegistry()
             self.registries[host] = registry
@@ -119,6 +128,7 @@ class Pods:
 
     async def figures(self, request: web.Request) -> web.Response:
         host = request.transport.get_extra_info("sockname")[0]  # type: ignore[union-attr]
+        self.reads += 1
         return web.Response(body=pod_figures_of(self.registries[host]),
                             content_type=FIGURES_CONTENT_TYPE)
 
@@ -202,11 +212,11 @@ async def test_two_replicas_merge_to_what_one_replica_reads_and_a_leaving_peer_l
 
 
 async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
-        pods: tuple[Pods, int]) -> None:
+        pods: tuple[Pods, int], key_file: Path) -> None:
     served, port = pods
     served.serve(10.0, rps=3.0)
     peer_scraper, scraper = Scraper(timeout=1.0), Scraper(timeout=1.0)
-    runner = web.AppRunner(build_shard_app(peer_scraper))
+    runner = web.AppRunner(build_shard_app(peer_scraper, key_file))
     await runner.setup()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -214,7 +224,8 @@ async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
     await web.TCPSite(runner, "127.0.0.1", peer_port).start()
     work = {("web", "shop"): ShareOfService(port, tuple(
         (f"shop-{i}", host) for i, host in enumerate(HOSTS[:3])))}
-    reader = ShardReader("djangoscale-0", scraper, timeout=4.0, retry_seconds=30.0)
+    reader = ShardReader("djangoscale-0", scraper, timeout=4.0, key_file=key_file,
+                         retry_seconds=30.0)
     try:
         before = time.monotonic()
         read = await reader.read("djangoscale-1",
@@ -263,7 +274,7 @@ class RecordingScraper(Scraper):
 
 
 async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
-        pods: tuple[Pods, int]) -> None:
+        pods: tuple[Pods, int], key_file: Path) -> None:
     from djangoscale.autoscaling.handlers import RpsCollection
     from djangoscale.context import OperatorContext
     from djangoscale.settings import OperatorSettings
@@ -287,7 +298,7 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
     context = Context.create(OperatorSettings(shard_port=shard_port), Api())  # type: ignore[arg-type]
     mine, peers = RecordingScraper(), RecordingScraper()
     context.scraper = mine
-    runner = web.AppRunner(build_shard_app(peers))
+    runner = web.AppRunner(build_shard_app(peers, key_file))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", shard_port).start()
     body = {"apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
@@ -297,7 +308,7 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
                      "autoscaling": {"targetRPSPerPod": 20}}}
     targets = [PodTarget(f"shop-{i}", host, True, uid=f"uid-{i}")
                for i, host in enumerate(HOSTS)]
-    reader = ShardReader("djangoscale-0", mine, timeout=4.0)
+    reader = ShardReader("djangoscale-0", mine, timeout=4.0, key_file=key_file)
     collection = RpsCollection(context, {("web", "shop"): [body]},  # type: ignore[arg-type]
                                {("web", "shop"): targets}, {}, reader)
     try:
@@ -316,3 +327,57 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
     values = {value.pod: value.value for value, _ in context.rps.pods("web")}
     assert sorted(values) == sorted(p.name for p in targets)  # every pod served
     assert all(v > 0 for v in values.values())
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """The metrics API's private key as every replica has it (any bytes do for the HMAC)."""
+    path = tmp_path / "tls.key"
+    path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a real key\n")
+    return path
+
+
+def test_a_signature_holds_for_its_key_body_and_time_only(key_file: Path) -> None:
+    key, body = shard_key(key_file), b'{"web/shop": {}}'
+    signature = sign(key, body, now=1000.0)
+    assert verify(key, body, signature, now=1000.0)
+    assert verify(key, body, signature, now=1000.0 + SIGNATURE_MAX_AGE_SECONDS)
+    assert not verify(key, body, signature, now=1001.0 + SIGNATURE_MAX_AGE_SECONDS)  # stale
+    assert not verify(key, body + b" ", signature, now=1000.0)  # another body
+    assert not verify(hashlib.sha256(b"another key").digest(), body, signature, now=1000.0)
+    forged = signature.replace("t=1000", "t=1010")  # a fresher time on the old MAC
+    assert not verify(key, body, forged, now=1010.0)
+    for garbage in (None, "", "t=1000", "sig=00", "t=x,sig=00", "nonsense"):
+        assert not verify(key, body, garbage, now=1000.0)
+
+
+async def test_a_replica_reads_nothing_for_a_request_it_cannot_verify(
+        pods: tuple[Pods, int], key_file: Path, tmp_path: Path) -> None:
+    served, port = pods
+    served.serve(10.0, rps=3.0)
+    peer_scraper = Scraper(timeout=1.0)
+    runner = web.AppRunner(build_shard_app(peer_scraper, key_file))
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        peer_port = int(sock.getsockname()[1])
+    await web.TCPSite(runner, "127.0.0.1", peer_port).start()
+    url = f"http://127.0.0.1:{peer_port}{SHARD_READ_PATH}"
+    body = encode_work({("web", "shop"): ShareOfService(port, (("shop-0", HOSTS[0]),))})
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(b"somebody else's key")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for headers in ({}, {SIGNATURE_HEADER: sign(shard_key(other_key), body)},
+                            {SIGNATURE_HEADER: sign(shard_key(key_file), body,
+                                                    now=time.time() - 60)}):
+                async with session.post(url, data=body, headers=headers) as response:
+                    assert response.status == 401
+            assert served.reads == 0  # no pod was read for them
+            headers = {SIGNATURE_HEADER: sign(shard_key(key_file), body)}
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 200
+            assert served.reads == 1
+    finally:
+        await runner.cleanup()
+        await peer_scraper.close()

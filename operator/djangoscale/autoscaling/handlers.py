@@ -288,8 +288,15 @@ def shard_reader(context: OperatorContext) -> ShardReader | None:
     settings = context.settings
     if context.peering is None or settings.pod_name is None or settings.shard_port < 0:
         return None
+    if settings.key_file is None:
+        # The exchange is signed with the metrics API's key, which only the chart's Secret
+        # gives every replica alike.
+        logger.warning("sharded collection needs the metrics API's key file; reading every "
+                       "pod here")
+        return None
     return ShardReader(settings.pod_name, context.scraper,
-                       timeout=PEER_READ_INTERVALS * settings.scrape_interval)
+                       timeout=PEER_READ_INTERVALS * settings.scrape_interval,
+                       key_file=settings.key_file)
 
 
 @kopf.on.startup()
@@ -360,9 +367,10 @@ async def start_shard_server(logger: kopf.Logger, memo: object, **_: Any) -> Non
     """On every replica, standby included: the endpoint where the active peer sends this
     replica its share of the pods to read."""
     context = context_of(memo)
-    if shard_reader(context) is None:
+    reader = shard_reader(context)
+    if reader is None:
         return
-    runner = web.AppRunner(build_shard_app(context.scraper), access_log=None)
+    runner = web.AppRunner(build_shard_app(context.scraper, reader.key_file), access_log=None)
     await runner.setup()
     bind = context.settings.bind or "0.0.0.0"
     try:

@@ -19,17 +19,26 @@ round) and left out of the assignment for `UNREACHABLE_RETRY_SECONDS`, long befo
 peering record of it expires. A standby holds no state: when it goes, nothing is lost; when
 the active peer goes, the new one starts from the rates its status carried, as without
 sharding.
+
+Who may ask a replica to read: only a holder of the metrics API's private key, which the
+chart's Secret gives every replica and nobody else. Each request is signed with an HMAC keyed
+by a digest of that key over the body and the time (`sign`); a replica answers 401 to a
+request unsigned, wrongly signed, or older than `SIGNATURE_MAX_AGE_SECONDS` (`verify`).
+Without the key file (a certificate generated at start differs per replica) sharding stays
+off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -47,6 +56,11 @@ UNREACHABLE_RETRY_SECONDS: Final = 30.0
 # active peer would read the share again itself and the peer's work would be wasted); a peer
 # that is gone refuses the connection at once.
 PEER_READ_INTERVALS: Final = 5.0
+# The header that carries a request's signature, "t=<unix seconds>,sig=<hex HMAC-SHA256>", and
+# how far its time may be from the reader's clock (a replayed request reads the same pods
+# again at most this long; the replicas' clocks are the nodes', kept in step by NTP).
+SIGNATURE_HEADER: Final = "X-Djangoscale-Shard-Signature"
+SIGNATURE_MAX_AGE_SECONDS: Final = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +223,42 @@ async def read_share(scraper: Scraper, work: Mapping[tuple[str, str], ShareOfSer
     return found
 
 
+def shard_key(key_file: Path) -> bytes:
+    """The exchange's HMAC key: a digest of the metrics API's private key (read at each use,
+    so a rotated Secret takes over once the kubelet has updated the file)."""
+    return hashlib.sha256(b"djangoscale-shard:" + key_file.read_bytes()).digest()
+
+
+def _mac(key: bytes, t: int, body: bytes) -> str:
+    return hmac.new(key, f"{t}:".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(key: bytes, body: bytes, now: float | None = None) -> str:
+    t = int(time.time() if now is None else now)
+    return f"t={t},sig={_mac(key, t, body)}"
+
+
+def verify(key: bytes, body: bytes, signature: str | None, now: float | None = None) -> bool:
+    """Whether `signature` is `sign`'s for this key and body, made within the allowed age."""
+    try:
+        given = dict(part.split("=", 1) for part in (signature or "").split(","))
+        t, mac = int(given["t"]), given["sig"]
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > SIGNATURE_MAX_AGE_SECONDS:
+        return False
+    return hmac.compare_digest(_mac(key, t, body), mac)
+
+
 class ShardReader:
     """The active peer's side: the peers' shares read by them, or by itself when a peer does
     not answer (which then stays out of the assignment for a while)."""
 
-    def __init__(self, me: str, scraper: Scraper, timeout: float,
+    def __init__(self, me: str, scraper: Scraper, timeout: float, key_file: Path,
                  retry_seconds: float = UNREACHABLE_RETRY_SECONDS) -> None:
         self.shards = Shards(me)
         self.scraper = scraper
+        self.key_file = key_file
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retry_seconds = retry_seconds
         self.unreachable: dict[str, float] = {}  # peer -> until (monotonic)
@@ -231,10 +273,12 @@ class ShardReader:
         if not work:
             return {}
         session = self.scraper.session
+        body = encode_work(work)
         try:
-            async with session.post(url, data=encode_work(work),
-                                    timeout=self.timeout,
-                                    headers={"Content-Type": "application/json"}) as response:
+            headers = {"Content-Type": "application/json",
+                       SIGNATURE_HEADER: sign(shard_key(self.key_file), body)}
+            async with session.post(url, data=body, timeout=self.timeout,
+                                    headers=headers) as response:
                 if response.status == 200:
                     return decode_samples(await response.read())
                 logger.warning("peer %s answered %s to its share; reading it here", peer,
@@ -246,12 +290,20 @@ class ShardReader:
         return await read_share(self.scraper, work)
 
 
-def build_shard_app(scraper: Scraper) -> web.Application:
-    """A replica's reading endpoint: POST the work, get the samples (no state kept)."""
+def build_shard_app(scraper: Scraper, key_file: Path) -> web.Application:
+    """A replica's reading endpoint: POST the signed work, get the samples (no state kept)."""
 
     async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
         try:
-            work = decode_work(await request.read())
+            signed = verify(shard_key(key_file), body, request.headers.get(SIGNATURE_HEADER))
+        except OSError as error:
+            logger.error("cannot check a share's signature: %s", error)
+            return web.Response(status=503, text="cannot read the signing key")
+        if not signed:
+            return web.Response(status=401, text="unsigned, wrongly signed or stale request")
+        try:
+            work = decode_work(body)
         except ValueError as error:
             return web.Response(status=400, text=str(error))
         samples = await read_share(scraper, work)
