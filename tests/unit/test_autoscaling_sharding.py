@@ -211,25 +211,30 @@ async def test_two_replicas_merge_to_what_one_replica_reads_and_a_leaving_peer_l
     assert all(v["panic"] == pytest.approx(5.0) for v in values)
 
 
+async def start_peer(scraper: Scraper, key_file: Path) -> tuple[web.AppRunner, str]:
+    """A peer's reading endpoint on a free loopback port, and the URL the active peer posts to."""
+    runner = web.AppRunner(build_shard_app(scraper, key_file))
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}{SHARD_READ_PATH}"
+
+
 async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
         pods: tuple[Pods, int], key_file: Path) -> None:
     served, port = pods
     served.serve(10.0, rps=3.0)
     peer_scraper, scraper = Scraper(timeout=1.0), Scraper(timeout=1.0)
-    runner = web.AppRunner(build_shard_app(peer_scraper, key_file))
-    await runner.setup()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        peer_port = int(sock.getsockname()[1])
-    await web.TCPSite(runner, "127.0.0.1", peer_port).start()
+    runner, url = await start_peer(peer_scraper, key_file)
     work = {("web", "shop"): ShareOfService(port, tuple(
         (f"shop-{i}", host) for i, host in enumerate(HOSTS[:3])))}
     reader = ShardReader("djangoscale-0", scraper, timeout=4.0, key_file=key_file,
                          retry_seconds=30.0)
     try:
         before = time.monotonic()
-        read = await reader.read("djangoscale-1",
-                                 f"http://127.0.0.1:{peer_port}{SHARD_READ_PATH}", work)
+        read = await reader.read("djangoscale-1", url, work)
         assert sorted(read[("web", "shop")]) == ["shop-0", "shop-1", "shop-2"]
         t, scrape = read[("web", "shop")]["shop-1"]
         assert scrape.requests_total == 30.0
@@ -237,8 +242,7 @@ async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
         assert reader.assignment(["djangoscale-0", "djangoscale-1"]).peers == (
             "djangoscale-0", "djangoscale-1")
         await runner.cleanup()  # the peer goes
-        read = await reader.read("djangoscale-1",
-                                 f"http://127.0.0.1:{peer_port}{SHARD_READ_PATH}", work)
+        read = await reader.read("djangoscale-1", url, work)
         assert read[("web", "shop")]["shop-2"][1].requests_total == 30.0  # read here instead
         assert reader.assignment(["djangoscale-0", "djangoscale-1"]).peers == ("djangoscale-0",)
         later = time.monotonic() + 31.0
@@ -356,13 +360,7 @@ async def test_a_replica_reads_nothing_for_a_request_it_cannot_verify(
     served, port = pods
     served.serve(10.0, rps=3.0)
     peer_scraper = Scraper(timeout=1.0)
-    runner = web.AppRunner(build_shard_app(peer_scraper, key_file))
-    await runner.setup()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        peer_port = int(sock.getsockname()[1])
-    await web.TCPSite(runner, "127.0.0.1", peer_port).start()
-    url = f"http://127.0.0.1:{peer_port}{SHARD_READ_PATH}"
+    runner, url = await start_peer(peer_scraper, key_file)
     body = encode_work({("web", "shop"): ShareOfService(port, (("shop-0", HOSTS[0]),))})
     other_key = tmp_path / "other.key"
     other_key.write_bytes(b"somebody else's key")
