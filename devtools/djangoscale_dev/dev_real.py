@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +142,9 @@ class RealNodeStack:
     (the cluster in `directory`); `close` stops them in reverse."""
 
     def __init__(self, directory: Path, *, hpa_sync_period: str = "5s",
-                 emit: Emit = _stderr) -> None:
+                 emit: Emit = _stderr, chart_values: Sequence[str] = ()) -> None:
         self.cluster = LocalCluster(directory, hpa_sync_period=hpa_sync_period, emit=emit)
+        self.chart_values = tuple(chart_values)  # helm arguments after CHART_VALUES
         self.emit = emit
         self.exits = contextlib.ExitStack()
         self.database: Postgres | None = None
@@ -210,7 +211,7 @@ class RealNodeStack:
         """`helm install` of the chart, as a user runs it."""
         done = subprocess.run(
             [helm(), "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-             "--create-namespace", *CHART_VALUES],
+             "--create-namespace", *CHART_VALUES, *self.chart_values],
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)})
         if done.returncode != 0:

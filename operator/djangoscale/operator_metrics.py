@@ -21,6 +21,22 @@ DATABASE_BUDGET = Gauge(
     "Server connections a DjangoService's pods may hold (maxConnections minus reserved)",
     ["namespace", "name"],
 )
+# Sharded collection (djangoscale/autoscaling/sharding.py): what each replica reads, so a user
+# (and the real-node test) can see the standby take its share and give it back.
+SHARD_PODS_READ = Counter(
+    "djangoscale_operator_shard_pods_read_total",
+    "Pods this replica read at the active replica's request (its share)",
+)
+SHARD_ASSIGNED_PODS = Gauge(
+    "djangoscale_operator_shard_assigned_pods",
+    "Pods each live replica is to read in the active replica's latest round",
+    ["peer"],
+)
+SHARD_PODS_READ_FOR_PEER = Counter(
+    "djangoscale_operator_shard_pods_read_for_peer_total",
+    "Pods of a peer's share the active replica read itself, the peer not answering",
+    ["peer"],
+)
 MANAGED_OBJECTS = Gauge(
     "djangoscale_operator_managed_objects", "DjangoServices this operator manages"
 )

@@ -13,6 +13,7 @@ machine take turns instead of fighting over the bridge and the pod range).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import uuid
@@ -80,9 +81,18 @@ def real_node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNo
     """`djangoscale dev`'s stack for this module (the real node, the project's images,
     PostgreSQL on the gateway, the chart's operator), under the real-node lock, with
     KUBECONFIG pointing at it while the module runs."""
+    with real_node_stack_running(tmp_path_factory) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def real_node_stack_running(tmp_path_factory: pytest.TempPathFactory,
+                            *chart_values: str) -> Iterator[RealNodeStack]:
+    """`real_node_stack`, with the chart installed with `chart_values` (helm arguments)."""
     services.require(host_lacks_for_real_node())
     with real_node_lock(), RealNodeStack(tmp_path_factory.mktemp("dev") / "cluster",
-                                         hpa_sync_period="2s", emit=print) as running:
+                                         hpa_sync_period="2s", emit=print,
+                                         chart_values=chart_values) as running:
         kubeconfig = running.up()
         # For this module only: the session's KWOK cluster is everyone else's KUBECONFIG.
         before = os.environ.get("KUBECONFIG")

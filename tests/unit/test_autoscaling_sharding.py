@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from djangoscale import spec
 from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
@@ -241,8 +241,10 @@ async def test_a_peer_reads_the_share_it_is_sent_and_a_gone_peer_is_read_for(
         assert before - 0.5 <= t <= time.monotonic() + 0.5  # on this replica's clock
         assert reader.assignment(["djangoscale-0", "djangoscale-1"]).peers == (
             "djangoscale-0", "djangoscale-1")
+        read_here = read_for("djangoscale-1")
         await runner.cleanup()  # the peer goes
         read = await reader.read("djangoscale-1", url, work)
+        assert read_for("djangoscale-1") - read_here == 3.0  # its 3 pods, read here
         assert read[("web", "shop")]["shop-2"][1].requests_total == 30.0  # read here instead
         assert reader.assignment(["djangoscale-0", "djangoscale-1"]).peers == ("djangoscale-0",)
         later = time.monotonic() + 31.0
@@ -313,6 +315,7 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
     targets = [PodTarget(f"shop-{i}", host, True, uid=f"uid-{i}")
                for i, host in enumerate(HOSTS)]
     reader = ShardReader("djangoscale-0", mine, timeout=4.0, key_file=key_file)
+    read_before = read_by_peers()
     collection = RpsCollection(context, {("web", "shop"): [body]},  # type: ignore[arg-type]
                                {("web", "shop"): targets}, {}, reader)
     try:
@@ -331,6 +334,26 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
     values = {value.pod: value.value for value, _ in context.rps.pods("web")}
     assert sorted(values) == sorted(p.name for p in targets)  # every pod served
     assert all(v > 0 for v in values.values())
+    # The operator's metrics show the split, and the peer's two rounds of reads.
+    assert assigned_pods("djangoscale-1") == len(theirs)
+    assert assigned_pods("djangoscale-0") == len(targets) - len(theirs)
+    assert read_by_peers() - read_before == 2 * len(theirs)
+    collection.publish_assignment({"djangoscale-0": len(targets)})  # the peer left
+    assert assigned_pods("djangoscale-1") is None
+    assert assigned_pods("djangoscale-0") == len(targets)
+
+
+def assigned_pods(peer: str) -> float | None:
+    return REGISTRY.get_sample_value("djangoscale_operator_shard_assigned_pods", {"peer": peer})
+
+
+def read_by_peers() -> float:
+    return REGISTRY.get_sample_value("djangoscale_operator_shard_pods_read_total") or 0.0
+
+
+def read_for(peer: str) -> float:
+    return REGISTRY.get_sample_value("djangoscale_operator_shard_pods_read_for_peer_total",
+                                     {"peer": peer}) or 0.0
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ from djangoscale.contract import (
 )
 from djangoscale.k8s import Api, ApiError, object_path
 from djangoscale.k8s.api import MERGE_PATCH
-from djangoscale.operator_metrics import DATABASE_BUDGET
+from djangoscale.operator_metrics import DATABASE_BUDGET, SHARD_ASSIGNED_PODS
 from djangoscale.peering import active_peer_patch
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class RpsCollection:
         self.context, self.services, self.pods = context, services, pods
         self.poolers, self.reader = poolers, reader
         self.windows: dict[ServiceKey, ServiceWindows] = {}
+        self.assigned_peers: set[str] = set()  # the peers SHARD_ASSIGNED_PODS has a value for
 
     async def shares(self, services: dict[ServiceKey, dict[str, Any]]) -> RoundShares | None:
         """Send every other live, reachable peer its share of this round's pods; None when
@@ -165,10 +166,9 @@ class RpsCollection:
             if peer != me and (ip := await self.context.peer_ip(peer)) is not None:
                 addresses[peer] = f"http://{ip}:{self.context.settings.shard_port}"
         assignment = self.reader.assignment([me, *addresses])
-        if assignment.peers == (me,):
-            return None
         work: dict[str, dict[ServiceKey, list[tuple[str, str]]]] = {}
         ports: dict[ServiceKey, int] = {}
+        assigned = dict.fromkeys(assignment.peers, 0)
         for key, body in services.items():
             ds = parse_enabled(body)
             if ds is None:
@@ -176,8 +176,12 @@ class RpsCollection:
             ports[key] = ds.metrics_port
             for pod in collector.read_targets(ds, self.pods.get(key, [])):
                 owner = assignment.owner(pod.shard_key)
+                assigned[owner] += 1
                 if owner != me:
                     work.setdefault(owner, {}).setdefault(key, []).append((pod.name, pod.ip))
+        self.publish_assignment(assigned)
+        if assignment.peers == (me,):
+            return None
         reader = self.reader
 
         async def read_all() -> dict[ServiceKey, Samples]:
@@ -192,6 +196,16 @@ class RpsCollection:
             return merged
 
         return RoundShares(me, assignment, asyncio.create_task(read_all()))
+
+    def publish_assignment(self, assigned: dict[str, int]) -> None:
+        """The pods each live peer reads this round, on the operator's metrics port (a peer
+        that left drops out of it)."""
+        for peer in self.assigned_peers - set(assigned):
+            with contextlib.suppress(KeyError):
+                SHARD_ASSIGNED_PODS.remove(peer)
+        for peer, count in assigned.items():
+            SHARD_ASSIGNED_PODS.labels(peer).set(count)
+        self.assigned_peers = set(assigned)
 
     async def round(self) -> None:
         services = background.latest(self.services)

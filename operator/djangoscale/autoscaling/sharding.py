@@ -45,6 +45,7 @@ import aiohttp
 from aiohttp import web
 
 from djangoscale.autoscaling.collector import Scraper
+from djangoscale.operator_metrics import SHARD_PODS_READ, SHARD_PODS_READ_FOR_PEER
 from djangoscale.pod_figures import PodScrape, figures_dict, figures_from_dict
 
 # The path on which a replica reads the pods the active peer sends it.
@@ -287,6 +288,7 @@ class ShardReader:
             logger.warning("peer %s did not read its share (%s); reading it here", peer,
                            str(error) or type(error).__name__)
         self.unreachable[peer] = time.monotonic() + self.retry_seconds
+        SHARD_PODS_READ_FOR_PEER.labels(peer).inc(sum(len(s.pods) for s in work.values()))
         return await read_share(self.scraper, work)
 
 
@@ -307,6 +309,7 @@ def build_shard_app(scraper: Scraper, key_file: Path) -> web.Application:
         except ValueError as error:
             return web.Response(status=400, text=str(error))
         samples = await read_share(scraper, work)
+        SHARD_PODS_READ.inc(sum(len(pods) for pods in samples.values()))
         return web.Response(body=encode_samples(samples), content_type="application/json")
 
     app = web.Application()
