@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from djangoscale.spec import GROUP, VERSION
+from djangoscale_dev.cluster import LocalCluster
+from djangoscale_dev.cluster.nodeconfig import NodePaths
 from tests.fixtures import operator_log
 from tests.fixtures.polling import wait_for
 from tests.fixtures.services import free_port, stop_process
@@ -136,3 +138,11 @@ def condition(
 def ready(kube: Any, namespace: str, name: str = "shop") -> bool:
     found = condition(kube, namespace, name=name)
     return found.get("status") == "True" and found["observedGeneration"] == found["generation"]
+
+
+def container_init_pid(cluster: LocalCluster, status: dict[str, Any]) -> int:
+    """The host pid of a real-node container's first process (`status`, one of its pod's
+    containerStatuses), from its containerd bundle."""
+    container_id = status["containerID"].removeprefix("containerd://")
+    paths = NodePaths(cluster.dir / "node")
+    return int((paths.task_bundles / container_id / "init.pid").read_text())

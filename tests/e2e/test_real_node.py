@@ -28,9 +28,8 @@ import pytest
 from djangoscale.spec import crd
 from djangoscale_dev.cluster import LocalCluster, nodeconfig
 from djangoscale_dev.cluster.api import ApiClient, ApiError
-from djangoscale_dev.cluster.nodeconfig import NodePaths
 from djangoscale_dev.registration import register_metrics_apiservice
-from tests.e2e.helpers import API, djangoservice, start_operator
+from tests.e2e.helpers import API, container_init_pid, djangoservice, start_operator
 from tests.fixtures import services
 from tests.fixtures.polling import wait_for
 
@@ -558,13 +557,6 @@ def test_a_rolling_update_under_load_fails_no_request(
     wait_for("status to agree with the kubelet after the rollout",
              lambda: status_agrees_with_kubelet(api, namespace) == (REPLICAS, REPLICAS),
              timeout=60)
-
-
-def container_init_pid(cluster: LocalCluster, status: dict[str, Any]) -> int:
-    """The host pid of a container's first process, from its containerd bundle."""
-    container_id = status["containerID"].removeprefix("containerd://")
-    paths = NodePaths(cluster.dir / "node")
-    return int((paths.task_bundles / container_id / "init.pid").read_text())
 
 
 def container_status(pod: dict[str, Any], name: str) -> dict[str, Any]:

@@ -29,7 +29,6 @@ import pytest
 from djangoscale.contract import ACTIVE_PEER_LABEL
 from djangoscale_dev import load
 from djangoscale_dev.cluster.api import ApiClient
-from djangoscale_dev.cluster.nodeconfig import NodePaths
 from djangoscale_dev.dev_real import (
     NAMESPACE,
     RELEASE,
@@ -37,7 +36,7 @@ from djangoscale_dev.dev_real import (
     real_node_documents,
 )
 from djangoscale_dev.load import LoadSettings, Recorder, Step
-from tests.e2e.helpers import API
+from tests.e2e.helpers import API, container_init_pid
 from tests.fixtures.polling import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "dev.yaml"
@@ -157,14 +156,6 @@ def is_ready(pod: dict[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
-def init_pid(stack: RealNodeStack, pod: dict[str, Any]) -> int:
-    """The host pid of the pod's operator container (its first process)."""
-    (status,) = pod["status"]["containerStatuses"]
-    container_id = status["containerID"].removeprefix("containerd://")
-    bundles = NodePaths(stack.cluster.dir / "node").task_bundles
-    return int((bundles / container_id / "init.pid").read_text())
-
-
 def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
         api: ApiClient, real_node_stack: RealNodeStack) -> None:
     at_rest(api)
@@ -180,7 +171,8 @@ def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
     wait_for("one labelled active operator pod", lambda: len(active_pods(api)) == 1, timeout=60)
     (active,) = active_pods(api)
     restarts = active["status"]["containerStatuses"][0]["restartCount"]
-    os.kill(init_pid(real_node_stack, active), signal.SIGKILL)
+    (status,) = active["status"]["containerStatuses"]
+    os.kill(container_init_pid(real_node_stack.cluster, status), signal.SIGKILL)
     killed = time.monotonic()
     seen = watch(api, loader)
     total = loader.total()

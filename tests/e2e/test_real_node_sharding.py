@@ -13,12 +13,15 @@ What is read from the operator's own metrics port (`djangoscale.operator_metrics
 
 Then the standby's pod is deleted under load: the HPA's value is sampled through the deletion,
 the active replica takes the whole share back, and the StatefulSet's new pod takes its share
-again.
+again. Last, the standby's process is killed (SIGKILL, its peering record left behind): the
+active replica reads its share itself in the rounds it gets no answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -36,7 +39,7 @@ from djangoscale_dev.dev_real import NAMESPACE, RELEASE, RealNodeStack, on_real_
 from djangoscale_dev.live import parse_quantity
 from djangoscale_dev.load import LoadSettings, Recorder, Step
 from tests.e2e.conftest import real_node_stack_running
-from tests.e2e.helpers import API
+from tests.e2e.helpers import API, container_init_pid
 from tests.fixtures.polling import wait_for
 
 pytestmark = pytest.mark.timeout(1200)
@@ -281,4 +284,63 @@ def test_deleting_the_standby_keeps_the_hpa_value_and_its_share_goes_back(
     assert took_back is not None, "the active replica never read every pod itself"
     assert rejoined is not None and back is not None, "the new standby never took a share"
     wait_for("the new standby reading its share", lambda: operator_metrics(back).get(
+        (READ_FOR_ACTIVE, ""), 0.0) >= len(split[peer]), timeout=60)
+
+
+def test_a_killed_standby_has_its_share_read_by_the_active_in_the_same_round(
+        api: ApiClient, sharded_stack: RealNodeStack) -> None:
+    """SIGKILL leaves kopf's peering record of the standby in place: the active replica still
+    sends it its share, finds nobody listening, reads those pods itself and leaves the peer
+    out for a while (the path a node lost without notice takes)."""
+    active, standby = active_and_standby(api)
+    me, peer = active["metadata"]["name"], standby["metadata"]["name"]
+    split = split_between(api, [me, peer])
+    wait_for("the split on the active's metrics port", lambda: operator_metrics(active).get(
+        (ASSIGNED, peer)) == len(split[peer]), timeout=60)
+    before, read_back = hpa_value(api), operator_metrics(active).get((READ_FOR_PEER, peer), 0.0)
+    assert before is not None
+    (status,) = standby["status"]["containerStatuses"]
+    os.kill(container_init_pid(sharded_stack.cluster, status), signal.SIGKILL)
+    started = time.monotonic()
+
+    def restarted() -> dict[str, Any] | None:
+        return next((p for p in operator_pods(api) if p["metadata"]["name"] == peer and
+                     p["status"]["containerStatuses"][0]["restartCount"]
+                     > status["restartCount"]), None)
+
+    # (seconds, HPA value, pods with a value, standby's pods read by the active since the
+    # kill, the standby's share in the active's latest round)
+    rows: list[tuple[float, float | None, int, float, float | None]] = []
+    back: dict[str, Any] | None = None
+    left = rejoined = None
+    while time.monotonic() - started < 120:
+        try:
+            own = operator_metrics(active)
+            value, listed = hpa_value(api), metric_values(api)
+        except (ApiError, OSError) as error:
+            print(f"{time.monotonic() - started:.1f}s: {error}")
+            value, listed, own = None, {}, {}
+        t = round(time.monotonic() - started, 1)
+        share = own.get((ASSIGNED, peer))
+        rows.append((t, value, sum(v > 0 for v in listed.values()),
+                     own.get((READ_FOR_PEER, peer), read_back) - read_back, share))
+        if own and share is None and left is None:
+            left = t  # out of the assignment, its share on the active replica
+        if left is not None and share and (back := restarted()) is not None:
+            rejoined = t  # the restarted standby in the assignment again
+            break
+        time.sleep(SAMPLE_EVERY)
+    print(f"standby {peer} killed; HPA value before {before}; left the assignment at {left}s, "
+          f"back in it at {rejoined}s; (s, HPA value, pods with a value, standby's pods read "
+          f"by the active, standby's share): {rows}")
+    assert max(r[3] for r in rows) >= len(split[peer]), (
+        "the active never read the killed standby's share")
+    values = [r[1] for r in rows]
+    assert all(v is not None for v in values), rows
+    assert min(v for v in values if v is not None) >= 0.5 * before, rows
+    assert all(r[2] == PODS for r in rows), rows
+    assert left is not None, "the killed standby was never left out of the assignment"
+    assert rejoined is not None and back is not None, (
+        "the restarted standby never took its share again")
+    wait_for("the restarted standby reading its share", lambda: operator_metrics(back).get(
         (READ_FOR_ACTIVE, ""), 0.0) >= len(split[peer]), timeout=60)
