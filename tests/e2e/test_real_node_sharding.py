@@ -187,6 +187,20 @@ def metric_values(api: ApiClient) -> dict[str, float]:
     return {i["describedObject"]["name"]: parse_quantity(i["value"]) or 0.0 for i in items}
 
 
+def sample(api: ApiClient, active: dict[str, Any], started: float
+           ) -> tuple[float, float | None, int, dict[tuple[str, str], float]]:
+    """(seconds since `started`, the HPA's value, pods with a value in the custom metrics API,
+    the active replica's own metrics); a failed read gives None, 0 and {}, printed."""
+    try:
+        own = operator_metrics(active)
+        value, listed = hpa_value(api), metric_values(api)
+    except (ApiError, OSError) as error:
+        print(f"{time.monotonic() - started:.1f}s: {error}")
+        value, listed, own = None, {}, {}
+    return (round(time.monotonic() - started, 1), value, sum(v > 0 for v in listed.values()),
+            own)
+
+
 def split_between(api: ApiClient, peers: list[str]) -> dict[str, list[str]]:
     """Who reads which Ready pod (rendezvous hashing of the UIDs, as the replicas compute it),
     once every peer has at least one: while one has none, one pod of the other is deleted and
@@ -258,14 +272,8 @@ def test_deleting_the_standby_keeps_the_hpa_value_and_its_share_goes_back(
 
     took_back = rejoined = None
     while time.monotonic() - started < 180:
-        try:
-            own = operator_metrics(active)
-            value, listed = hpa_value(api), metric_values(api)
-        except (ApiError, OSError) as error:
-            print(f"{time.monotonic() - started:.1f}s: {error}")
-            value, listed, own = None, {}, {}
-        t = round(time.monotonic() - started, 1)
-        rows.append((t, value, sum(v > 0 for v in listed.values()), own.get((ASSIGNED, me)),
+        t, value, valued, own = sample(api, active, started)
+        rows.append((t, value, valued, own.get((ASSIGNED, me)),
                      own.get((ASSIGNED, peer)), own.get((READ_FOR_PEER, peer), 0.0)))
         if took_back is None and own.get((ASSIGNED, me)) == PODS:
             took_back = t
@@ -314,16 +322,10 @@ def test_a_killed_standby_has_its_share_read_by_the_active_in_the_same_round(
     back: dict[str, Any] | None = None
     left = rejoined = None
     while time.monotonic() - started < 120:
-        try:
-            own = operator_metrics(active)
-            value, listed = hpa_value(api), metric_values(api)
-        except (ApiError, OSError) as error:
-            print(f"{time.monotonic() - started:.1f}s: {error}")
-            value, listed, own = None, {}, {}
-        t = round(time.monotonic() - started, 1)
+        t, value, valued, own = sample(api, active, started)
         share = own.get((ASSIGNED, peer))
-        rows.append((t, value, sum(v > 0 for v in listed.values()),
-                     own.get((READ_FOR_PEER, peer), read_back) - read_back, share))
+        rows.append((t, value, valued, own.get((READ_FOR_PEER, peer), read_back) - read_back,
+                     share))
         if own and share is None and left is None:
             left = t  # out of the assignment, its share on the active replica
         if left is not None and share and (back := restarted()) is not None:
