@@ -313,8 +313,10 @@ def test_a_quiet_step_still_prints_progress(
         show=lambda line: line.startswith("STEP"),
     )  # fmt: skip
     assert messages[0].startswith("STEP 1/2: RUN slow")
-    assert any(m.startswith("still at STEP 1/2: RUN slow") for m in messages[1:-1]), messages
-    assert messages[-1].startswith("STEP 2/2: USER 1")
+    last = next(i for i, m in enumerate(messages) if m.startswith("STEP 2/2: USER 1"))
+    assert any(m.startswith("still at STEP 1/2: RUN slow") for m in messages[1:last]), messages
+    # A slow machine may tick once more before the process has exited: it names the last step.
+    assert all(m.startswith("still at STEP 2/2: USER 1") for m in messages[last + 1:]), messages
     assert "noise" in (tmp_path / "build.log").read_text()
 
 
