@@ -402,3 +402,12 @@ async def test_a_replica_reads_nothing_for_a_request_it_cannot_verify(
     finally:
         await runner.cleanup()
         await peer_scraper.close()
+
+
+def test_an_assignment_forgets_the_owners_of_pods_gone_and_keeps_the_others() -> None:
+    assignment = Assignment.of(["djangoscale-0", "djangoscale-1"])
+    owners = {f"uid-{i}": assignment.owner(f"uid-{i}") for i in range(100)}
+    assignment.retain(f"uid-{i}" for i in range(10))
+    assert sorted(assignment._owners) == sorted(f"uid-{i}" for i in range(10))
+    # An owner forgotten is computed again, the same.
+    assert all(assignment.owner(key) == owner for key, owner in owners.items())

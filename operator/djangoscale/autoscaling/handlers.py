@@ -169,16 +169,19 @@ class RpsCollection:
         work: dict[str, dict[ServiceKey, list[tuple[str, str]]]] = {}
         ports: dict[ServiceKey, int] = {}
         assigned = dict.fromkeys(assignment.peers, 0)
+        seen: list[str] = []
         for key, body in services.items():
             ds = parse_enabled(body)
             if ds is None:
                 continue
             ports[key] = ds.metrics_port
             for pod in collector.read_targets(ds, self.pods.get(key, [])):
+                seen.append(pod.shard_key)
                 owner = assignment.owner(pod.shard_key)
                 assigned[owner] += 1
                 if owner != me:
                     work.setdefault(owner, {}).setdefault(key, []).append((pod.name, pod.ip))
+        assignment.retain(seen)
         self.publish_assignment(assigned)
         if assignment.peers == (me,):
             return None

@@ -104,6 +104,12 @@ class Assignment:
     def owns(self, peer: str, key: str) -> bool:
         return self.owner(key) == peer
 
+    def retain(self, keys: Iterable[str]) -> None:
+        """Forget the owners of pods no longer asked about (pods come and go; the peers, and
+        so this assignment, may stay for weeks)."""
+        keep = set(keys)
+        self._owners = {key: owner for key, owner in self._owners.items() if key in keep}
+
     def without(self, gone: Iterable[str]) -> Assignment:
         """The same peers less those that did not answer (the same assignment if none)."""
         gone = set(gone) & set(self.peers)
