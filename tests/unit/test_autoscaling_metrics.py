@@ -192,7 +192,10 @@ def test_the_ceiling_engages_after_a_window_of_waiting_and_clears_after_one_with
         state = next_ceiling(state, True, t, 6, 20)
         assert not state.held and state.waiting_since == 0  # counting, not yet on
     state = next_ceiling(state, False, 4, 6, 20)
-    assert state == CEILING_OFF  # a break before the window is up starts it over
+    # A break before the window is up starts it over; scale-up stays held a window past the
+    # last wait (the averages still count it), then the state is off.
+    assert state.waiting_since is None and not state.held and state.holding_scale_up
+    assert next_ceiling(state, False, 9, 6, 20) == CEILING_OFF
     for t in (5, 8, 10):
         state = next_ceiling(state, True, t, 6, 20)
     assert not state.held
@@ -206,6 +209,22 @@ def test_the_ceiling_engages_after_a_window_of_waiting_and_clears_after_one_with
         state = next_ceiling(state, False, t, 6, 20)
         assert state.held
     assert next_ceiling(state, False, 41, 6, 20) == CEILING_OFF  # 20 s without waiting
+
+
+def test_a_missed_read_while_the_window_counts_keeps_scale_up_held():
+    # A loaded machine misses a round's reads (no pool reports): the averages still count the
+    # requests that waited, so the HPA must not see them uncapped.
+    windows = ServiceWindows()
+    waits = [scrape(0.5, 4, 2), scrape(0.3, 2, 2)]
+    assert database_saturation(windows, waits, 0, 6, 20).holding_scale_up
+    missed = database_saturation(windows, [], 1, 6, 20)
+    assert missed.holding_scale_up and not missed.held
+    assert database_saturation(windows, waits, 2, 6, 20).holding_scale_up
+    assert not database_saturation(windows, waits, 7, 6, 20).held  # counting again from t=2
+    assert database_saturation(windows, waits, 8, 6, 20).held
+    quiet = ServiceWindows()
+    database_saturation(quiet, waits, 0, 6, 20)
+    assert not database_saturation(quiet, [], 6, 6, 20).holding_scale_up  # a window later
 
 
 def test_the_pools_wait_when_most_reporting_pods_have_a_client_waiting_a_queue():

@@ -412,8 +412,8 @@ def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: fl
     While the window counts, scale-up is held back already (`holding_scale_up`): requests
     queued for the database push the stable window past its target within seconds too (on
     the local control plane, concurrency went from 2 to 5 pods before a 4 s window was up).
-    The difference from the ceiling itself: a wait shorter than the window lets go as soon as
-    it ends, and sets no condition and posts no event.
+    The difference from the ceiling itself: a wait shorter than the window lets go a panic
+    window after it ends, and sets no condition and posts no event.
 
     `shared`: the pods read one pooler's figures (pooler mode), so clients waiting and
     server connections are the most any pod saw, not a sum over pods.
@@ -432,7 +432,7 @@ def database_saturation(windows: ServiceWindows, scrapes: list[PodScrape], t: fl
         clients_waiting=total([s.clients_waiting or 0 for s in reporting]),
         servers_active=total([s.servers_active or 0 for s in reporting]),
         held=windows.ceiling.held,
-        holding_scale_up=windows.ceiling.held or windows.ceiling.waiting_since is not None,
+        holding_scale_up=windows.ceiling.holding_scale_up,
     )
 
 

@@ -219,11 +219,18 @@ def blend(carried: float, measured: float | None, covered: float, window: float)
 @dataclass(frozen=True)
 class CeilingState:
     """The database ceiling across rounds: since when the pools have waited without a break,
-    whether the ceiling holds, and since when they have not waited while it holds."""
+    whether the ceiling holds, since when they have not waited while it holds, and when they
+    last waited."""
 
     waiting_since: float | None = None
     held: bool = False
     clear_since: float | None = None
+    last_waited: float | None = None
+
+    @property
+    def holding_scale_up(self) -> bool:
+        """The ceiling holds, or the pools waited within the last `engage_after` seconds."""
+        return self.held or self.last_waited is not None
 
 
 CEILING_OFF = CeilingState()
@@ -232,16 +239,24 @@ CEILING_OFF = CeilingState()
 def next_ceiling(state: CeilingState, waiting: bool, t: float, engage_after: float,
                  release_after: float) -> CeilingState:
     """The ceiling holds once the pools have waited in every round for `engage_after` seconds,
-    and lets go once they have not waited for `release_after` seconds."""
+    and lets go once they have not waited for `release_after` seconds.
+
+    Before it holds, a round without a wait (or without a pool that answered) starts the
+    count over but keeps scale-up held back until `engage_after` seconds after the last
+    wait: the burst path's averages still count the requests that waited for the database
+    until then. Letting go at the first quiet round let a loaded machine's one missed read
+    show the HPA those inflated averages (2 pods to 6 in a CI run)."""
     if waiting:
         since = t if state.waiting_since is None else state.waiting_since
-        return CeilingState(since, state.held or t - since >= engage_after)
+        return CeilingState(since, state.held or t - since >= engage_after, last_waited=t)
     if not state.held:
+        if state.last_waited is not None and t - state.last_waited < engage_after:
+            return CeilingState(last_waited=state.last_waited)
         return CEILING_OFF
     since = t if state.clear_since is None else state.clear_since
     if t - since >= release_after:
         return CEILING_OFF
-    return CeilingState(None, True, since)
+    return CeilingState(None, True, since, state.last_waited)
 
 
 @dataclass
