@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from djangoscale import spec
+from djangoscale.autoscaling import handlers
 from djangoscale.autoscaling.collector import (
     PodScrape,
     PodTarget,
@@ -21,12 +23,14 @@ from djangoscale.autoscaling.collector import (
     parse_pod_metrics,
     status_patch,
 )
-from djangoscale.autoscaling.handlers import database_login
+from djangoscale.autoscaling.handlers import RpsCollection, database_login
 from djangoscale.autoscaling.windows import Decision, ServiceWindows
+from djangoscale.context import OperatorContext
 from djangoscale.contract import PGBOUNCER_ADDRESS_ENV, PGBOUNCER_SERVER_CONNECTIONS
 from djangoscale.controller.reconcile import current_status
 from djangoscale.serve.config import Address, PgBouncerAdmin
 from djangoscale.serve.pgbouncer import pool_figures
+from djangoscale.settings import OperatorSettings
 from tests.fixtures.fake_api import FakeApi
 from tests.unit.test_autoscaling_collector import free_port
 
@@ -269,11 +273,54 @@ async def test_a_pooler_pod_that_does_not_answer_is_not_a_reading():
         await scraper.close()
 
 
-def test_the_login_comes_from_the_users_database_secret():
-    api = FakeApi()
-    assert database_login(api, pooled_shop()) is None  # no Secret: logged, not raised
-    values = {"host": "db", "port": "5432", "dbname": "shop", "user": "shop", "password": "pw"}
+def put_database_secret(api: FakeApi, password: str) -> None:
+    values = {"host": "db", "port": "5432", "dbname": "shop", "user": "shop",
+              "password": password}
     api.put({"apiVersion": "v1", "kind": "Secret",
              "metadata": {"name": "db", "namespace": "web"},
              "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}})
+
+
+def test_the_login_comes_from_the_users_database_secret():
+    api = FakeApi()
+    assert database_login(api, pooled_shop()) is None  # no Secret: logged, not raised
+    put_database_secret(api, "pw")
     assert database_login(api, pooled_shop()) == ("shop", "pw")
+
+
+class CountingApi(FakeApi):
+    def __init__(self) -> None:
+        super().__init__()
+        self.secret_reads = 0
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Any:
+        self.secret_reads += kind == "Secret"
+        return super().get(api_version, kind, namespace, name)
+
+
+async def test_the_login_is_read_once_a_minute_and_again_when_a_pooler_pod_refuses_it(
+        monkeypatch: pytest.MonkeyPatch):
+    """One GET a round per pooler service was 500 a second at 1,000 services."""
+    api = CountingApi()
+    context = OperatorContext.create(OperatorSettings(), api)
+    collection = RpsCollection(context, {}, {}, {})  # type: ignore[arg-type]
+    key = ("web", "shop")
+    assert await collection.pooler_login(key, pooled_shop()) is None  # no Secret yet
+    put_database_secret(api, "pw")
+    for _ in range(3):  # a failed read is not kept: read again at once, then kept
+        assert await collection.pooler_login(key, pooled_shop()) == ("shop", "pw")
+    assert api.secret_reads == 2
+    put_database_secret(api, "new")
+    monkeypatch.setattr(handlers, "LOGIN_READ_SECONDS", 0.0)  # a minute later
+    assert await collection.pooler_login(key, pooled_shop()) == ("shop", "new")
+    monkeypatch.undo()
+    # A pooler pod that refuses the login drops it: the round after reads the Secret again.
+    context.scraper = PoolerScraper({"10.0.1.1": None})
+    collection.poolers = {key: [POOLER_PODS[0]]}  # type: ignore[assignment]
+    body = {"apiVersion": "djangoscale.io/v1alpha1", "kind": "DjangoService",
+            "metadata": {"name": "shop", "namespace": "web"}, "spec": {}}
+    reads = api.secret_reads
+    await collection.collect((key, body), pooled_shop())
+    assert key not in collection.logins and api.secret_reads == reads
+    await collection.pooler_login(key, pooled_shop())
+    assert api.secret_reads == reads + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,20 @@ def database_login(api: Api, ds: spec.DjangoService) -> tuple[str, str] | None:
     return credentials.user, credentials.password
 
 
+# How long the pooler's login read from the database Secret is used before it is read again.
+# Read every round it cost one GET per pooler service a round (500 a second at 1,000 services
+# every 2 s); a changed password still reaches the guard within a round, since a refused
+# login drops it.
+LOGIN_READ_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CachedLogin:
+    read_at: float  # monotonic
+    secret: str | None  # the Secret it came from
+    login: tuple[str, str] | None  # None: the read failed (retried next round)
+
+
 @dataclass
 class RoundShares:
     """This round's assignment, and the other peers' reads of their shares (merged)."""
@@ -153,9 +168,10 @@ class RpsCollection:
         self.context, self.services, self.pods = context, services, pods
         self.poolers, self.reader = poolers, reader
         self.windows: dict[ServiceKey, ServiceWindows] = {}
+        self.logins: dict[ServiceKey, CachedLogin] = {}
         self.assigned_peers: set[str] = set()  # the peers SHARD_ASSIGNED_PODS has a value for
 
-    async def shares(self, services: dict[ServiceKey, dict[str, Any]]) -> RoundShares | None:
+    async def shares(self, specs: dict[ServiceKey, spec.DjangoService]) -> RoundShares | None:
         """Send every other live, reachable peer its share of this round's pods; None when
         this replica reads them all."""
         if self.reader is None:
@@ -170,10 +186,7 @@ class RpsCollection:
         ports: dict[ServiceKey, int] = {}
         assigned = dict.fromkeys(assignment.peers, 0)
         seen: list[str] = []
-        for key, body in services.items():
-            ds = parse_enabled(body)
-            if ds is None:
-                continue
+        for key, ds in specs.items():
             ports[key] = ds.metrics_port
             for pod in collector.read_targets(ds, self.pods.get(key, [])):
                 seen.append(pod.shard_key)
@@ -210,8 +223,23 @@ class RpsCollection:
             SHARD_ASSIGNED_PODS.labels(peer).set(count)
         self.assigned_peers = set(assigned)
 
+    async def pooler_login(self, key: ServiceKey,
+                           ds: spec.DjangoService) -> tuple[str, str] | None:
+        """The app's login for the pooler's admin console: read from the database Secret
+        at most every LOGIN_READ_SECONDS (and again at once after a failed read or login)."""
+        now = time.monotonic()
+        secret = ds.database.secret_name if ds.database else None
+        cached = self.logins.get(key)
+        if (cached is None or cached.login is None or cached.secret != secret
+                or now - cached.read_at >= LOGIN_READ_SECONDS):
+            login = await asyncio.to_thread(database_login, self.context.api, ds)
+            cached = self.logins[key] = CachedLogin(now, secret, login)
+        return cached.login
+
     async def round(self) -> None:
         services = background.latest(self.services)
+        for key in set(self.logins) - set(services):
+            del self.logins[key]
         for key in set(self.windows) - set(services):
             del self.windows[key]
             with contextlib.suppress(KeyError):
@@ -222,17 +250,21 @@ class RpsCollection:
             # Ready while there is something to collect: a standby peer, whose watches kopf
             # holds, stays out of the APIService's endpoints as before.
             self.context.rps.beat()
-        shares = await self.shares(services)
-        await background.each(services.items(), lambda item: self.collect(item, shares),
+        # Parsed once a round, for the shares and the collection alike.
+        specs = {key: ds for key, body in services.items() if (ds := parse_enabled(body))}
+        shares = await self.shares(specs)
+        await background.each(services.items(),
+                              lambda item: self.collect(item, specs.get(item[0]), shares),
                               logger, "RPS collection", describe=lambda item: item[0])
         if shares is not None:
             await asyncio.gather(shares.reads, return_exceptions=True)
 
     async def collect(self, item: tuple[ServiceKey, dict[str, Any]],
-                      shares: RoundShares | None = None) -> None:
+                      ds: spec.DjangoService | None, shares: RoundShares | None = None) -> None:
+        """One DjangoService's round; `ds` is its parsed spec, None when it does not
+        autoscale (or its spec is wrong)."""
         (namespace, name), body = item
         context, stores = self.context, self.context.web_stores
-        ds = parse_enabled(body)
         if ds is None:
             for store in stores.values():
                 store.drop(namespace, name)
@@ -246,15 +278,16 @@ class RpsCollection:
                 carried_values=collector.carried_values(body))
         pods = list(self.pods.get((namespace, name), []))
         poolers = list(self.poolers.get((namespace, name), []))
-        # Read each round: a changed password reaches the guard at once (one GET per service
-        # with a pooler; the sidecars' launchers have theirs in their env).
-        login = (await asyncio.to_thread(database_login, context.api, ds)
-                 if ds.uses_pooler else None)
+        login = await self.pooler_login((namespace, name), ds) if ds.uses_pooler else None
         reading = await collector.collect(
             ds, pods, windows, context.scraper,
             mine=None if shares is None else shares.mine,
             remote=None if shares is None else shares.of((namespace, name)),
             poolers=poolers, pooler_login=login)
+        if login is not None and reading.pods_reporting < sum(1 for p in poolers if p.ip):
+            # A pooler pod refused the login (a changed password) or did not answer: the
+            # next round reads the Secret again.
+            self.logins.pop((namespace, name), None)
         if reading.budget is not None:
             DATABASE_BUDGET.labels(namespace, name).set(reading.budget)
         labels = {pod.name: pod.label_dict for pod in pods}
