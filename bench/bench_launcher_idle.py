@@ -3,7 +3,7 @@
 A node runs many app pods that wait for requests most of the time; with 200 of them on one
 machine (the pooler bench, docs/scale.md) what each costs while idle adds up. This starts
 `--pods` processes of the sample project each way, the same app and threads, lets them settle,
-and reads their CPU (utime + stime of each process and its children, from /proc) over
+and reads their CPU (utime + stime of each process and those below it, from /proc) over
 `--seconds`:
 
 - `djangoscale serve`: the launcher with cherrypy and the env the Deployment gives a pod (its
@@ -36,33 +36,18 @@ from djangoscale import spec  # noqa: E402
 from tests.e2e.test_budget import SAMPLEAPP, serve_pod  # noqa: E402
 from tests.e2e.test_pooler_mode import djangoservice  # noqa: E402
 from tests.fixtures import services  # noqa: E402
+from tests.fixtures.launcher import children_of, tree_cpu_seconds  # noqa: E402
 
 # Nothing listens there: an idle pod never connects to its database.
 NO_DATABASE = {"DATABASE_HOST": "127.0.0.1", "DATABASE_PORT": "9", "DATABASE_NAME": "shop",
                "DATABASE_USER": "shop", "DATABASE_PASSWORD": "bench"}
 
 
-def process_tree(pid: int) -> list[int]:
-    found = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
+def threads(root: int) -> int:
+    """Threads of `root` and of every process below it."""
     with contextlib.suppress(OSError):
-        for child in children.read_text().split():
-            found += process_tree(int(child))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def threads(pids: list[int]) -> int:
-    return sum(len(os.listdir(f"/proc/{pid}/task")) for pid in pids
-               if os.path.isdir(f"/proc/{pid}/task"))
+        return len(os.listdir(f"/proc/{root}/task")) + sum(map(threads, children_of(root)))
+    return 0
 
 
 @contextlib.contextmanager
@@ -86,7 +71,7 @@ def gunicorn_pod(ds: spec.DjangoService, tmp: Path) -> Iterator[str]:
 def measure(kind: str, pods: int, seconds: float, tmp: Path) -> tuple[float, float]:
     """(% of a core per pod, threads per pod) of `pods` idle pods of `kind`."""
     ds = spec.parse(djangoservice("pooler", 19))
-    before = set(process_tree(os.getpid()))
+    before = set(children_of(os.getpid()))
     with contextlib.ExitStack() as stack:
         for _ in range(pods):
             url = stack.enter_context(serve_pod(ds, NO_DATABASE, tmp) if kind == "djangoscale"
@@ -94,12 +79,16 @@ def measure(kind: str, pods: int, seconds: float, tmp: Path) -> tuple[float, flo
             with contextlib.suppress(OSError):  # the app loaded; the answer does not matter
                 urllib.request.urlopen(url + "/hello/", timeout=30).read()
         time.sleep(5)  # the last one's start is not idle
-        pids = [pid for pid in process_tree(os.getpid()) if pid not in before]
-        started, cpu = time.monotonic(), cpu_seconds(pids)
+        roots = [pid for pid in children_of(os.getpid()) if pid not in before]
+
+        def cpu_seconds() -> float:
+            return sum(map(tree_cpu_seconds, roots))
+
+        started, cpu = time.monotonic(), cpu_seconds()
         time.sleep(seconds)
-        used = cpu_seconds(pids) - cpu
+        used = cpu_seconds() - cpu
         elapsed = time.monotonic() - started
-        return 100 * used / elapsed / pods, threads(pids) / pods
+        return 100 * used / elapsed / pods, sum(map(threads, roots)) / pods
 
 
 def main() -> None:
