@@ -108,10 +108,12 @@ def drain_file() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def simulated_service(mode: str, replicas_max: int, pg: services.Postgres, tmp: Path
-                      ) -> Iterator[tuple[spec.DjangoService, list[str], list[services.PgBouncer]]]:
-    """Every app pod that can run at replicas.max (and its surge pod), in `mode`: each with
-    its own pgbouncer (pgbouncer) or connected to one of POOLER_REPLICAS poolers (pooler)."""
+def pod_databases(mode: str, replicas_max: int, pg: services.Postgres, tmp: Path
+                  ) -> Iterator[tuple[spec.DjangoService, list[dict[str, str]],
+                                      list[services.PgBouncer]]]:
+    """The database env of every app pod that can run at replicas.max (and its surge pod), in
+    `mode`: each pod with its own pgbouncer (pgbouncer) or connected to one of POOLER_REPLICAS
+    poolers (pooler), pod i to pooler i mod POOLER_REPLICAS."""
     ds = spec.parse(djangoservice(mode, replicas_max))
     credentials = DatabaseCredentials(
         pg.host, pg.port, services.APP_DB, services.APP_USER, services.APP_PASSWORD
@@ -127,7 +129,7 @@ def simulated_service(mode: str, replicas_max: int, pg: services.Postgres, tmp: 
                 drain = stack.enter_context(drain_file())
                 bouncers.append(stack.enter_context(
                     services.pgbouncer(pooler_ini(ini, drain), userlist, tmp)))
-        urls = []
+        envs = []
         for index in range(ds.max_pods if mode == "pgbouncer" else replicas_max + 1):
             if mode == "pgbouncer":
                 bouncer = stack.enter_context(services.pgbouncer(ini, userlist, tmp))
@@ -136,8 +138,17 @@ def simulated_service(mode: str, replicas_max: int, pg: services.Postgres, tmp: 
                 bouncer = bouncers[index % len(bouncers)]
             env = bouncer.database_env()
             env.update({name: given[name] for name in POOLING_ENV if name in given})
-            urls.append(stack.enter_context(serve_pod(ds, env, tmp)))
-        yield ds, urls, bouncers
+            envs.append(env)
+        yield ds, envs, bouncers
+
+
+@contextlib.contextmanager
+def simulated_service(mode: str, replicas_max: int, pg: services.Postgres, tmp: Path
+                      ) -> Iterator[tuple[spec.DjangoService, list[str], list[services.PgBouncer]]]:
+    """`pod_databases`, each pod a `djangoscale serve` of the sample project with its env."""
+    with pod_databases(mode, replicas_max, pg, tmp) as (ds, envs, bouncers), \
+            contextlib.ExitStack() as stack:
+        yield ds, [stack.enter_context(serve_pod(ds, env, tmp)) for env in envs], bouncers
 
 
 def server_connections(pg: services.Postgres) -> int:
