@@ -37,6 +37,13 @@ SHARD_PODS_READ_FOR_PEER = Counter(
     "Pods of a peer's share the active replica read itself, the peer not answering",
     ["peer"],
 )
+# How long the active replica's collection round takes: when it nears the 2 s interval, the
+# replicas should share the reads (the chart's operator.shardPort; docs/scale.md).
+COLLECTION_ROUND_SECONDS = Histogram(
+    "djangoscale_operator_collection_round_seconds",
+    "Time of one collection round over every DjangoService's pods (the active replica)",
+    buckets=(0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
 MANAGED_OBJECTS = Gauge(
     "djangoscale_operator_managed_objects", "DjangoServices this operator manages"
 )

@@ -316,6 +316,7 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
                for i, host in enumerate(HOSTS)]
     reader = ShardReader("djangoscale-0", mine, timeout=4.0, key_file=key_file)
     read_before = read_by_peers()
+    rounds_before = collection_rounds()
     collection = RpsCollection(context, {("web", "shop"): [body]},  # type: ignore[arg-type]
                                {("web", "shop"): targets}, {}, reader)
     try:
@@ -338,6 +339,7 @@ async def test_the_active_replica_sends_the_peer_its_share_and_serves_every_pod(
     assert assigned_pods("djangoscale-1") == len(theirs)
     assert assigned_pods("djangoscale-0") == len(targets) - len(theirs)
     assert read_by_peers() - read_before == 2 * len(theirs)
+    assert collection_rounds() - rounds_before == 2  # each round timed, for choosing shards
     collection.publish_assignment({"djangoscale-0": len(targets)})  # the peer left
     assert assigned_pods("djangoscale-1") is None
     assert assigned_pods("djangoscale-0") == len(targets)
@@ -349,6 +351,10 @@ def assigned_pods(peer: str) -> float | None:
 
 def read_by_peers() -> float:
     return REGISTRY.get_sample_value("djangoscale_operator_shard_pods_read_total") or 0.0
+
+
+def collection_rounds() -> float:
+    return REGISTRY.get_sample_value("djangoscale_operator_collection_round_seconds_count") or 0.0
 
 
 def read_for(peer: str) -> float:

@@ -55,7 +55,11 @@ from djangoscale.contract import (
 )
 from djangoscale.k8s import Api, ApiError, object_path
 from djangoscale.k8s.api import MERGE_PATCH
-from djangoscale.operator_metrics import DATABASE_BUDGET, SHARD_ASSIGNED_PODS
+from djangoscale.operator_metrics import (
+    COLLECTION_ROUND_SECONDS,
+    DATABASE_BUDGET,
+    SHARD_ASSIGNED_PODS,
+)
 from djangoscale.peering import active_peer_patch
 
 logger = logging.getLogger(__name__)
@@ -237,6 +241,10 @@ class RpsCollection:
         return cached.login
 
     async def round(self) -> None:
+        with COLLECTION_ROUND_SECONDS.time():
+            await self.collect_all()
+
+    async def collect_all(self) -> None:
         services = background.latest(self.services)
         for key in set(self.logins) - set(services):
             del self.logins[key]
