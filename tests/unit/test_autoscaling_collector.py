@@ -286,12 +286,12 @@ def test_the_collector_writes_status_only_onto_the_version_it_read():
     api.put(reconciled)  # the reconciler wrote since the index's copy
     context = OperatorContext.create(OperatorSettings(), api)
     collection = RpsCollection(context, {}, {}, {})  # type: ignore[arg-type]
-    asyncio.run(collection.collect((("web", "shop"), stale), parse_enabled(stale)))
+    asyncio.run(collection.collect((("web", "shop"), stale), parse_enabled(stale, collection.parsed)))
     live = api.get("djangoscale.io/v1alpha1", "DjangoService", "web", "shop")
     assert live["status"] == reconciled["status"]
     assert api.written("patch_status") == []
     # From the current version it writes (its MetricsAvailable beside the reconciler's).
-    asyncio.run(collection.collect((("web", "shop"), live), parse_enabled(live)))
+    asyncio.run(collection.collect((("web", "shop"), live), parse_enabled(live, collection.parsed)))
     after = api.get("djangoscale.io/v1alpha1", "DjangoService", "web", "shop")
     types = {c["type"]: c for c in after["status"]["conditions"]}
     assert types["Degraded"]["reason"] == "ImagePullBackOff"

@@ -199,3 +199,36 @@ def test_names_that_cannot_name_the_children_are_refused(name):
     body = copy.deepcopy(MINIMAL)
     body["metadata"]["name"] = name
     assert problems_of(body)[0].startswith("metadata.name: must be a DNS-1035 label")
+
+
+def versioned(generation: int, **fields):
+    body = with_spec(**fields)
+    body["metadata"].update(uid="u1", generation=generation)
+    return body
+
+
+def test_parsed_specs_parse_an_object_once_a_generation(monkeypatch):
+    calls = []
+    real_parse = spec.parse
+    monkeypatch.setattr(spec, "parse", lambda body: calls.append(body) or real_parse(body))
+    parsed = spec.ParsedSpecs()
+    first = parsed.parse(versioned(1))
+    assert parsed.parse(versioned(1)) is first and len(calls) == 1
+    # An edit bumps the generation: the new spec is read, not the kept one.
+    edited = parsed.parse(versioned(2, port=9000))
+    assert (edited.port, edited.generation, len(calls)) == (9000, 2, 2)
+    # A body without uid and generation (not from the API server) is parsed every time.
+    parsed.parse(MINIMAL)
+    parsed.parse(MINIMAL)
+    assert len(calls) == 4
+
+
+def test_parsed_specs_keep_raising_a_bad_spec_and_forget_deleted_objects():
+    parsed = spec.ParsedSpecs()
+    bad = versioned(1, port=-1)
+    for _ in range(2):  # kept, and raised again each time with the field named
+        with pytest.raises(spec.SpecError, match="spec.port"):
+            parsed.parse(bad)
+    assert parsed.parse(versioned(2)).port == 8000  # fixed by an edit
+    parsed.retain([("web", "other")])
+    assert parsed._parsed == {}

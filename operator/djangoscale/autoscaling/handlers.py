@@ -173,6 +173,7 @@ class RpsCollection:
         self.poolers, self.reader = poolers, reader
         self.windows: dict[ServiceKey, ServiceWindows] = {}
         self.logins: dict[ServiceKey, CachedLogin] = {}
+        self.parsed = spec.ParsedSpecs()
         self.assigned_peers: set[str] = set()  # the peers SHARD_ASSIGNED_PODS has a value for
 
     async def shares(self, specs: dict[ServiceKey, spec.DjangoService]) -> RoundShares | None:
@@ -259,7 +260,9 @@ class RpsCollection:
             # holds, stays out of the APIService's endpoints as before.
             self.context.rps.beat()
         # Parsed once a round, for the shares and the collection alike.
-        specs = {key: ds for key, body in services.items() if (ds := parse_enabled(body))}
+        self.parsed.retain(services)
+        specs = {key: ds for key, body in services.items()
+                 if (ds := parse_enabled(body, self.parsed))}
         shares = await self.shares(specs)
         await background.each(services.items(),
                               lambda item: self.collect(item, specs.get(item[0]), shares),
@@ -332,10 +335,10 @@ class RpsCollection:
                                error.status, error.reason)
 
 
-def parse_enabled(body: dict[str, Any]) -> spec.DjangoService | None:
+def parse_enabled(body: dict[str, Any], parsed: spec.ParsedSpecs) -> spec.DjangoService | None:
     """The DjangoService, if it autoscales (a spec error is the reconciler's to report)."""
     try:
-        ds = spec.parse(body)
+        ds = parsed.parse(body)
     except spec.SpecError:
         return None
     return ds if ds.autoscaling.enabled else None

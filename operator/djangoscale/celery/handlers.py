@@ -159,12 +159,15 @@ class QueuePolling:
                  worker_pods: kopf.Index[Any, WorkerPod]) -> None:
         self.context, self.services, self.worker_pods = context, services, worker_pods
         self.pollers: dict[ServiceKey, QueuePoller] = {}
+        self.parsed = spec.ParsedSpecs()
 
     async def round(self) -> None:
         polled: dict[ServiceKey, spec.DjangoService] = {}
-        for key, body in background.latest(self.services).items():
+        services = background.latest(self.services)
+        self.parsed.retain(services)
+        for key, body in services.items():
             try:
-                ds = spec.parse(body)
+                ds = self.parsed.parse(body)
             except spec.SpecError:
                 continue  # the reconciler reports it
             if ds.broker is not None and ds.workers:
