@@ -286,7 +286,8 @@ def test_the_collector_writes_status_only_onto_the_version_it_read():
     api.put(reconciled)  # the reconciler wrote since the index's copy
     context = OperatorContext.create(OperatorSettings(), api)
     collection = RpsCollection(context, {}, {}, {})  # type: ignore[arg-type]
-    asyncio.run(collection.collect((("web", "shop"), stale), parse_enabled(stale, collection.parsed)))
+    asyncio.run(collection.collect((("web", "shop"), stale),
+                                   parse_enabled(stale, collection.parsed)))
     live = api.get("djangoscale.io/v1alpha1", "DjangoService", "web", "shop")
     assert live["status"] == reconciled["status"]
     assert api.written("patch_status") == []
