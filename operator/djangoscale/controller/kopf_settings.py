@@ -16,13 +16,6 @@ MAX_HANDLER_THREADS: Final = 16
 # With peering (two replicas, one active): a crashed active peer is given up after this, not
 # kopf's default 60 s, so the standby takes over within the 60 s users expect.
 PEERING_LIFETIME_SECONDS: Final = 20
-# How long kopf waits for the watch to bring back its own last patch of an object before it
-# handles an older copy (one from before its "last handled" annotation, so a creation again).
-# kopf's 5 s can be shorter than the watch's lag on a loaded API server; waiting costs nothing
-# when the patch arrives in time. At 1,000 objects the creation handler ran about 3 times an
-# object with 5 s, and still 2.4 times with 30 s (measured together with ParsedSpecs, which
-# also frees the event loop): not the whole cause (docs/scale.md).
-CONSISTENCY_TIMEOUT_SECONDS: Final = 30
 
 
 @kopf.on.startup()
@@ -40,4 +33,3 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = WATCH_SERVER_TIMEOUT_SECONDS + WATCH_CLIENT_MARGIN_SECONDS
     settings.execution.max_workers = MAX_HANDLER_THREADS
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
-    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_SECONDS
