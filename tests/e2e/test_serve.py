@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -597,6 +598,30 @@ def test_prestop_closes_keep_alive_connections_after_their_next_answer(
         assert served.get("/hello/").status == 200
         wait_for("every process to answer /readyz with 503",
                  lambda: all(served.get("/readyz").status == 503 for _ in range(3 * workers)),
+                 timeout=30)
+        served.terminate()
+        assert served.process.wait(15) == 0, served.log()[-2000:]
+
+
+@pytest.mark.parametrize("server", ["gunicorn-gthread", "gunicorn-gevent"])
+def test_a_gunicorn_worker_forked_after_the_prestop_hook_drains_from_its_start(
+    server, pgbouncer_server, tmp_path
+):
+    """gunicorn's master passes the drain signal on to the workers it has; the worker it forks
+    to replace a dead one (or one still booting when told) must drain too, not answer ready
+    until SIGTERM."""
+    env = pgbouncer_server.database_env()
+    with serve(server, env, tmp_path, workers=WORKERS, threads=4) as served:
+        before = wait_for("every worker to start",
+                          lambda: len(children_of(served.process.pid)) == WORKERS
+                          and children_of(served.process.pid))
+        _prestop(served, env)
+        for worker in before:  # every answer from now on comes from a replacement
+            os.kill(worker, signal.SIGKILL)
+        wait_for("the master to fork the replacements",
+                 lambda: len(set(children_of(served.process.pid)) - set(before)) == WORKERS)
+        wait_for("every process to answer /readyz with 503",
+                 lambda: all(served.get("/readyz").status == 503 for _ in range(3 * WORKERS)),
                  timeout=30)
         served.terminate()
         assert served.process.wait(15) == 0, served.log()[-2000:]

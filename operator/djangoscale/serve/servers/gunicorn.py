@@ -9,7 +9,9 @@ the launcher's spawn hooks close connections of greenlets that never see request
 
 from __future__ import annotations
 
+import ctypes
 import signal
+from multiprocessing.sharedctypes import RawValue
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -80,6 +82,8 @@ def _post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     _close_connections_once_draining(worker)
+    if worker.app.drain_begun.value:  # told before its handler was in place, or forked since
+        STATE.begin_drain()
 
 
 def _time_the_pool_queue(worker: Any) -> None:
@@ -163,14 +167,31 @@ def _child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid, path)  # type: ignore[no-untyped-call]
 
 
+def _when_ready(arbiter: Any) -> None:
+    """The master notes the preStop hook's signal, in memory its workers share, before it
+    passes the signal on. A worker still booting then would take it for gunicorn's "reopen
+    the logs" and never drain, and one forked later (replacing a crashed one) would not get
+    it at all; both read the note once their own handler is in place."""
+    pass_on = arbiter.handle_usr1
+
+    def handle_usr1() -> None:
+        arbiter.app.drain_begun.value = True
+        pass_on()
+
+    arbiter.handle_usr1 = handle_usr1
+
+
 class LauncherApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
+        # Shared with the workers (an anonymous mapping they inherit at fork).
+        self.drain_begun = RawValue(ctypes.c_bool, False)
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in gunicorn_settings(self.config).items():
             self.cfg.set(key, value)
+        self.cfg.set("when_ready", _when_ready)
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("worker_exit", _worker_exit)
