@@ -6,6 +6,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import os
 import tarfile
 import tomllib
 from pathlib import Path
@@ -143,6 +144,41 @@ def test_a_missing_host_command_is_named_in_one_line(monkeypatch: pytest.MonkeyP
     )
     monkeypatch.setattr(node.os, "geteuid", lambda: 1000)
     assert "needs root" in (node.missing_for_real_node(lambda name: "/x") or "")
+
+
+def test_a_node_whose_processes_are_all_gone_is_abandoned_once_past_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster_dir = tmp_path / "cluster"
+    paths = NodePaths(cluster_dir / "node")
+    paths.root.mkdir(parents=True)
+    paths.record.write_text("{}")
+    dead = {"name": "kubelet", "pid": 2**22 + 1, "binary": "/bin/true", "log": "x"}
+    (cluster_dir / "processes.json").write_text(json.dumps([dead]))
+    monkeypatch.setattr(node, "bridge_owner", lambda: str(cluster_dir))
+    monkeypatch.setattr(node, "node_processes", lambda paths: [])
+    made = paths.record.stat().st_mtime
+
+    assert node.abandoned_node(lambda: made + 5) is None  # still starting
+    assert node.abandoned_node(lambda: made + 61) == cluster_dir
+    monkeypatch.setattr(node, "bridge_owner", lambda: str(tmp_path / "gone"))
+    assert node.abandoned_node() == tmp_path / "gone"
+    monkeypatch.setattr(node, "bridge_owner", lambda: str(cluster_dir))
+    monkeypatch.setattr(node, "node_processes", lambda paths: [1234])  # a container's shim
+    assert node.abandoned_node(lambda: made + 61) is None
+
+
+def test_a_live_process_keeps_its_node_from_being_abandoned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster_dir = tmp_path / "cluster"
+    NodePaths(cluster_dir / "node").root.mkdir(parents=True)
+    me = os.readlink("/proc/self/exe")
+    alive = {"name": "kubelet", "pid": os.getpid(), "binary": me, "log": "x"}
+    (cluster_dir / "processes.json").write_text(json.dumps([alive]))
+    monkeypatch.setattr(node, "bridge_owner", lambda: str(cluster_dir))
+    monkeypatch.setattr(node, "node_processes", lambda paths: [])
+    assert node.abandoned_node() is None
 
 
 def test_rules_jumping_to_a_chain_are_found() -> None:

@@ -206,6 +206,7 @@ class LocalCluster:
             self.state = running
             return running.kubeconfig
         if node == "real":
+            self._take_down_abandoned_node()
             missing = node_module.missing_for_real_node()
             if missing is not None:
                 raise ClusterError(missing)
@@ -245,6 +246,15 @@ class LocalCluster:
             self.emit(f"stopped {', '.join(stopped)}")
         self.state = None
         return stopped
+
+    def _take_down_abandoned_node(self) -> None:
+        abandoned = node_module.abandoned_node()
+        if abandoned is None:
+            return
+        self.emit(f"taking down an abandoned real node (nothing of it runs): {abandoned}")
+        removed = LocalCluster(abandoned, emit=self.emit).down(quiet=True)
+        removed += node_module.release_abandoned_bridge(abandoned)
+        self.emit(f"removed {', '.join(removed) or 'nothing'}")
 
     def running(self) -> ClusterState | None:
         """The saved state if every recorded process is still alive, else None."""

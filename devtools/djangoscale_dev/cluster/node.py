@@ -81,6 +81,9 @@ HOST_DIRS = (
 KUBELET_FIXED_DIR = Path("/var/lib/kubelet")
 UNMOUNT_PASSES = 5
 MOUNTINFO = Path("/proc/self/mountinfo")
+# `up` makes the bridge a moment before it starts the first process; a node younger than this
+# with nothing running is still starting, not abandoned.
+ABANDONED_AFTER_SECONDS = 60.0
 
 
 class NodeError(RuntimeError):
@@ -103,7 +106,7 @@ def missing_for_real_node(which: Callable[[str], str | None] = shutil.which) -> 
     if not BUSYBOX.is_file():
         return f"{BUSYBOX}: not installed (Debian package busybox-static; {SETUP_HINT})"
     owner = bridge_owner()
-    if owner is not None:
+    if owner is not None and abandoned_node() is None:
         return (
             f"another real node runs on this machine (bridge {nodeconfig.BRIDGE} of {owner}); "
             f"stop it with `djangoscale cluster down --dir {owner}`"
@@ -120,6 +123,34 @@ def bridge_owner() -> str | None:
         return (path / "ifalias").read_text().strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def abandoned_node(now: Callable[[], float] = time.time) -> Path | None:
+    """The cluster directory of a real node whose bridge is still up while none of its
+    processes runs: its run was killed with no chance to take it down (a SIGKILLed test run, a
+    stopped container). `up` takes such a node down first rather than refusing to start."""
+    owner = bridge_owner()
+    if owner is None or owner == "unknown":
+        return None
+    directory = Path(owner)
+    paths = NodePaths(directory / "node")
+    try:
+        age = now() - paths.record.stat().st_mtime
+    except OSError:
+        age = float("inf")  # its directory is gone: nothing of it can be running
+    if age < ABANDONED_AFTER_SECONDS:
+        return None
+    if any(processes.is_ours(entry) for entry in processes.recorded(directory)):
+        return None
+    return None if node_processes(paths) else directory
+
+
+def release_abandoned_bridge(directory: Path) -> list[str]:
+    """The bridge of an abandoned node whose directory is gone (no record to undo the rest)."""
+    if directory.is_dir() or bridge_owner() != str(directory):
+        return []
+    _run(["ip", "link", "del", nodeconfig.BRIDGE])
+    return [f"bridge {nodeconfig.BRIDGE}"]
 
 
 # -- start -------------------------------------------------------------------------------
