@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from djangoscale import spec
 from djangoscale.autoscaling.collector import PodTarget, Scraper, collect
 from djangoscale.autoscaling.sharding import (
+    PEER_READ_INTERVALS,
     SHARD_READ_PATH,
     SIGNATURE_HEADER,
     SIGNATURE_MAX_AGE_SECONDS,
@@ -417,3 +418,17 @@ def test_an_assignment_forgets_the_owners_of_pods_gone_and_keeps_the_others() ->
     assert sorted(assignment._owners) == sorted(f"uid-{i}" for i in range(10))
     # An owner forgotten is computed again, the same.
     assert all(assignment.owner(key) == owner for key, owner in owners.items())
+
+
+def test_the_metrics_api_outlasts_a_round_that_waits_the_whole_peer_timeout() -> None:
+    """A frozen peer holds the active replica's round for PEER_READ_INTERVALS intervals (then
+    it reads the share itself, then sleeps an interval): the metrics API must not call itself
+    a standby (503) meanwhile, as it did on the real node for 2.6 s."""
+    from djangoscale.autoscaling.handlers import ready_max_age
+    from djangoscale.settings import OperatorSettings
+
+    sharded = OperatorSettings(scrape_interval=2.0, shard_port=8082)
+    longest_round_gap = (PEER_READ_INTERVALS + 1) * sharded.scrape_interval
+    assert ready_max_age(sharded) > longest_round_gap
+    alone = OperatorSettings(scrape_interval=2.0, shard_port=-1)
+    assert ready_max_age(alone) == 10.0  # a takeover is not held back without sharding

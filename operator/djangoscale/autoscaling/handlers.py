@@ -61,10 +61,12 @@ from djangoscale.operator_metrics import (
     SHARD_ASSIGNED_PODS,
 )
 from djangoscale.peering import active_peer_patch
+from djangoscale.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 # /readyz stays up through this many missed collection rounds (a slow API), at least
-# READY_MIN_AGE_SECONDS, so one slow round does not flap the APIService's endpoints.
+# READY_MIN_AGE_SECONDS, so one slow round does not flap the APIService's endpoints
+# (`ready_max_age`).
 READY_MISSED_ROUNDS = 5
 READY_MIN_AGE_SECONDS = 10.0
 # How often the operator looks whether its pod's active-peer label is still right (the
@@ -344,6 +346,15 @@ def parse_enabled(body: dict[str, Any], parsed: spec.ParsedSpecs) -> spec.Django
     return ds if ds.autoscaling.enabled else None
 
 
+def ready_max_age(settings: OperatorSettings) -> float:
+    """How long after the collector's latest round the metrics API still serves: a few missed
+    rounds (a slow API) do not flap it, nor, with sharding, a round that waited its whole
+    PEER_READ_INTERVALS for a peer that does not answer (a frozen or lost node) before reading
+    the share itself."""
+    rounds = READY_MISSED_ROUNDS + (PEER_READ_INTERVALS if settings.shard_port >= 0 else 0)
+    return max(READY_MIN_AGE_SECONDS, rounds * settings.scrape_interval)
+
+
 def shard_reader(context: OperatorContext) -> ShardReader | None:
     """In a pod of a peered operator with sharding on: the active peer's side of it."""
     settings = context.settings
@@ -406,9 +417,7 @@ async def start_metrics_api(logger: kopf.Logger, memo: object, **_: Any) -> None
         logger.info("serving with a generated certificate (APIService needs "
                     "insecureSkipTLSVerify, or give --metrics-api-cert-file/--key-file)")
     tls = server_ssl_context(cert_file, key_file, client_ca)
-    # Ready while collectors run; a few missed rounds (a slow API) do not flap it.
-    ready_max_age = max(READY_MIN_AGE_SECONDS, READY_MISSED_ROUNDS * settings.scrape_interval)
-    app = build_app(context.rps, allowed_names, ready_max_age=ready_max_age,
+    app = build_app(context.rps, allowed_names, ready_max_age=ready_max_age(settings),
                     extra=context.extra_pod_metrics)
     try:
         runner, port = await start_server(app, tls, bind, settings.port)
