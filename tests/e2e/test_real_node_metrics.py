@@ -7,7 +7,7 @@ load) so one node session covers all three:
 - a view that slows from 50 to 200 ms at a constant rate: requests per second stay where they
   were, so `rps` holds its pods while requests wait longer for a thread; `concurrency` and
   `queueTime` scale and bring their value back under the target;
-- a load step at a constant 100 ms: all three scale.
+- a load step at a constant 200 ms: all three scale.
 
 The slow-view switch is the sample app's `/sleep/?s=` view: the load's URL changes at the
 switch, so every pod serves the slower view at once. Each request opens its own connection:
@@ -60,8 +60,11 @@ BEFORE_CHANGE = 30.0  # one stable window and more at the first rate or view
 SLOW_RATE, FAST_VIEW, SLOW_VIEW = 24.0, 0.05, 0.2
 SLOW_TARGET_RPS = 20
 SLOW_PHASE = 120.0  # how long RPS is watched not scaling, and the others settling
-# The step: 4 then 20 RPS a pod of the 100 ms view on 2 pods (2/3 of what 3 threads take).
-STEP_FROM, STEP_TO, STEP_VIEW = 8.0, 40.0, 0.1
+# The step: 4 then 13 RPS a pod of the 200 ms view on 2 pods (87 % of what 3 threads take), so
+# that requests wait for a thread. At 2/3 (20 RPS a pod of a 100 ms view) the p95 wait settled
+# at 54-73 ms, under the 100 ms target, and queueTime rightly kept 2 pods; the slower view
+# makes the waits longer at fewer requests (less CPU on the shared cores than more of them).
+STEP_FROM, STEP_TO, STEP_VIEW = 8.0, 26.0, 0.2
 STEP_TARGET_RPS = 8  # well under what a pod serves: an overloaded pod serves no more
 STEP_PHASE = 45.0
 SETTLED_SECONDS = 10.0  # the end of the slow phase over which "back under target" is read
@@ -327,7 +330,8 @@ def test_a_load_step_at_constant_latency_scales_every_metric(
     samples, _, high = run_scenario(
         real_node_stack, scenario_services, "step", STEP_TARGET_RPS,
         (STEP_FROM, STEP_VIEW), (STEP_TO, STEP_VIEW, STEP_PHASE), tmp_path)
-    lines = [f"{metric}: step {STEP_FROM:.0f} -> {STEP_TO:.0f} RPS at 100 ms, replicas <= "
+    lines = [f"{metric}: step {STEP_FROM:.0f} -> {STEP_TO:.0f} RPS at {STEP_VIEW * 1000:.0f} ms, "
+             f"replicas <= "
              f"{samples.most(metric, 0, BEFORE_CHANGE)} before, up after "
              f"{rounded(samples.first_up(metric, BEFORE_CHANGE))} s, peak "
              f"{samples.most(metric, BEFORE_CHANGE)}; load after the step "
