@@ -146,3 +146,9 @@ def container_init_pid(cluster: LocalCluster, status: dict[str, Any]) -> int:
     container_id = status["containerID"].removeprefix("containerd://")
     paths = NodePaths(cluster.dir / "node")
     return int((paths.task_bundles / container_id / "init.pid").read_text())
+
+
+def pod_is_ready(pod: dict[str, Any]) -> bool:
+    """The pod's Ready condition is True (its containers run, so it has its IP)."""
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])

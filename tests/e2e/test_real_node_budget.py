@@ -38,7 +38,7 @@ import pytest
 from djangoscale.contract import DRAINING_POOL_SIZE
 from djangoscale_dev.cluster import LocalCluster, nodeconfig
 from djangoscale_dev.cluster.api import ApiClient, ApiError
-from tests.e2e.helpers import API, djangoservice, start_operator
+from tests.e2e.helpers import API, djangoservice, pod_is_ready, start_operator
 from tests.e2e.test_real_node import (
     PGBOUNCER,
     SAMPLE_APP,
@@ -166,7 +166,9 @@ def settled(api: ApiClient, namespace: str, replicas: int, name: str = NAME) -> 
                 and status.get("updatedReplicas") == replicas
                 and status.get("readyReplicas") == replicas
                 and len(everything) == replicas
-                and not any(p["metadata"].get("deletionTimestamp") for p in everything))
+                and not any(p["metadata"].get("deletionTimestamp") for p in everything)
+                # The Deployment's status can lag its pods: a new pod may not have started yet.
+                and all(pod_is_ready(p) for p in everything))
 
     wait_for(f"{replicas} pods of {name} settled", done, timeout=240)
 

@@ -27,7 +27,7 @@ import pytest
 from djangoscale.contract import ACTIVE_PEER_LABEL
 from djangoscale_dev.cluster import LocalCluster
 from djangoscale_dev.cluster.api import ApiClient
-from tests.e2e.helpers import API, djangoservice
+from tests.e2e.helpers import API, djangoservice, pod_is_ready
 from tests.fixtures.polling import wait_for
 from tests.tools.install_manifests import CHART, NAMESPACE, RELEASE, helm
 
@@ -67,11 +67,6 @@ def operator_pods(api: ApiClient) -> list[dict[str, Any]]:
         "items"])
 
 
-def is_ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in pod["status"].get("conditions", []))
-
-
 def running(api: ApiClient, count: int, revision: str | None = None) -> bool:
     """`count` operator pods Running (of `revision`) and Ready, standby or not."""
     pods = operator_pods(api)
@@ -82,7 +77,7 @@ def running(api: ApiClient, count: int, revision: str | None = None) -> bool:
             and not p["metadata"].get("deletionTimestamp")
             and (revision is None
                  or p["metadata"]["labels"].get("controller-revision-hash") == revision)
-            and is_ready(p)
+            and pod_is_ready(p)
             for p in pods
         )
     )

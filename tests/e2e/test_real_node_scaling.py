@@ -36,7 +36,7 @@ from djangoscale_dev.dev_real import (
     real_node_documents,
 )
 from djangoscale_dev.load import LoadSettings, Recorder, Step
-from tests.e2e.helpers import API, container_init_pid
+from tests.e2e.helpers import API, container_init_pid, pod_is_ready
 from tests.fixtures.polling import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "dev.yaml"
@@ -147,13 +147,8 @@ def operator_pods(api: ApiClient) -> list[dict[str, Any]]:
 
 
 def active_pods(api: ApiClient) -> list[dict[str, Any]]:
-    return [p for p in operator_pods(api) if is_ready(p)
+    return [p for p in operator_pods(api) if pod_is_ready(p)
             and (p["metadata"].get("labels") or {}).get(ACTIVE_PEER_LABEL) == "true"]
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
@@ -179,7 +174,7 @@ def test_the_active_operator_killed_under_load_drops_no_replica_and_no_request(
 
     def leader_again() -> bool:
         pods = operator_pods(api)
-        return any(is_ready(p) for p in pods) and any(
+        return any(pod_is_ready(p) for p in pods) and any(
             p["metadata"]["name"] == active["metadata"]["name"]
             and p["status"]["containerStatuses"][0]["restartCount"] > restarts for p in pods)
 
