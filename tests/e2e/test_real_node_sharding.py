@@ -39,7 +39,7 @@ from djangoscale_dev.dev_real import NAMESPACE, RELEASE, RealNodeStack, on_real_
 from djangoscale_dev.live import parse_quantity
 from djangoscale_dev.load import LoadSettings, Recorder, Step
 from tests.e2e.conftest import real_node_stack_running
-from tests.e2e.helpers import API, container_init_pid
+from tests.e2e.helpers import API, container_init_pid, pod_is_ready
 from tests.fixtures.polling import wait_for
 
 pytestmark = pytest.mark.timeout(1200)
@@ -133,9 +133,7 @@ def api(sharded_stack: RealNodeStack) -> ApiClient:
 
 
 def is_ready(pod: dict[str, Any]) -> bool:
-    return (not pod["metadata"].get("deletionTimestamp")
-            and any(c["type"] == "Ready" and c["status"] == "True"
-                    for c in (pod.get("status") or {}).get("conditions") or []))
+    return not pod["metadata"].get("deletionTimestamp") and pod_is_ready(pod)
 
 
 def ready_pods(api: ApiClient) -> dict[str, str]:

@@ -238,7 +238,7 @@ class LocalCluster:
         return what was stopped and removed."""
         stopped = node_module.teardown(self.dir, self.emit) if self.dir.is_dir() else []
         stopped += processes.stop_all(self.dir) if self.dir.is_dir() else []
-        stopped += node_module.release_bridge(self.dir) if self.dir.is_dir() else []
+        stopped += node_module.release_bridge(self.dir)
         state_file = self.dir / STATE_FILE
         if state_file.exists():
             state_file.unlink()
@@ -253,7 +253,6 @@ class LocalCluster:
             return
         self.emit(f"taking down an abandoned real node (nothing of it runs): {abandoned}")
         removed = LocalCluster(abandoned, emit=self.emit).down(quiet=True)
-        removed += node_module.release_abandoned_bridge(abandoned)
         self.emit(f"removed {', '.join(removed) or 'nothing'}")
 
     def running(self) -> ClusterState | None:

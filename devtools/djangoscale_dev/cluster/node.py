@@ -145,14 +145,6 @@ def abandoned_node(now: Callable[[], float] = time.time) -> Path | None:
     return None if node_processes(paths) else directory
 
 
-def release_abandoned_bridge(directory: Path) -> list[str]:
-    """The bridge of an abandoned node whose directory is gone (no record to undo the rest)."""
-    if directory.is_dir() or bridge_owner() != str(directory):
-        return []
-    _run(["ip", "link", "del", nodeconfig.BRIDGE])
-    return [f"bridge {nodeconfig.BRIDGE}"]
-
-
 # -- start -------------------------------------------------------------------------------
 
 
@@ -473,16 +465,13 @@ def teardown(cluster_dir: Path, emit: Callable[[str], None]) -> list[str]:
 def release_bridge(cluster_dir: Path) -> list[str]:
     """Last step of `down`, once the control plane has stopped too: the apiserver listens on
     the bridge's address and, on its way out, calls itself there (10 s of timeout without
-    it)."""
-    paths = NodePaths(cluster_dir / "node")
-    record = Record.load(paths)
-    if record is None:
-        return []
+    it). The bridge's alias names its cluster directory, so this needs no record: an abandoned
+    node whose directory is gone loses its bridge too."""
     removed = []
-    if bridge_owner() == record.cluster_dir:
+    if bridge_owner() == str(cluster_dir):
         _run(["ip", "link", "del", nodeconfig.BRIDGE])
         removed.append(f"bridge {nodeconfig.BRIDGE}")
-    paths.record.unlink()
+    NodePaths(cluster_dir / "node").record.unlink(missing_ok=True)
     return removed
 
 
