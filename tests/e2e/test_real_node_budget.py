@@ -152,8 +152,16 @@ def shop(api: ApiClient, operator: None, node_images: None, postgres: services.P
 
 
 def settled(api: ApiClient, namespace: str, replicas: int, name: str = NAME) -> None:
-    """`replicas` pods of the Deployment's latest template Ready, none terminating."""
+    """`replicas` pods of the Deployment's latest template Ready, none terminating.
+
+    For the DjangoService's own Deployment, only once the operator has applied the latest
+    spec: right after a patch, the old pods would look settled until the operator acts.
+    """
     def done() -> bool:
+        if name == NAME:
+            ds = api.get(ds_path(namespace))
+            if (ds.get("status") or {}).get("observedGeneration") != ds["metadata"]["generation"]:
+                return False
         try:
             live = api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
         except ApiError as error:

@@ -132,23 +132,32 @@ def test_views_metrics_and_bounded_connections(server, own_pgbouncer, postgres_s
         assert 0 < ours <= concurrency_of(server), f"peak server connections {ours}"
 
 
+# The in-flight request outlasts the time a server has to refuse new ones: a request that
+# is accepted into the backlog and never served takes its whole client timeout to fail, so
+# three failures in a row take 3 s at least, and a loaded machine delays the signal handling.
+IN_FLIGHT_SECONDS = 10  # the sample view sleeps 10 s at most
+REFUSES_WITHIN_SECONDS = 7
+
+
 @pytest.mark.parametrize("server", SERVER_TYPES)
 def test_sigterm_finishes_in_flight_and_refuses_new(server, pgbouncer_server, tmp_path):
     with serve(server, pgbouncer_server.database_env(), tmp_path,
-               workers=WORKERS, threads=THREADS, timeout=10) as served:
+               workers=WORKERS, threads=THREADS, timeout=IN_FLIGHT_SECONDS + 10) as served:
         result: list[Response] = []
-        in_flight = threading.Thread(target=lambda: result.append(served.get("/sleep/?s=8")))
+        in_flight = threading.Thread(
+            target=lambda: result.append(served.get(f"/sleep/?s={IN_FLIGHT_SECONDS}",
+                                                timeout=IN_FLIGHT_SECONDS + 10)))
         in_flight.start()
         _wait_in_flight(served, 1)
         served.terminate()
         # New requests are refused while the accepted one is still running. Polled, not a
         # fixed wait: every process of the server must have run its signal handler first (an
         # idle bjoern process runs Python, and so its handler, only when a request comes).
-        assert _refuses_new_requests(served.host, served.port, within=4)
+        assert _refuses_new_requests(served.host, served.port, within=REFUSES_WITHIN_SECONDS)
         assert in_flight.is_alive()
-        in_flight.join(10)
+        in_flight.join(IN_FLIGHT_SECONDS + 5)
         assert result and result[0].status == 200, served.log()[-2000:]
-        assert json.loads(result[0].body) == {"slept": 8}
+        assert json.loads(result[0].body) == {"slept": IN_FLIGHT_SECONDS}
         assert served.process.wait(15) == 0, served.log()[-2000:]
 
 
