@@ -401,16 +401,15 @@ def test_gevent_naive_setup_leaks_connections_launcher_does_not(
     dbname, env = leak_database
 
     # Naive: plain `gunicorn -k gevent`, no launcher. Each hand-spawned greenlet's
-    # connection never sees request_finished and stays open after the response.
+    # connection never sees request_finished and stays open after the response, until the
+    # garbage collector happens to find it (a second batch once found 17 of 38 still open,
+    # so how many stay is the collector's timing, not a count to assert).
     with plain_gunicorn("gevent", env, tmp_path, "--workers", "1",
                         "--worker-connections", "50") as naive:
         assert postgres_server.server_connections(dbname) == 0
         _spawn_queries(naive)
         leaked = _settled_connections(postgres_server, dbname)
         assert leaked >= SPAWN_REQUESTS // 2, f"naive gevent kept only {leaked} connections"
-        _spawn_queries(naive)
-        grown = _settled_connections(postgres_server, dbname)
-        assert grown > leaked, (leaked, grown)  # grows with traffic: nothing ever closes them
     time.sleep(0.5)
     assert postgres_server.server_connections(dbname) == 0  # freed only by the process exit
 
