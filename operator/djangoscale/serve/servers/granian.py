@@ -36,6 +36,9 @@ def granian_settings(config: ServeConfig) -> dict[str, Any]:
     }
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def stop_signals_to_default() -> None:
     """In a freshly forked worker: SIGTERM and SIGINT back to their default action.
 
@@ -44,11 +47,8 @@ def stop_signals_to_default() -> None:
     loading the app was lost, and that worker then took new requests until granian killed it
     `workers_kill_timeout` later. With the default action it exits at once, before it has
     accepted anything; granian's worker handlers replace these before it serves."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
 
 
 def forward_stop_signals_to_main_thread() -> None:
